@@ -1,0 +1,96 @@
+//! Shared broker state: vhosts with their exchanges, queues and bindings, the
+//! store, and id counters. Recovery at boot rebuilds it from the store.
+
+pub mod vhost;
+
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+pub use vhost::VHost;
+
+#[derive(Debug)]
+pub struct Broker {
+    pub config: Config,
+    pub vhosts: DashMap<String, Arc<VHost>>,
+    pub store: Arc<dyn Store>,
+    next_conn_id: AtomicU64,
+    next_msg_id: AtomicU64,
+}
+
+impl Broker {
+    /// Build the broker: the configured vhosts, then everything the store kept.
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<Broker>, StoreError> {
+        let vhosts = DashMap::new();
+        for name in &config.vhosts {
+            vhosts.insert(name.clone(), Arc::new(VHost::new(name.clone(), store.clone())));
+        }
+        let recovered = store.recover()?;
+        let broker = Arc::new(Broker {
+            config,
+            vhosts,
+            next_msg_id: AtomicU64::new(store.max_message_id() + 1),
+            store,
+            next_conn_id: AtomicU64::new(1),
+        });
+        broker.restore(recovered);
+        Ok(broker)
+    }
+
+    fn restore(&self, rec: crate::store::Recovered) {
+        let vhost = |name: &str| -> Arc<VHost> {
+            self.vhosts
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(VHost::new(name.to_string(), self.store.clone())))
+                .clone()
+        };
+        for x in rec.exchanges {
+            vhost(&x.vhost).restore_exchange(x);
+        }
+        let mut queues = 0usize;
+        let mut messages = 0usize;
+        for (q, msgs) in rec.queues {
+            queues += 1;
+            messages += msgs.len();
+            vhost(&q.vhost).restore_queue(q, msgs);
+        }
+        for b in rec.bindings {
+            vhost(&b.vhost).restore_binding(b);
+        }
+        if queues > 0 {
+            tracing::info!(queues, messages, "recovered durable queues");
+        }
+    }
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.get(name).map(|v| v.clone())
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn next_message_id(&self) -> u64 {
+        self.next_msg_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Check a user's password and whether they may open any vhost at all.
+    pub fn authenticate(&self, user: &str, password: &str) -> bool {
+        self.config
+            .users
+            .iter()
+            .any(|u| u.name == user && u.password == password)
+    }
+
+    pub fn may_open_vhost(&self, user: &str, vhost: &str) -> bool {
+        self.config.users.iter().any(|u| {
+            u.name == user
+                && u
+                    .vhosts
+                    .as_ref()
+                    .is_none_or(|vs| vs.iter().any(|v| v == vhost))
+        })
+    }
+}

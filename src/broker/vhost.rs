@@ -1,0 +1,513 @@
+//! A virtual host: its exchanges, queues and bindings, and the declare / delete /
+//! bind operations with RabbitMQ's checks and reply codes. Durable changes are
+//! written to the store before the operation is answered.
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use std::sync::Arc;
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::{headers::value_eq, Binding, Exchange, ExchangeKind};
+use crate::message::Message;
+use crate::protocol::codes;
+use crate::queue::Queue;
+use crate::store::{BindingDef, ExchangeDef, QueueDef, Store, StoreError};
+
+/// Exchanges every vhost has.
+const PREDECLARED: &[(&str, ExchangeKind)] = &[
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+/// Queue arguments compared on redeclare (RabbitMQ ignores the others).
+const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-queue-mode",
+    "x-queue-master-locator",
+];
+
+#[derive(Debug)]
+pub struct VHost {
+    pub name: String,
+    pub exchanges: DashMap<String, Arc<Exchange>>,
+    pub queues: DashMap<String, Arc<Queue>>,
+    store: Arc<dyn Store>,
+}
+
+/// Parameters of queue.declare.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub name: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// Parameters of exchange.declare.
+#[derive(Debug, Clone)]
+pub struct ExchangeSpec {
+    pub name: String,
+    pub kind: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+/// Run a store call; on a multi-threaded runtime, let tokio move other tasks
+/// off this worker while it blocks on the disk.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn store_failed(e: StoreError) -> AmqpError {
+    tracing::error!(error = %e, "store write failed");
+    AmqpError::connection(codes::INTERNAL_ERROR, format!("store write failed: {e}"))
+}
+
+fn bool_text(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+pub fn random_name(prefix: &str) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    let suffix: String = (0..22)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+fn arg_text(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".to_string(),
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_string(),
+        Some(other) => format!("{other:?}"),
+    }
+}
+
+impl VHost {
+    pub fn new(name: String, store: Arc<dyn Store>) -> Self {
+        let exchanges = DashMap::new();
+        for (xname, kind) in PREDECLARED {
+            exchanges.insert(
+                xname.to_string(),
+                Arc::new(Exchange::new(
+                    xname.to_string(),
+                    *kind,
+                    true,
+                    false,
+                    false,
+                    FieldTable::default(),
+                )),
+            );
+        }
+        VHost {
+            name,
+            exchanges,
+            queues: DashMap::new(),
+            store,
+        }
+    }
+
+    pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
+        self.exchanges
+            .get(name)
+            .map(|x| x.clone())
+            .ok_or_else(|| AmqpError::not_found("exchange", name, &self.name))
+    }
+
+    /// A queue this connection may use: 404 if missing, 405 if another
+    /// connection holds it exclusively.
+    pub fn queue(&self, name: &str, conn_id: u64) -> AmqpResult<Arc<Queue>> {
+        let q = self
+            .queues
+            .get(name)
+            .map(|q| q.clone())
+            .ok_or_else(|| AmqpError::not_found("queue", name, &self.name))?;
+        self.check_exclusive(&q, conn_id)?;
+        Ok(q)
+    }
+
+    fn check_exclusive(&self, q: &Queue, conn_id: u64) -> AmqpResult<()> {
+        match q.exclusive_owner {
+            Some(owner) if owner != conn_id => Err(AmqpError::channel(
+                codes::RESOURCE_LOCKED,
+                format!(
+                    "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                    q.name, self.name
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn default_exchange_refused(&self) -> AmqpError {
+        AmqpError::access_refused(format!(
+            "operation not permitted on the default exchange in vhost '{}'",
+            self.name
+        ))
+    }
+
+    // ---- exchanges ----
+
+    pub fn declare_exchange(&self, spec: ExchangeSpec) -> AmqpResult<()> {
+        if spec.passive {
+            if spec.name.is_empty() {
+                return Ok(());
+            }
+            self.exchange(&spec.name)?;
+            return Ok(());
+        }
+        let kind = ExchangeKind::parse(&spec.kind).ok_or_else(|| {
+            AmqpError::connection(
+                codes::COMMAND_INVALID,
+                format!("unknown exchange type '{}'", spec.kind),
+            )
+        })?;
+        if spec.name.is_empty() {
+            return Err(self.default_exchange_refused());
+        }
+        let existing = match self.exchanges.entry(spec.name.clone()) {
+            Entry::Occupied(e) => e.get().clone(),
+            Entry::Vacant(v) => {
+                if spec.name.starts_with("amq.") {
+                    return Err(AmqpError::access_refused(format!(
+                        "exchange name '{}' contains reserved prefix 'amq.*'",
+                        spec.name
+                    )));
+                }
+                if spec.durable {
+                    let def = ExchangeDef {
+                        vhost: self.name.clone(),
+                        name: spec.name.clone(),
+                        kind: kind.as_str().to_string(),
+                        durable: true,
+                        auto_delete: spec.auto_delete,
+                        internal: spec.internal,
+                        arguments: spec.arguments.clone(),
+                    };
+                    blocking(|| self.store.put_exchange(&def)).map_err(store_failed)?;
+                }
+                v.insert(Arc::new(Exchange::new(
+                    spec.name,
+                    kind,
+                    spec.durable,
+                    spec.auto_delete,
+                    spec.internal,
+                    spec.arguments,
+                )));
+                return Ok(());
+            }
+        };
+        let x = &existing;
+        let mismatch = |field: &str, got: &str, have: &str| {
+            AmqpError::precondition(format!(
+                "inequivalent arg '{field}' for exchange '{}' in vhost '{}': received '{got}' but current is '{have}'",
+                x.name, self.name
+            ))
+        };
+        if x.kind != kind {
+            return Err(mismatch("type", kind.as_str(), x.kind.as_str()));
+        }
+        if x.durable != spec.durable {
+            return Err(mismatch("durable", bool_text(spec.durable), bool_text(x.durable)));
+        }
+        if x.auto_delete != spec.auto_delete {
+            return Err(mismatch(
+                "auto_delete",
+                bool_text(spec.auto_delete),
+                bool_text(x.auto_delete),
+            ));
+        }
+        if x.internal != spec.internal {
+            return Err(mismatch("internal", bool_text(spec.internal), bool_text(x.internal)));
+        }
+        if let Some((k, got, have)) = args_mismatch(&spec.arguments, &x.arguments, &["alternate-exchange"]) {
+            return Err(mismatch(&k, &got, &have));
+        }
+        Ok(())
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() {
+            return Err(self.default_exchange_refused());
+        }
+        if name.starts_with("amq.") && PREDECLARED.iter().any(|(n, _)| *n == name) {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let Some(x) = self.exchanges.get(name).map(|x| x.clone()) else {
+            return Ok(());
+        };
+        if if_unused && x.has_bindings() {
+            return Err(AmqpError::precondition(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        self.remove_exchange(&x)
+    }
+
+    fn remove_exchange(&self, x: &Arc<Exchange>) -> AmqpResult<()> {
+        if x.durable {
+            blocking(|| self.store.delete_exchange(&self.name, &x.name)).map_err(store_failed)?;
+        }
+        self.exchanges
+            .remove_if(&x.name, |_, v| Arc::ptr_eq(v, x));
+        Ok(())
+    }
+
+    // ---- queues ----
+
+    /// queue.declare; returns the queue with its message and consumer counts.
+    pub fn declare_queue(&self, spec: QueueSpec, conn_id: u64) -> AmqpResult<(Arc<Queue>, u32, u32)> {
+        if spec.passive {
+            let q = self.queue(&spec.name, conn_id)?;
+            let (m, c) = (q.message_count(), q.consumer_count());
+            return Ok((q, m, c));
+        }
+        let name = if spec.name.is_empty() {
+            random_name("amq.gen-")
+        } else {
+            spec.name.clone()
+        };
+        match self.queues.entry(name.clone()) {
+            Entry::Occupied(e) => {
+                let q = e.get().clone();
+                drop(e);
+                self.check_exclusive(&q, conn_id)?;
+                self.check_queue_equivalence(&q, &spec)?;
+                let (m, c) = (q.message_count(), q.consumer_count());
+                Ok((q, m, c))
+            }
+            Entry::Vacant(v) => {
+                if name.starts_with("amq.") && !spec.name.is_empty() {
+                    return Err(AmqpError::access_refused(format!(
+                        "queue name '{name}' contains reserved prefix 'amq.*'"
+                    )));
+                }
+                // Exclusive queues die with their connection: never stored.
+                let durable = spec.durable && !spec.exclusive;
+                if durable {
+                    let def = QueueDef {
+                        vhost: self.name.clone(),
+                        name: name.clone(),
+                        auto_delete: spec.auto_delete,
+                        arguments: spec.arguments.clone(),
+                    };
+                    blocking(|| self.store.put_queue(&def)).map_err(store_failed)?;
+                }
+                let q = Arc::new(Queue::new(
+                    name,
+                    self.name.clone(),
+                    spec.durable,
+                    spec.exclusive.then_some(conn_id),
+                    spec.auto_delete,
+                    spec.arguments,
+                    self.store.clone(),
+                ));
+                v.insert(q.clone());
+                Ok((q, 0, 0))
+            }
+        }
+    }
+
+    fn check_queue_equivalence(&self, q: &Queue, spec: &QueueSpec) -> AmqpResult<()> {
+        let mismatch = |field: &str, got: &str, have: &str| {
+            AmqpError::precondition(format!(
+                "inequivalent arg '{field}' for queue '{}' in vhost '{}': received '{got}' but current is '{have}'",
+                q.name, self.name
+            ))
+        };
+        if q.durable != spec.durable {
+            return Err(mismatch("durable", bool_text(spec.durable), bool_text(q.durable)));
+        }
+        if q.auto_delete != spec.auto_delete {
+            return Err(mismatch(
+                "auto_delete",
+                bool_text(spec.auto_delete),
+                bool_text(q.auto_delete),
+            ));
+        }
+        if let Some((k, got, have)) = args_mismatch(&spec.arguments, &q.arguments, EQUIVALENT_QUEUE_ARGS) {
+            return Err(mismatch(&k, &got, &have));
+        }
+        Ok(())
+    }
+
+    /// Remove a queue with its bindings; returns its consumers (to be told) and
+    /// how many messages it held.
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> AmqpResult<crate::queue::Deleted> {
+        if q.durable && q.exclusive_owner.is_none() {
+            let key = q.key();
+            blocking(|| self.store.delete_queue(&key)).map_err(store_failed)?;
+        }
+        self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
+        let deleted = q.delete();
+        let exchanges: Vec<Arc<Exchange>> = self.exchanges.iter().map(|x| x.clone()).collect();
+        for x in exchanges {
+            if !x.unbind_queue(q).is_empty() && x.auto_delete && !x.has_bindings() {
+                self.remove_exchange(&x)?;
+            }
+        }
+        Ok(deleted)
+    }
+
+    // ---- bindings ----
+
+    pub fn bind(&self, queue: &str, exchange: &str, routing_key: &str, arguments: FieldTable, conn_id: u64) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Err(self.default_exchange_refused());
+        }
+        let q = self.queue(queue, conn_id)?;
+        let x = self.exchange(exchange)?;
+        let def = BindingDef {
+            vhost: self.name.clone(),
+            exchange: exchange.to_string(),
+            queue: queue.to_string(),
+            routing_key: routing_key.to_string(),
+            arguments: arguments.clone(),
+        };
+        let added = x.bind(Binding {
+            queue: q.clone(),
+            routing_key: routing_key.to_string(),
+            arguments,
+        });
+        if added && x.durable && q.durable && q.exclusive_owner.is_none() {
+            if let Err(e) = blocking(|| self.store.put_binding(&def)) {
+                x.unbind(&q, &def.routing_key, &def.arguments);
+                return Err(store_failed(e));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn unbind(&self, queue: &str, exchange: &str, routing_key: &str, arguments: FieldTable, conn_id: u64) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Err(self.default_exchange_refused());
+        }
+        let q = self.queue(queue, conn_id)?;
+        let x = self.exchange(exchange)?;
+        if x.unbind(&q, routing_key, &arguments) {
+            if x.durable && q.durable {
+                let def = BindingDef {
+                    vhost: self.name.clone(),
+                    exchange: exchange.to_string(),
+                    queue: queue.to_string(),
+                    routing_key: routing_key.to_string(),
+                    arguments,
+                };
+                blocking(|| self.store.delete_binding(&def)).map_err(store_failed)?;
+            }
+            if x.auto_delete && !x.has_bindings() {
+                self.remove_exchange(&x)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The queues a message goes to (deduplicated). The default exchange routes
+    /// to the queue named by the routing key.
+    pub fn route(&self, x: &Exchange, routing_key: &str, headers: Option<&FieldTable>) -> Vec<Arc<Queue>> {
+        let mut out = Vec::new();
+        if x.name.is_empty() {
+            if let Some(q) = self.queues.get(routing_key) {
+                out.push(q.clone());
+            }
+            return out;
+        }
+        x.route(routing_key, headers, &mut out);
+        if out.len() > 1 {
+            out.sort_by_key(|q| Arc::as_ptr(q) as usize);
+            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+        out
+    }
+
+    // ---- recovery ----
+
+    pub fn restore_exchange(&self, d: ExchangeDef) {
+        let Some(kind) = ExchangeKind::parse(&d.kind) else {
+            tracing::warn!(exchange = %d.name, kind = %d.kind, "skipping stored exchange of unknown type");
+            return;
+        };
+        self.exchanges.insert(
+            d.name.clone(),
+            Arc::new(Exchange::new(d.name, kind, true, d.auto_delete, d.internal, d.arguments)),
+        );
+    }
+
+    pub fn restore_queue(&self, d: QueueDef, msgs: Vec<Arc<Message>>) {
+        let q = Arc::new(Queue::new(
+            d.name.clone(),
+            self.name.clone(),
+            true,
+            None,
+            d.auto_delete,
+            d.arguments,
+            self.store.clone(),
+        ));
+        q.recover(msgs);
+        self.queues.insert(d.name, q);
+    }
+
+    pub fn restore_binding(&self, b: BindingDef) {
+        let (Some(x), Some(q)) = (self.exchanges.get(&b.exchange), self.queues.get(&b.queue)) else {
+            tracing::warn!(exchange = %b.exchange, queue = %b.queue, "skipping stored binding to a missing exchange or queue");
+            return;
+        };
+        x.bind(Binding {
+            queue: q.clone(),
+            routing_key: b.routing_key,
+            arguments: b.arguments,
+        });
+    }
+}
+
+/// First argument among `keys` whose value differs: (name, received, current).
+fn args_mismatch(got: &FieldTable, have: &FieldTable, keys: &[&str]) -> Option<(String, String, String)> {
+    for k in keys {
+        let a = got.inner().get(*k);
+        let b = have.inner().get(*k);
+        let same = match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => value_eq(a, b),
+            _ => false,
+        };
+        if !same {
+            return Some((k.to_string(), arg_text(a), arg_text(b)));
+        }
+    }
+    None
+}

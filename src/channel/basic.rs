@@ -1,0 +1,317 @@
+//! The basic class on a channel: publish (after content assembly), qos,
+//! consume/cancel, get, ack/nack/reject, recover.
+
+use amq_protocol::protocol::{basic as b, AMQPClass};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use super::handle::{Consumer, Unacked};
+use super::{delete_auto_queue, requeue_all, Channel, ConnCtx};
+use crate::broker::vhost::random_name;
+use crate::error::{AmqpError, AmqpResult};
+use crate::message::Message;
+use crate::protocol::{codes, encode, short, ContentHeader};
+use crate::queue::Queue;
+
+impl Channel {
+    /// Resolve a queue name, "" meaning the last queue declared on this channel.
+    pub(super) fn queue_name(&self, name: &str) -> AmqpResult<String> {
+        if !name.is_empty() {
+            return Ok(name.to_string());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::channel(codes::NOT_FOUND, "no previously declared queue"))
+    }
+
+    pub(super) fn publish(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        p: b::Publish,
+        header: ContentHeader,
+        body: Bytes,
+    ) -> AmqpResult<()> {
+        let x = ctx.vhost.exchange(p.exchange.as_str())?;
+        if x.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                x.name, ctx.vhost.name
+            )));
+        }
+        let seq = {
+            let mut c = self.handle.confirms.lock();
+            c.enabled.then(|| c.next())
+        };
+        let queues = ctx.vhost.route(
+            &x,
+            p.routing_key.as_str(),
+            header.properties.headers().as_ref(),
+        );
+        if queues.is_empty() {
+            if p.mandatory {
+                let mut out = BytesMut::with_capacity(body.len() + 128);
+                encode::method(
+                    &mut out,
+                    self.id(),
+                    &AMQPClass::Basic(b::AMQPMethod::Return(b::Return {
+                        reply_code: codes::NO_ROUTE,
+                        reply_text: "NO_ROUTE".into(),
+                        exchange: p.exchange.clone(),
+                        routing_key: p.routing_key.clone(),
+                    })),
+                );
+                encode::content(
+                    &mut out,
+                    self.id(),
+                    &header.raw_properties,
+                    &body,
+                    self.handle.conn.frame_max(),
+                );
+                self.handle.conn.send(out.freeze());
+            }
+            if let Some(seq) = seq {
+                self.handle.confirms.lock().complete(seq, true);
+            }
+            return Ok(());
+        }
+        let msg = Arc::new(Message::new(
+            ctx.broker.next_message_id(),
+            p.exchange.as_str().to_string(),
+            p.routing_key.as_str().to_string(),
+            header.properties,
+            header.raw_properties,
+            body,
+        ));
+        let stored: Vec<_> = if msg.is_persistent() {
+            queues
+                .iter()
+                .filter(|q| q.durable && q.exclusive_owner.is_none())
+                .map(|q| q.key())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if stored.is_empty() {
+            for q in &queues {
+                q.enqueue(msg.clone());
+            }
+            if let Some(seq) = seq {
+                self.handle.confirms.lock().complete(seq, true);
+            }
+            return Ok(());
+        }
+        // Persistent: queues hold the message back until the synced write
+        // returns; then it is delivered and confirmed, or withdrawn and nacked.
+        msg.mark_pending();
+        for q in &queues {
+            q.enqueue(msg.clone());
+        }
+        let handle = self.handle.clone();
+        let m = msg.clone();
+        ctx.broker.store.persist(
+            msg,
+            stored,
+            Box::new(move |ok| {
+                if ok {
+                    m.mark_stored();
+                    for q in &queues {
+                        q.kick();
+                    }
+                } else {
+                    m.mark_failed();
+                    for q in &queues {
+                        q.withdraw(m.id);
+                    }
+                }
+                if let Some(seq) = seq {
+                    handle.complete_confirm(seq, ok);
+                }
+            }),
+        );
+        Ok(())
+    }
+
+    pub(super) fn qos(&mut self, ctx: &mut ConnCtx<'_>, m: b::Qos) -> AmqpResult<()> {
+        if m.prefetch_size != 0 {
+            return Err(AmqpError::not_implemented(format!(
+                "prefetch_size!=0 ({})",
+                m.prefetch_size
+            )));
+        }
+        let queues: Vec<Arc<Queue>> = {
+            let mut d = self.handle.delivery.lock();
+            if m.global {
+                d.prefetch_global = m.prefetch_count;
+            } else {
+                d.prefetch_consumer = m.prefetch_count;
+            }
+            d.consumers.values().map(|c| c.queue.clone()).collect()
+        };
+        let _ = ctx;
+        self.reply(AMQPClass::Basic(b::AMQPMethod::QosOk(b::QosOk {})));
+        // A larger channel limit may let held-back messages flow.
+        for q in queues {
+            q.kick();
+        }
+        Ok(())
+    }
+
+    pub(super) fn consume(&mut self, ctx: &mut ConnCtx<'_>, m: b::Consume) -> AmqpResult<()> {
+        let name = self.queue_name(m.queue.as_str())?;
+        let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
+        let tag = if m.consumer_tag.as_str().is_empty() {
+            random_name("amq.ctag-")
+        } else {
+            m.consumer_tag.as_str().to_string()
+        };
+        let consumer = {
+            let mut d = self.handle.delivery.lock();
+            if d.consumers.contains_key(&tag) {
+                return Err(AmqpError::connection(
+                    codes::NOT_ALLOWED,
+                    format!("attempt to reuse consumer tag '{tag}'"),
+                ));
+            }
+            let c = Arc::new(Consumer {
+                tag: tag.clone(),
+                channel: self.handle.clone(),
+                queue: queue.clone(),
+                no_ack: m.no_ack,
+                exclusive: m.exclusive,
+                prefetch: d.prefetch_consumer,
+                unacked: AtomicU32::new(0),
+            });
+            d.consumers.insert(tag.clone(), c.clone());
+            c
+        };
+        if queue.add_consumer(consumer.clone()).is_err() {
+            self.handle.delivery.lock().consumers.remove(&tag);
+            return Err(AmqpError::access_refused(format!(
+                "queue '{name}' in vhost '{}' in exclusive use",
+                ctx.vhost.name
+            )));
+        }
+        if !m.nowait {
+            self.reply(AMQPClass::Basic(b::AMQPMethod::ConsumeOk(b::ConsumeOk {
+                consumer_tag: short(&tag),
+            })));
+        }
+        // Deliveries start only after consume-ok is on its way.
+        queue.kick();
+        Ok(())
+    }
+
+    pub(super) fn cancel(&mut self, ctx: &mut ConnCtx<'_>, m: b::Cancel) -> AmqpResult<()> {
+        let consumer = self
+            .handle
+            .delivery
+            .lock()
+            .consumers
+            .remove(m.consumer_tag.as_str());
+        if !m.nowait {
+            self.reply(AMQPClass::Basic(b::AMQPMethod::CancelOk(b::CancelOk {
+                consumer_tag: m.consumer_tag.clone(),
+            })));
+        }
+        if let Some(c) = consumer {
+            if c.queue.remove_consumer(&c) {
+                delete_auto_queue(ctx.vhost, &c.queue);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn get(&mut self, ctx: &mut ConnCtx<'_>, m: b::Get) -> AmqpResult<()> {
+        let name = self.queue_name(m.queue.as_str())?;
+        let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
+        if !queue.get(&self.handle, m.no_ack) {
+            self.reply(AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})));
+        }
+        Ok(())
+    }
+
+    /// Take unacked deliveries out of the channel: one tag, or every tag up to
+    /// it with `multiple` (tag 0 with multiple = all).
+    fn take_unacked(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Unacked>> {
+        let mut d = self.handle.delivery.lock();
+        if multiple {
+            if tag != 0 && !d.unacked.contains_key(&tag) {
+                return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
+            }
+            let rest = if tag == 0 {
+                std::collections::BTreeMap::new()
+            } else {
+                d.unacked.split_off(&(tag + 1))
+            };
+            let taken = std::mem::replace(&mut d.unacked, rest);
+            Ok(taken.into_values().collect())
+        } else {
+            match d.unacked.remove(&tag) {
+                Some(u) => Ok(vec![u]),
+                None => Err(AmqpError::precondition(format!("unknown delivery tag {tag}"))),
+            }
+        }
+    }
+
+    pub(super) fn ack(&mut self, tag: u64, multiple: bool) -> AmqpResult<()> {
+        let taken = self.take_unacked(tag, multiple)?;
+        let mut touched: HashMap<*const Queue, Arc<Queue>> = HashMap::new();
+        for u in &taken {
+            Queue::release_credit(&u.consumer);
+            u.queue.settled(&u.entry);
+            touched.entry(Arc::as_ptr(&u.queue)).or_insert_with(|| u.queue.clone());
+        }
+        self.kick_after_settle(touched);
+        Ok(())
+    }
+
+    pub(super) fn reject(&mut self, tag: u64, multiple: bool, requeue: bool) -> AmqpResult<()> {
+        let taken = self.take_unacked(tag, multiple)?;
+        let mut touched: HashMap<*const Queue, Arc<Queue>> = HashMap::new();
+        for u in &taken {
+            Queue::release_credit(&u.consumer);
+            touched.entry(Arc::as_ptr(&u.queue)).or_insert_with(|| u.queue.clone());
+        }
+        if requeue {
+            requeue_all(taken.into_iter().map(|u| (u.queue, u.entry)));
+        } else {
+            for u in &taken {
+                u.queue.settled(&u.entry);
+            }
+        }
+        self.kick_after_settle(touched);
+        Ok(())
+    }
+
+    /// Freed credit: deliver again from the queues involved, and with a
+    /// channel-wide limit from every queue this channel consumes.
+    fn kick_after_settle(&self, mut touched: HashMap<*const Queue, Arc<Queue>>) {
+        {
+            let d = self.handle.delivery.lock();
+            if d.prefetch_global > 0 {
+                for c in d.consumers.values() {
+                    touched
+                        .entry(Arc::as_ptr(&c.queue))
+                        .or_insert_with(|| c.queue.clone());
+                }
+            }
+        }
+        for q in touched.into_values() {
+            q.kick();
+        }
+    }
+
+    pub(super) fn recover(&mut self, requeue: bool) -> AmqpResult<()> {
+        if !requeue {
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
+        let taken = self.take_unacked(0, true)?;
+        for u in &taken {
+            Queue::release_credit(&u.consumer);
+        }
+        requeue_all(taken.into_iter().map(|u| (u.queue, u.entry)));
+        Ok(())
+    }
+}

@@ -1,0 +1,373 @@
+//! The part of a channel that other tasks touch: queues deliver to its
+//! consumers, the store's committer completes its publisher confirms. Everything
+//! here is behind short `parking_lot` locks with no `.await` inside.
+//!
+//! Lock order: a queue's lock may be held while taking a channel's `delivery`
+//! lock (that is how a queue delivers), never the other way round.
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+use crate::protocol::encode;
+use crate::queue::{Queue, QueueEntry};
+
+/// What the connection's writer task is asked to do.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Bytes of one or more whole frames.
+    Frames(Bytes),
+    /// Start sending heartbeats every this many seconds.
+    Heartbeat(u16),
+    /// Flush everything queued so far, then close the socket.
+    Close,
+}
+
+/// Shared facts about a connection.
+#[derive(Debug)]
+pub struct ConnHandle {
+    pub id: u64,
+    out: mpsc::UnboundedSender<Outbound>,
+    frame_max: AtomicU32,
+    cancel_notify: AtomicBool,
+}
+
+impl ConnHandle {
+    pub fn new(id: u64, out: mpsc::UnboundedSender<Outbound>, frame_max: u32) -> Self {
+        ConnHandle {
+            id,
+            out,
+            frame_max: AtomicU32::new(frame_max),
+            cancel_notify: AtomicBool::new(false),
+        }
+    }
+
+    /// Queue frames for the writer. A closed writer means the socket is gone:
+    /// the frames are dropped, and the connection's own teardown returns any
+    /// unacked deliveries to their queues.
+    pub fn send(&self, frames: Bytes) {
+        let _ = self.out.send(Outbound::Frames(frames));
+    }
+
+    pub fn control(&self, msg: Outbound) {
+        let _ = self.out.send(msg);
+    }
+
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max.load(Ordering::Relaxed)
+    }
+
+    pub fn set_frame_max(&self, v: u32) {
+        self.frame_max.store(v, Ordering::Relaxed)
+    }
+
+    pub fn cancel_notify(&self) -> bool {
+        self.cancel_notify.load(Ordering::Relaxed)
+    }
+
+    pub fn set_cancel_notify(&self, v: bool) {
+        self.cancel_notify.store(v, Ordering::Relaxed)
+    }
+}
+
+/// A delivery the client has not acked yet.
+#[derive(Debug)]
+pub struct Unacked {
+    pub queue: Arc<Queue>,
+    pub entry: QueueEntry,
+    /// `None` for basic.get deliveries.
+    pub consumer: Option<Arc<Consumer>>,
+}
+
+#[derive(Debug)]
+pub struct DeliveryState {
+    pub next_tag: u64,
+    pub unacked: BTreeMap<u64, Unacked>,
+    /// basic.qos with global=true: limit shared by the channel's consumers.
+    pub prefetch_global: u16,
+    /// basic.qos with global=false: limit for consumers created afterwards.
+    pub prefetch_consumer: u16,
+    /// channel.flow: when false, nothing is delivered to this channel.
+    pub flow_active: bool,
+    pub closed: bool,
+    pub consumers: HashMap<String, Arc<Consumer>>,
+}
+
+/// Publisher confirm bookkeeping for one channel.
+#[derive(Debug, Default)]
+pub struct ConfirmState {
+    pub enabled: bool,
+    /// Sequence number of the last publish (the first is 1).
+    pub last_seq: u64,
+    /// Publishes not yet completed.
+    pending: BTreeSet<u64>,
+    /// Everything up to here has been confirmed to the client.
+    confirmed_upto: u64,
+    /// Completed with failure, nack not yet sent.
+    nacks_to_send: Vec<u64>,
+    /// Nacked, inside the range not yet covered by an ack.
+    nacked: BTreeSet<u64>,
+}
+
+impl ConfirmState {
+    /// Register the next publish; returns its sequence number.
+    pub fn next(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.pending.insert(self.last_seq);
+        self.last_seq
+    }
+
+    pub fn complete(&mut self, seq: u64, ok: bool) {
+        if self.pending.remove(&seq) && !ok {
+            self.nacks_to_send.push(seq);
+            self.nacked.insert(seq);
+        }
+    }
+
+    /// Frames for everything completed since the last flush: nacks one by one,
+    /// then one ack (multiple=true when it covers several) for the longest run
+    /// of completed publishes.
+    pub fn flush(&mut self, channel: u16, out: &mut BytesMut) {
+        use amq_protocol::protocol::{basic, AMQPClass};
+        self.nacks_to_send.sort_unstable();
+        for seq in self.nacks_to_send.drain(..) {
+            encode::method(
+                out,
+                channel,
+                &AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: seq,
+                    multiple: false,
+                    requeue: false,
+                })),
+            );
+        }
+        let upto = match self.pending.first() {
+            Some(first) => first - 1,
+            None => self.last_seq,
+        };
+        if upto <= self.confirmed_upto {
+            return;
+        }
+        let nacked_in_range = self.nacked.range(..=upto).count() as u64;
+        let ackable = upto - self.confirmed_upto - nacked_in_range;
+        if ackable > 0 {
+            let mut tag = upto;
+            while self.nacked.contains(&tag) {
+                tag -= 1;
+            }
+            encode::method(
+                out,
+                channel,
+                &AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: tag,
+                    multiple: ackable > 1,
+                })),
+            );
+        }
+        self.confirmed_upto = upto;
+        self.nacked = self.nacked.split_off(&(upto + 1));
+    }
+}
+
+/// The shared half of an open channel.
+#[derive(Debug)]
+pub struct ChannelHandle {
+    pub id: u16,
+    pub conn: Arc<ConnHandle>,
+    pub delivery: Mutex<DeliveryState>,
+    pub confirms: Mutex<ConfirmState>,
+}
+
+impl ChannelHandle {
+    pub fn new(id: u16, conn: Arc<ConnHandle>) -> Self {
+        ChannelHandle {
+            id,
+            conn,
+            delivery: Mutex::new(DeliveryState {
+                next_tag: 1,
+                unacked: BTreeMap::new(),
+                prefetch_global: 0,
+                prefetch_consumer: 0,
+                flow_active: true,
+                closed: false,
+                consumers: HashMap::new(),
+            }),
+            confirms: Mutex::new(ConfirmState::default()),
+        }
+    }
+
+    /// Complete a publish (from any task) and send what that releases.
+    pub fn complete_confirm(&self, seq: u64, ok: bool) {
+        let mut out = BytesMut::new();
+        {
+            let mut c = self.confirms.lock();
+            c.complete(seq, ok);
+            c.flush(self.id, &mut out);
+        }
+        if !out.is_empty() {
+            self.conn.send(out.freeze());
+        }
+    }
+
+    /// Send acks for publishes completed so far (called once per read burst).
+    pub fn flush_confirms(&self) {
+        let mut out = BytesMut::new();
+        self.confirms.lock().flush(self.id, &mut out);
+        if !out.is_empty() {
+            self.conn.send(out.freeze());
+        }
+    }
+}
+
+/// A basic.consume subscription.
+#[derive(Debug)]
+pub struct Consumer {
+    pub tag: String,
+    pub channel: Arc<ChannelHandle>,
+    pub queue: Arc<Queue>,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Per-consumer prefetch (0 = unlimited).
+    pub prefetch: u16,
+    pub unacked: AtomicU32,
+}
+
+impl Consumer {
+    /// Deliver the head of `ready` to this consumer if its credit allows.
+    /// Called by the queue with its lock held.
+    pub fn try_deliver(
+        self: &Arc<Self>,
+        queue: &Arc<Queue>,
+        ready: &mut std::collections::VecDeque<QueueEntry>,
+    ) -> bool {
+        let mut st = self.channel.delivery.lock();
+        if st.closed || !st.flow_active {
+            return false;
+        }
+        if !self.no_ack {
+            if self.prefetch > 0 && self.unacked.load(Ordering::Relaxed) >= self.prefetch as u32 {
+                return false;
+            }
+            if st.prefetch_global > 0 && st.unacked.len() >= st.prefetch_global as usize {
+                return false;
+            }
+        }
+        let Some(entry) = ready.pop_front() else {
+            return false;
+        };
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        let msg = &entry.msg;
+        let mut out = BytesMut::with_capacity(msg.body.len() + msg.raw_properties.len() + 128);
+        encode::deliver_method(
+            &mut out,
+            self.channel.id,
+            &self.tag,
+            tag,
+            entry.redelivered,
+            &msg.exchange,
+            &msg.routing_key,
+        );
+        encode::content(
+            &mut out,
+            self.channel.id,
+            &msg.raw_properties,
+            &msg.body,
+            self.channel.conn.frame_max(),
+        );
+        if self.no_ack {
+            queue.settled(&entry);
+        } else {
+            self.unacked.fetch_add(1, Ordering::Relaxed);
+            st.unacked.insert(
+                tag,
+                Unacked {
+                    queue: queue.clone(),
+                    entry,
+                    consumer: Some(self.clone()),
+                },
+            );
+        }
+        // Sent under the channel lock so delivery tags reach the client in order.
+        self.channel.conn.send(out.freeze());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{read_frame, Frame};
+    use amq_protocol::protocol::{basic, AMQPClass};
+
+    fn acks(out: &mut BytesMut) -> Vec<(bool, u64, bool)> {
+        let mut v = Vec::new();
+        while let Some(Frame::Method(_, m)) = read_frame(out, 131072).unwrap() {
+            match *m {
+                AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => {
+                    v.push((true, a.delivery_tag, a.multiple))
+                }
+                AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => {
+                    v.push((false, n.delivery_tag, n.multiple))
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn runs_merge_into_multiple() {
+        let mut c = ConfirmState::default();
+        for _ in 0..5 {
+            c.next();
+        }
+        for s in 1..=5 {
+            c.complete(s, true);
+        }
+        let mut out = BytesMut::new();
+        c.flush(1, &mut out);
+        assert_eq!(acks(&mut out), vec![(true, 5, true)]);
+    }
+
+    #[test]
+    fn out_of_order_completion_waits_for_the_gap() {
+        let mut c = ConfirmState::default();
+        for _ in 0..3 {
+            c.next();
+        }
+        c.complete(2, true);
+        c.complete(3, true);
+        let mut out = BytesMut::new();
+        c.flush(1, &mut out);
+        assert!(acks(&mut out).is_empty());
+        c.complete(1, true);
+        c.flush(1, &mut out);
+        assert_eq!(acks(&mut out), vec![(true, 3, true)]);
+        c.next();
+        c.complete(4, true);
+        c.flush(1, &mut out);
+        assert_eq!(acks(&mut out), vec![(true, 4, false)]);
+    }
+
+    #[test]
+    fn nacks_go_first_and_are_not_acked() {
+        let mut c = ConfirmState::default();
+        for _ in 0..3 {
+            c.next();
+        }
+        c.complete(1, true);
+        c.complete(2, true);
+        c.complete(3, false);
+        let mut out = BytesMut::new();
+        c.flush(1, &mut out);
+        assert_eq!(acks(&mut out), vec![(false, 3, false), (true, 2, true)]);
+        c.next();
+        c.complete(4, false);
+        c.flush(1, &mut out);
+        assert_eq!(acks(&mut out), vec![(false, 4, false)]);
+    }
+}

@@ -1,0 +1,154 @@
+//! The broker's configuration: one TOML file (`conf/broker.toml`), whose text is
+//! also embedded in the binary as the default, so the defaults a user reads in that
+//! file are exactly the ones in force. Command-line flags override the file.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The default configuration file, embedded at build time.
+pub const DEFAULT_CONFIG: &str = include_str!("../conf/broker.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default = "default_vhosts")]
+    pub vhosts: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    pub max_message_size: u64,
+    pub handshake_timeout: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            max_message_size: 16 * 1024 * 1024,
+            handshake_timeout: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    /// Vhosts this user may open; `None` means all of them.
+    #[serde(default)]
+    pub vhosts: Option<Vec<String>>,
+}
+
+fn default_vhosts() -> Vec<String> {
+    vec!["/".to_string()]
+}
+
+impl Config {
+    /// Parse a configuration from TOML text and check it.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The embedded default configuration.
+    pub fn default_config() -> Result<Config, ConfigError> {
+        Config::parse(DEFAULT_CONFIG)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.limits.frame_max < 4096 {
+            return Err(ConfigError::Invalid(
+                "limits.frame_max must be at least 4096".into(),
+            ));
+        }
+        if self.limits.channel_max == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.channel_max must be at least 1".into(),
+            ));
+        }
+        for v in &self.vhosts {
+            if v.is_empty() || v.len() > 255 {
+                return Err(ConfigError::Invalid(format!(
+                    "vhost name {v:?} must be 1 to 255 bytes"
+                )));
+            }
+        }
+        for u in &self.users {
+            if u.name.is_empty() || u.name.len() > 255 {
+                return Err(ConfigError::Invalid(format!(
+                    "user name {:?} must be 1 to 255 bytes",
+                    u.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::default_config().expect("default config");
+        assert_eq!(c.limits.frame_max, 131_072);
+        assert_eq!(c.limits.channel_max, 2047);
+        assert_eq!(c.limits.heartbeat, 60);
+        assert_eq!(c.vhosts, vec!["/".to_string()]);
+        assert_eq!(c.users[0].name, "guest");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let text = format!("{DEFAULT_CONFIG}\nbogus = 1\n");
+        assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn small_frame_max_is_refused() {
+        let text = DEFAULT_CONFIG.replace("frame_max = 131072", "frame_max = 100");
+        assert!(matches!(
+            Config::parse(&text),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+}

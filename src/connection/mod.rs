@@ -1,0 +1,449 @@
+//! One client connection: the protocol header, the handshake (start, auth,
+//! tune, open), the read loop that cuts frames and hands them to channels,
+//! heartbeats, and connection-level errors. The writer task (`writer`) owns the
+//! socket's write half; everything else here runs in the reader task.
+
+mod handshake;
+mod writer;
+
+use amq_protocol::protocol::{channel as ch, connection as conn, AMQPClass};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::broker::{Broker, VHost};
+use crate::channel::handle::{ConnHandle, Outbound};
+use crate::channel::{notify_cancelled, Channel, ConnCtx};
+use crate::error::AmqpError;
+use crate::protocol::{codes, encode, read_frame, Frame, FrameError};
+use crate::queue::Queue;
+
+/// Why the read loop ended.
+#[derive(Debug)]
+enum End {
+    /// The peer closed the socket or it failed.
+    Gone,
+    /// Closing handshake done (either side), or the connection was dropped on purpose.
+    Closed,
+}
+
+enum Slot {
+    Open(Box<Channel>),
+    /// We sent channel.close and wait for close-ok; other frames are dropped.
+    Closing,
+}
+
+pub struct Connection<R> {
+    broker: Arc<Broker>,
+    handle: Arc<ConnHandle>,
+    reader: R,
+    buf: BytesMut,
+    peer: SocketAddr,
+    user: String,
+    vhost: Option<Arc<VHost>>,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: u16,
+    channels: HashMap<u16, Slot>,
+    exclusive_queues: Vec<Arc<Queue>>,
+    /// Channels with publisher confirms to flush after this read burst.
+    confirm_dirty: Vec<u16>,
+}
+
+/// Serve one accepted socket until it closes.
+pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let id = broker.next_connection_id();
+    let frame_max = broker.config.limits.frame_max;
+    let handle = Arc::new(ConnHandle::new(id, tx, frame_max));
+    let writer = tokio::spawn(writer::run(wr, rx));
+    let mut c = Connection {
+        broker,
+        handle: handle.clone(),
+        reader: rd,
+        buf: BytesMut::with_capacity(64 * 1024),
+        peer,
+        user: String::new(),
+        vhost: None,
+        frame_max,
+        channel_max: 0,
+        heartbeat: 0,
+        channels: HashMap::new(),
+        exclusive_queues: Vec::new(),
+        confirm_dirty: Vec::new(),
+    };
+    let end = c.run().await;
+    tracing::debug!(conn = id, peer = %peer, ?end, "connection ended");
+    c.teardown();
+    handle.control(Outbound::Close);
+    drop(c);
+    drop(handle);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+impl<R: AsyncRead + Unpin> Connection<R> {
+    async fn run(&mut self) -> End {
+        match self.handshake().await {
+            Ok(true) => {}
+            Ok(false) => return End::Closed,
+            Err(end) => return end,
+        }
+        tracing::info!(conn = self.handle.id, peer = %self.peer, user = %self.user, "connection open");
+        let end = self.main_loop().await;
+        tracing::info!(conn = self.handle.id, peer = %self.peer, "connection closed");
+        end
+    }
+
+    /// Read more bytes, with a deadline. `Ok(false)` on end of stream.
+    async fn fill(&mut self, deadline: Option<Duration>) -> Result<bool, End> {
+        let read = self.reader.read_buf(&mut self.buf);
+        let n = match deadline {
+            Some(d) => match tokio::time::timeout(d, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(conn = self.handle.id, peer = %self.peer, "no data from client within {d:?}, closing");
+                    return Err(End::Closed);
+                }
+            },
+            None => read.await,
+        };
+        match n {
+            Ok(0) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(e) => {
+                tracing::debug!(conn = self.handle.id, error = %e, "read failed");
+                Err(End::Gone)
+            }
+        }
+    }
+
+    fn heartbeat_deadline(&self) -> Option<Duration> {
+        // A peer silent for two heartbeat intervals is gone.
+        (self.heartbeat > 0).then(|| Duration::from_secs(2 * self.heartbeat as u64))
+    }
+
+    async fn main_loop(&mut self) -> End {
+        loop {
+            loop {
+                match read_frame(&mut self.buf, self.frame_max) {
+                    Ok(Some(frame)) => {
+                        if let Err(e) = self.handle_frame(frame) {
+                            return self.close_with(e).await;
+                        }
+                        if self.closing_done() {
+                            return End::Closed;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.close_with(frame_error(e)).await,
+                }
+            }
+            self.flush_confirms();
+            match self.fill(self.heartbeat_deadline()).await {
+                Ok(true) => {}
+                Ok(false) => return End::Gone,
+                Err(end) => return end,
+            }
+        }
+    }
+
+    fn closing_done(&self) -> bool {
+        self.vhost.is_none()
+    }
+
+    fn flush_confirms(&mut self) {
+        for id in self.confirm_dirty.drain(..) {
+            if let Some(Slot::Open(c)) = self.channels.get(&id) {
+                c.handle.flush_confirms();
+            }
+        }
+    }
+
+    fn send_method(&self, channel: u16, method: AMQPClass) {
+        let mut out = BytesMut::new();
+        encode::method(&mut out, channel, &method);
+        self.handle.send(out.freeze());
+    }
+
+    /// Handle one frame after the handshake. A returned error is a connection
+    /// error; channel errors are dealt with here.
+    fn handle_frame(&mut self, frame: Frame) -> Result<(), AmqpError> {
+        let channel = frame.channel();
+        if channel == 0 {
+            return match frame {
+                Frame::Heartbeat(_) => Ok(()),
+                Frame::Method(_, m) => self.connection_method(*m),
+                Frame::Header(..) | Frame::Body(..) => Err(AmqpError::connection(
+                    codes::UNEXPECTED_FRAME,
+                    "content frame on channel 0",
+                )),
+            };
+        }
+        let method = match frame {
+            Frame::Heartbeat(_) => {
+                return Err(AmqpError::connection(
+                    codes::FRAME_ERROR,
+                    "heartbeat frame on a non-zero channel",
+                ))
+            }
+            Frame::Method(_, m) => m,
+            other => return self.content_frame(channel, other),
+        };
+        match (self.channels.get_mut(&channel), *method) {
+            (None, AMQPClass::Channel(ch::AMQPMethod::Open(_))) => {
+                if channel > self.channel_max {
+                    return Err(AmqpError::connection(
+                        codes::CHANNEL_ERROR,
+                        format!("channel number {channel} exceeds channel_max {}", self.channel_max),
+                    )
+                    .caused_by(20, 10));
+                }
+                self.channels
+                    .insert(channel, Slot::Open(Box::new(Channel::new(channel, self.handle.clone()))));
+                self.send_method(channel, AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})));
+                Ok(())
+            }
+            (None, m) => Err(AmqpError::connection(
+                codes::CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {channel}"),
+            )
+            .caused_by(m.get_amqp_class_id(), m.get_amqp_method_id())),
+            (Some(Slot::Closing), AMQPClass::Channel(ch::AMQPMethod::CloseOk(_))) => {
+                self.channels.remove(&channel);
+                Ok(())
+            }
+            (Some(Slot::Closing), AMQPClass::Channel(ch::AMQPMethod::Close(_))) => {
+                // Both sides closed at once: answer, and keep waiting for our close-ok.
+                self.send_method(channel, AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})));
+                Ok(())
+            }
+            (Some(Slot::Closing), _) => Ok(()),
+            (Some(Slot::Open(_)), AMQPClass::Channel(ch::AMQPMethod::Close(_))) => {
+                if let Some(Slot::Open(mut c)) = self.channels.remove(&channel) {
+                    c.teardown(self.vhost.as_ref());
+                }
+                self.send_method(channel, AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})));
+                Ok(())
+            }
+            (Some(Slot::Open(_)), AMQPClass::Channel(ch::AMQPMethod::CloseOk(_))) => {
+                // close-ok for a close we never sent: ignore, as RabbitMQ does.
+                Ok(())
+            }
+            (Some(Slot::Open(c)), m) => {
+                let Some(vhost) = self.vhost.as_ref() else {
+                    return Ok(());
+                };
+                let mut ctx = ConnCtx {
+                    broker: &self.broker,
+                    vhost,
+                    conn: &self.handle,
+                    exclusive_queues: &mut self.exclusive_queues,
+                };
+                let is_publish = matches!(
+                    m,
+                    AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(_))
+                );
+                let r = c.handle_method(&mut ctx, m);
+                if is_publish {
+                    self.mark_confirm(channel);
+                }
+                self.channel_result(channel, r)
+            }
+        }
+    }
+
+    fn mark_confirm(&mut self, channel: u16) {
+        if self.confirm_dirty.last() != Some(&channel) {
+            self.confirm_dirty.push(channel);
+        }
+    }
+
+    fn content_frame(&mut self, channel: u16, frame: Frame) -> Result<(), AmqpError> {
+        let Some(slot) = self.channels.get_mut(&channel) else {
+            return Err(AmqpError::connection(
+                codes::CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {channel}"),
+            ));
+        };
+        let Slot::Open(c) = slot else {
+            return Ok(());
+        };
+        let Some(vhost) = self.vhost.as_ref() else {
+            return Ok(());
+        };
+        let mut ctx = ConnCtx {
+            broker: &self.broker,
+            vhost,
+            conn: &self.handle,
+            exclusive_queues: &mut self.exclusive_queues,
+        };
+        let r = match frame {
+            Frame::Header(_, h) => c.handle_header(&mut ctx, *h),
+            Frame::Body(_, b) => c.handle_body(&mut ctx, b),
+            _ => Ok(()),
+        };
+        self.mark_confirm(channel);
+        self.channel_result(channel, r)
+    }
+
+    /// Turn a channel error into channel.close; pass connection errors up.
+    fn channel_result(&mut self, channel: u16, r: Result<(), AmqpError>) -> Result<(), AmqpError> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(AmqpError::Channel {
+                code,
+                text,
+                class_id,
+                method_id,
+            }) => {
+                tracing::info!(conn = self.handle.id, channel, code, %text, "closing channel");
+                if let Some(Slot::Open(mut c)) = self.channels.insert(channel, Slot::Closing) {
+                    // Confirms for publishes completed before the error still go out.
+                    c.handle.flush_confirms();
+                    c.teardown(self.vhost.as_ref());
+                }
+                self.send_method(
+                    channel,
+                    AMQPClass::Channel(ch::AMQPMethod::Close(ch::Close {
+                        reply_code: code,
+                        reply_text: crate::protocol::short(&text),
+                        class_id,
+                        method_id,
+                    })),
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn connection_method(&mut self, m: AMQPClass) -> Result<(), AmqpError> {
+        let (class_id, method_id) = (m.get_amqp_class_id(), m.get_amqp_method_id());
+        match m {
+            AMQPClass::Connection(conn::AMQPMethod::Close(_)) => {
+                self.send_method(0, AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})));
+                // Marks the loop done.
+                self.teardown();
+                Ok(())
+            }
+            AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)) => {
+                self.teardown();
+                Ok(())
+            }
+            AMQPClass::Connection(conn::AMQPMethod::Blocked(_))
+            | AMQPClass::Connection(conn::AMQPMethod::Unblocked(_)) => Ok(()),
+            AMQPClass::Connection(conn::AMQPMethod::UpdateSecret(_)) => Err(AmqpError::not_implemented(
+                "connection.update-secret is not supported",
+            )
+            .caused_by(class_id, method_id)),
+            AMQPClass::Connection(_) => Err(AmqpError::connection(
+                codes::COMMAND_INVALID,
+                "unexpected connection method after the handshake",
+            )
+            .caused_by(class_id, method_id)),
+            _ => Err(AmqpError::connection(
+                codes::COMMAND_INVALID,
+                "channel method on channel 0",
+            )
+            .caused_by(class_id, method_id)),
+        }
+    }
+
+    /// Send connection.close for `e`, wait briefly for close-ok, and end.
+    async fn close_with(&mut self, e: AmqpError) -> End {
+        let AmqpError::Connection {
+            code,
+            text,
+            class_id,
+            method_id,
+        } = e
+        else {
+            return End::Closed;
+        };
+        tracing::warn!(conn = self.handle.id, peer = %self.peer, code, %text, "closing connection");
+        self.flush_confirms();
+        self.teardown();
+        self.send_method(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
+                reply_code: code,
+                reply_text: crate::protocol::short(&text),
+                class_id,
+                method_id,
+            })),
+        );
+        self.await_close_ok().await;
+        End::Closed
+    }
+
+    /// After our connection.close: drop every frame but close-ok, for at most a second.
+    async fn await_close_ok(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            // Frames are cut leniently here: anything unparseable ends the wait.
+            loop {
+                match read_frame(&mut self.buf, self.frame_max) {
+                    Ok(Some(Frame::Method(0, m)))
+                        if matches!(
+                            *m,
+                            AMQPClass::Connection(conn::AMQPMethod::CloseOk(_))
+                                | AMQPClass::Connection(conn::AMQPMethod::Close(_))
+                        ) =>
+                    {
+                        return
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.fill(Some(left)).await {
+                Ok(true) => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Close every channel (requeueing unacked deliveries) and delete this
+    /// connection's exclusive queues. Idempotent.
+    fn teardown(&mut self) {
+        let vhost = self.vhost.take();
+        for (_, slot) in self.channels.drain() {
+            if let Slot::Open(mut c) = slot {
+                c.teardown(vhost.as_ref());
+            }
+        }
+        if let Some(v) = vhost.as_ref() {
+            for q in self.exclusive_queues.drain(..) {
+                if !q.is_deleted() {
+                    match v.remove_queue(&q) {
+                        Ok(d) => notify_cancelled(&d.consumers),
+                        Err(e) => tracing::error!(queue = %q.name, error = %e, "failed to delete exclusive queue"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn frame_error(e: FrameError) -> AmqpError {
+    let (class_id, method_id) = e.class_method();
+    AmqpError::connection(e.reply_code(), e.to_string()).caused_by(class_id, method_id)
+}
+
+/// Bytes to send before closing when the protocol header is wrong.
+pub fn header_reply() -> Bytes {
+    Bytes::from_static(crate::protocol::PROTOCOL_HEADER)
+}

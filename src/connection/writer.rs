@@ -1,0 +1,66 @@
+//! The writer task: owns the socket's write half, drains the connection's
+//! outbound queue and writes everything pending in one `write` per burst, and
+//! sends heartbeats when the connection has been quiet.
+
+use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::channel::handle::Outbound;
+
+/// Stop gathering and write once this much is pending.
+const BURST: usize = 256 * 1024;
+
+pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, mut rx: UnboundedReceiver<Outbound>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut heartbeat: Option<Duration> = None;
+    loop {
+        let first = match heartbeat {
+            Some(every) => match tokio::time::timeout(every, rx.recv()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    let mut hb = bytes::BytesMut::new();
+                    crate::protocol::encode::heartbeat(&mut hb);
+                    if wr.write_all(&hb).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(mut msg) = first else { break };
+        let mut closing = false;
+        loop {
+            match msg {
+                Outbound::Frames(b) => buf.extend_from_slice(&b),
+                Outbound::Heartbeat(secs) => {
+                    // Send well within the interval the peer waits for.
+                    heartbeat = (secs > 0).then(|| Duration::from_millis(secs as u64 * 500).max(Duration::from_millis(500)));
+                }
+                Outbound::Close => closing = true,
+            }
+            if closing || buf.len() >= BURST {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(m) => msg = m,
+                Err(_) => break,
+            }
+        }
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+            buf.clear();
+            if buf.capacity() > 4 * BURST {
+                buf = Vec::with_capacity(64 * 1024);
+            }
+        }
+        if closing {
+            break;
+        }
+    }
+    let _ = wr.flush().await;
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,31 @@
+//! Hopper: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
+//!
+//! Module map (a frame's way through the broker, top to bottom):
+//! - `server`: accept loop.
+//! - `connection`: one task per socket: handshake, frame loop, heartbeats,
+//!   connection errors; `connection::writer` batches outgoing frames.
+//! - `protocol`: frames in (`frame`) and out (`encode`), reply codes.
+//! - `channel`: per-channel state machine: content assembly, the basic /
+//!   exchange / queue / confirm methods; `channel::handle` is what queues and
+//!   the store share with a channel (consumers, unacked deliveries, confirms).
+//! - `broker`: vhosts with exchanges, queues, bindings; recovery at boot.
+//! - `exchange`: routing (direct, fanout, topic, headers).
+//! - `queue`: ready messages, consumers, round-robin delivery, requeue.
+//! - `store`: the storage trait; `store::rocks` is the only RocksDB user.
+//! - `config`: the configuration file.
+
+#![deny(unsafe_code)]
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod protocol;
+pub mod queue;
+pub mod server;
+pub mod store;

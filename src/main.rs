@@ -1,0 +1,94 @@
+//! The broker binary: arguments, logging, configuration, then serve until
+//! SIGINT / SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hopper::{broker::Broker, config::Config, store};
+
+#[derive(Debug, Parser)]
+#[command(name = "hopper", version, about = "AMQP 0-9-1 message broker")]
+struct Args {
+    /// Configuration file (TOML); the embedded conf/broker.toml when omitted.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:5672 (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory for durable state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default_config()?,
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(config.log_level.as_deref().unwrap_or("info"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let store: Arc<dyn store::Store> = Arc::new(
+        store::rocks::RocksStore::open(&config.data_dir)
+            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?,
+    );
+    let listen = config.listen.clone();
+    let broker = Broker::new(config, store).context("recovering the store")?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "hopper listening on {addr}")?;
+        out.flush()?;
+    }
+    hopper::server::run(listener, broker.clone(), shutdown_signal()).await;
+    broker.store.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,75 @@
+//! A published message as the broker holds it: routing info, the client's
+//! properties (parsed for what the broker reads, raw for forwarding unchanged)
+//! and the body. One `Arc<Message>` is shared by every queue it is routed to;
+//! the body is never copied per queue.
+
+use amq_protocol::protocol::basic::AMQPProperties;
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Where a message stands with the store.
+const READY: u8 = 0;
+const PENDING: u8 = 1;
+const FAILED: u8 = 2;
+
+#[derive(Debug)]
+pub struct Message {
+    /// Broker-wide unique, increasing id; the store's key for the body.
+    pub id: u64,
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: AMQPProperties,
+    pub raw_properties: Bytes,
+    pub body: Bytes,
+    store_state: AtomicU8,
+}
+
+impl Message {
+    pub fn new(
+        id: u64,
+        exchange: String,
+        routing_key: String,
+        properties: AMQPProperties,
+        raw_properties: Bytes,
+        body: Bytes,
+    ) -> Self {
+        Message {
+            id,
+            exchange,
+            routing_key,
+            properties,
+            raw_properties,
+            body,
+            store_state: AtomicU8::new(READY),
+        }
+    }
+
+    /// delivery-mode 2.
+    pub fn is_persistent(&self) -> bool {
+        self.properties.delivery_mode() == &Some(2)
+    }
+
+    /// Mark the message as waiting for its store write: queues hold it back
+    /// from consumers until `mark_stored`, so a failed write can still be
+    /// taken back before anyone has seen it.
+    pub fn mark_pending(&self) {
+        self.store_state.store(PENDING, Ordering::Release);
+    }
+
+    pub fn mark_stored(&self) {
+        self.store_state.store(READY, Ordering::Release);
+    }
+
+    pub fn mark_failed(&self) {
+        self.store_state.store(FAILED, Ordering::Release);
+    }
+
+    /// Whether consumers may see the message now.
+    pub fn is_deliverable(&self) -> bool {
+        self.store_state.load(Ordering::Acquire) == READY
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.store_state.load(Ordering::Acquire) == FAILED
+    }
+}

@@ -1,0 +1,124 @@
+//! Storage behind a trait: durable definitions and persistent messages.
+//!
+//! The broker talks to `dyn Store` only; `rocks` is the one module that touches
+//! RocksDB, and `NullStore` keeps nothing (used by unit tests). A replicated
+//! store can later implement the same trait.
+
+pub mod codec;
+pub mod rocks;
+
+use amq_protocol::types::FieldTable;
+use std::sync::Arc;
+
+use crate::message::Message;
+
+/// Identifies a queue in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueueKey {
+    pub vhost: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeDef {
+    pub vhost: String,
+    pub name: String,
+    pub kind: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDef {
+    pub vhost: String,
+    pub name: String,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingDef {
+    pub vhost: String,
+    pub exchange: String,
+    pub queue: String,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+/// Everything read back at boot.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub exchanges: Vec<ExchangeDef>,
+    pub queues: Vec<(QueueDef, Vec<Arc<Message>>)>,
+    pub bindings: Vec<BindingDef>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Called once a persistent write is on disk (`true`) or failed (`false`).
+pub type Completion = Box<dyn FnOnce(bool) + Send>;
+
+pub trait Store: Send + Sync + std::fmt::Debug {
+    fn put_exchange(&self, def: &ExchangeDef) -> Result<(), StoreError>;
+    fn delete_exchange(&self, vhost: &str, name: &str) -> Result<(), StoreError>;
+    fn put_queue(&self, def: &QueueDef) -> Result<(), StoreError>;
+    /// Remove a queue's definition, its bindings and its messages.
+    fn delete_queue(&self, key: &QueueKey) -> Result<(), StoreError>;
+    fn put_binding(&self, def: &BindingDef) -> Result<(), StoreError>;
+    fn delete_binding(&self, def: &BindingDef) -> Result<(), StoreError>;
+    /// Write a persistent message for these durable queues with a synced write,
+    /// then call `done`. Writes from many publishers share one sync.
+    fn persist(&self, msg: Arc<Message>, queues: Vec<QueueKey>, done: Completion);
+    /// A message left a queue for good; needs no sync (a lost removal is a
+    /// redelivery after a crash, never a loss).
+    fn remove(&self, queue: &QueueKey, msg_id: u64);
+    /// Read back definitions and queue contents at boot.
+    fn recover(&self) -> Result<Recovered, StoreError>;
+    /// The highest message id in the store, so new ids continue above it.
+    fn max_message_id(&self) -> u64;
+    /// Finish pending writes and stop; later writes fail.
+    fn shutdown(&self) {}
+}
+
+/// A store that keeps nothing: every write succeeds at once.
+#[derive(Debug, Default)]
+pub struct NullStore;
+
+impl Store for NullStore {
+    fn put_exchange(&self, _: &ExchangeDef) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn delete_exchange(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn put_queue(&self, _: &QueueDef) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn delete_queue(&self, _: &QueueKey) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn put_binding(&self, _: &BindingDef) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn delete_binding(&self, _: &BindingDef) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn persist(&self, _: Arc<Message>, _: Vec<QueueKey>, done: Completion) {
+        done(true)
+    }
+    fn remove(&self, _: &QueueKey, _: u64) {}
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        Ok(Recovered::default())
+    }
+    fn max_message_id(&self) -> u64 {
+        0
+    }
+}

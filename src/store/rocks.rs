@@ -1,0 +1,455 @@
+//! The RocksDB store: the only module that touches RocksDB.
+//!
+//! Column families: `definitions` (exchanges, queues, bindings), `messages`
+//! (message id → routing info, raw properties, body; written once however many
+//! queues hold it) and `index` (queue + message id → nothing; a queue's contents
+//! in order).
+//!
+//! One committer thread owns every write. It takes everything pending, writes it
+//! as one `WriteBatch` (synced when it holds a persistent publish), then runs the
+//! publishers' completions: concurrent publishers share each fsync, and batching
+//! grows with load without any timer. Removals (acks) ride along unsynced.
+
+use amq_protocol::protocol::basic::parse_properties;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use super::codec;
+use super::{BindingDef, Completion, ExchangeDef, QueueDef, QueueKey, Recovered, Store, StoreError};
+use crate::message::Message;
+
+const CF_DEFINITIONS: &str = "definitions";
+const CF_MESSAGES: &str = "messages";
+const CF_INDEX: &str = "index";
+/// Most operations folded into one write.
+const MAX_BATCH_OPS: usize = 8192;
+
+/// Reference counts of messages held by more than one durable queue.
+type Refs = HashMap<u64, u32>;
+
+type DefinitionOp = Box<dyn FnOnce(&DB, &mut Refs, &mut WriteBatch) -> Result<(), StoreError> + Send>;
+
+enum Op {
+    Persist {
+        msg: Arc<Message>,
+        queues: Vec<QueueKey>,
+        done: Completion,
+    },
+    Remove {
+        queue: QueueKey,
+        msg_id: u64,
+    },
+    /// A definition change, written and synced on its own; the caller waits.
+    Definition {
+        op: DefinitionOp,
+        reply: mpsc::SyncSender<Result<(), StoreError>>,
+    },
+}
+
+/// Write counters, for the figures in notes and logs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub synced_writes: AtomicU64,
+    pub persisted_messages: AtomicU64,
+}
+
+pub struct RocksStore {
+    db: Arc<DB>,
+    tx: Mutex<Option<mpsc::Sender<Op>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    refs: Arc<Mutex<Refs>>,
+    pub stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore").field("path", &self.db.path()).finish()
+    }
+}
+
+fn io(e: rocksdb::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
+    db.cf_handle(name)
+        .ok_or_else(|| StoreError::Corrupt(format!("missing column family {name}")))
+}
+
+impl RocksStore {
+    /// Open (creating if needed) the store in `dir`. A directory held by another
+    /// running broker is refused with a clear error.
+    pub fn open(dir: &Path) -> Result<RocksStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        let mut msg_opts = Options::default();
+        msg_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_DEFINITIONS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_MESSAGES, msg_opts),
+            ColumnFamilyDescriptor::new(CF_INDEX, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
+            let text = e.to_string();
+            if text.contains("lock") {
+                StoreError::Io(format!(
+                    "data directory {} is in use by another broker ({text})",
+                    dir.display()
+                ))
+            } else {
+                io(e)
+            }
+        })?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let refs = Arc::new(Mutex::new(Refs::new()));
+        let stats = Arc::new(Stats::default());
+        let committer = {
+            let (db, refs, stats) = (db.clone(), refs.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("store-committer".into())
+                .spawn(move || committer(db, rx, refs, stats))
+                .map_err(|e| StoreError::Io(format!("cannot start the committer thread: {e}")))?
+        };
+        Ok(RocksStore {
+            db,
+            tx: Mutex::new(Some(tx)),
+            committer: Mutex::new(Some(committer)),
+            refs,
+            stats,
+        })
+    }
+
+    fn submit(&self, op: Op) -> bool {
+        match self.tx.lock().as_ref() {
+            Some(tx) => tx.send(op).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Run a definition change on the committer and wait until it is synced.
+    fn definition(
+        &self,
+        op: impl FnOnce(&DB, &mut Refs, &mut WriteBatch) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (reply, wait) = mpsc::sync_channel(1);
+        if !self.submit(Op::Definition {
+            op: Box::new(op),
+            reply,
+        }) {
+            return Err(StoreError::Io("store is shut down".into()));
+        }
+        wait.recv()
+            .map_err(|_| StoreError::Io("store committer stopped".into()))?
+    }
+}
+
+fn remove_in_batch(db: &DB, refs: &mut Refs, batch: &mut WriteBatch, queue: &QueueKey, msg_id: u64) -> Result<(), StoreError> {
+    batch.delete_cf(cf(db, CF_INDEX)?, codec::index_key(queue, msg_id));
+    let last = match refs.get_mut(&msg_id) {
+        Some(n) => {
+            *n = n.saturating_sub(1);
+            *n == 0
+        }
+        None => true,
+    };
+    if last {
+        refs.remove(&msg_id);
+        batch.delete_cf(cf(db, CF_MESSAGES)?, msg_id.to_be_bytes());
+    }
+    Ok(())
+}
+
+fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats: Arc<Stats>) {
+    let mut synced = WriteOptions::default();
+    synced.set_sync(true);
+    let unsynced = WriteOptions::default();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut batch = WriteBatch::default();
+        let mut completions: Vec<Completion> = Vec::new();
+        let mut persisted = 0u64;
+        let mut ops = 0usize;
+        let mut result: Result<(), StoreError> = Ok(());
+        let mut definition: Option<(DefinitionOp, mpsc::SyncSender<Result<(), StoreError>>)> = None;
+        while let Some(op) = next.take() {
+            ops += 1;
+            match op {
+                Op::Persist { msg, queues, done } => {
+                    let r = (|| -> Result<(), StoreError> {
+                        let value = codec::encode_message(
+                            &msg.exchange,
+                            &msg.routing_key,
+                            &msg.raw_properties,
+                            queues.len() as u32,
+                            &msg.body,
+                        );
+                        batch.put_cf(cf(&db, CF_MESSAGES)?, msg.id.to_be_bytes(), value);
+                        for q in &queues {
+                            batch.put_cf(cf(&db, CF_INDEX)?, codec::index_key(q, msg.id), []);
+                        }
+                        Ok(())
+                    })();
+                    if let Err(e) = r {
+                        result = Err(e);
+                    }
+                    if queues.len() > 1 {
+                        refs.lock().insert(msg.id, queues.len() as u32);
+                    }
+                    persisted += 1;
+                    completions.push(done);
+                }
+                Op::Remove { queue, msg_id } => {
+                    if let Err(e) = remove_in_batch(&db, &mut refs.lock(), &mut batch, &queue, msg_id) {
+                        tracing::error!(error = %e, "store removal failed");
+                    }
+                }
+                Op::Definition { op, reply } => {
+                    // Written after what came before it, on its own.
+                    definition = Some((op, reply));
+                    break;
+                }
+            }
+            if ops >= MAX_BATCH_OPS {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            let opts = if persisted > 0 { &synced } else { &unsynced };
+            if result.is_ok() {
+                result = db.write_opt(batch, opts).map_err(io);
+            }
+            if persisted > 0 {
+                stats.synced_writes.fetch_add(1, Ordering::Relaxed);
+                stats.persisted_messages.fetch_add(persisted, Ordering::Relaxed);
+            }
+        }
+        let ok = result.is_ok();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, messages = completions.len(), "store write failed; publishes will be nacked");
+        }
+        for done in completions {
+            done(ok);
+        }
+        if let Some((op, reply)) = definition {
+            let mut batch = WriteBatch::default();
+            let r = op(&db, &mut refs.lock(), &mut batch)
+                .and_then(|_| db.write_opt(batch, &synced).map_err(io));
+            let _ = reply.send(r);
+        }
+    }
+}
+
+impl Store for RocksStore {
+    fn put_exchange(&self, def: &ExchangeDef) -> Result<(), StoreError> {
+        let (k, v) = (codec::exchange_key(&def.vhost, &def.name), codec::encode_exchange(def));
+        self.definition(move |db, _, b| {
+            b.put_cf(cf(db, CF_DEFINITIONS)?, k, v);
+            Ok(())
+        })
+    }
+
+    fn delete_exchange(&self, vhost: &str, name: &str) -> Result<(), StoreError> {
+        let k = codec::exchange_key(vhost, name);
+        let (vhost, name) = (vhost.to_string(), name.to_string());
+        self.definition(move |db, _, b| {
+            let defs = cf(db, CF_DEFINITIONS)?;
+            b.delete_cf(defs, k);
+            // Its bindings go with it.
+            for item in db.iterator_cf(defs, IteratorMode::From(&[codec::BINDING], rocksdb::Direction::Forward)) {
+                let (key, value) = item.map_err(io)?;
+                if key.first() != Some(&codec::BINDING) {
+                    break;
+                }
+                if let Some(bd) = codec::decode_binding(&value) {
+                    if bd.vhost == vhost && bd.exchange == name {
+                        b.delete_cf(defs, key);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn put_queue(&self, def: &QueueDef) -> Result<(), StoreError> {
+        let (k, v) = (codec::queue_key(&def.vhost, &def.name), codec::encode_queue(def));
+        self.definition(move |db, _, b| {
+            b.put_cf(cf(db, CF_DEFINITIONS)?, k, v);
+            Ok(())
+        })
+    }
+
+    fn delete_queue(&self, key: &QueueKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.definition(move |db, refs, b| {
+            let defs = cf(db, CF_DEFINITIONS)?;
+            b.delete_cf(defs, codec::queue_key(&key.vhost, &key.name));
+            for item in db.iterator_cf(defs, IteratorMode::From(&[codec::BINDING], rocksdb::Direction::Forward)) {
+                let (k, value) = item.map_err(io)?;
+                if k.first() != Some(&codec::BINDING) {
+                    break;
+                }
+                if let Some(bd) = codec::decode_binding(&value) {
+                    if bd.vhost == key.vhost && bd.queue == key.name {
+                        b.delete_cf(defs, k);
+                    }
+                }
+            }
+            let prefix = codec::index_prefix(&key);
+            let index = cf(db, CF_INDEX)?;
+            let ids: Vec<u64> = db
+                .iterator_cf(index, IteratorMode::From(&prefix, rocksdb::Direction::Forward))
+                .map_while(|item| item.ok())
+                .take_while(|(k, _)| k.starts_with(&prefix) && k.len() == prefix.len() + 8)
+                .filter_map(|(k, _)| codec::index_msg_id(&k))
+                .collect();
+            for id in ids {
+                remove_in_batch(db, refs, b, &key, id)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn put_binding(&self, def: &BindingDef) -> Result<(), StoreError> {
+        let (k, v) = (codec::binding_key(def), codec::encode_binding(def));
+        self.definition(move |db, _, b| {
+            b.put_cf(cf(db, CF_DEFINITIONS)?, k, v);
+            Ok(())
+        })
+    }
+
+    fn delete_binding(&self, def: &BindingDef) -> Result<(), StoreError> {
+        let k = codec::binding_key(def);
+        self.definition(move |db, _, b| {
+            b.delete_cf(cf(db, CF_DEFINITIONS)?, k);
+            Ok(())
+        })
+    }
+
+    fn persist(&self, msg: Arc<Message>, queues: Vec<QueueKey>, done: Completion) {
+        let tx = self.tx.lock().clone();
+        let Some(tx) = tx else {
+            return done(false);
+        };
+        // If the committer is gone, the completion still runs, as a failure.
+        if let Err(mpsc::SendError(Op::Persist { done, .. })) = tx.send(Op::Persist { msg, queues, done }) {
+            done(false);
+        }
+    }
+
+    fn remove(&self, queue: &QueueKey, msg_id: u64) {
+        self.submit(Op::Remove {
+            queue: queue.clone(),
+            msg_id,
+        });
+    }
+
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        let db = &self.db;
+        let defs = cf(db, CF_DEFINITIONS)?;
+        let mut rec = Recovered::default();
+        let mut queue_defs = Vec::new();
+        for item in db.iterator_cf(defs, IteratorMode::Start) {
+            let (k, v) = item.map_err(io)?;
+            let bad = || StoreError::Corrupt(format!("undecodable definition record {:?}", String::from_utf8_lossy(&k)));
+            match k.first() {
+                Some(&codec::EXCHANGE) => rec.exchanges.push(codec::decode_exchange(&v).ok_or_else(bad)?),
+                Some(&codec::QUEUE) => queue_defs.push(codec::decode_queue(&v).ok_or_else(bad)?),
+                Some(&codec::BINDING) => rec.bindings.push(codec::decode_binding(&v).ok_or_else(bad)?),
+                _ => return Err(bad()),
+            }
+        }
+        let index = cf(db, CF_INDEX)?;
+        let messages = cf(db, CF_MESSAGES)?;
+        let mut counts: HashMap<u64, u32> = HashMap::new();
+        for qd in queue_defs {
+            let key = QueueKey {
+                vhost: qd.vhost.clone(),
+                name: qd.name.clone(),
+            };
+            let prefix = codec::index_prefix(&key);
+            let mut msgs = Vec::new();
+            for item in db.iterator_cf(index, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+                let (k, _) = item.map_err(io)?;
+                if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
+                    break;
+                }
+                let Some(id) = codec::index_msg_id(&k) else { continue };
+                let Some(raw) = db.get_cf(messages, id.to_be_bytes()).map_err(io)? else {
+                    tracing::warn!(queue = %qd.name, id, "index entry without a message; dropping it");
+                    let _ = db.delete_cf(index, &k);
+                    continue;
+                };
+                let m = codec::decode_message(&raw)
+                    .ok_or_else(|| StoreError::Corrupt(format!("undecodable message {id}")))?;
+                let props = parse_properties(m.raw_properties)
+                    .map(|(_, p)| p)
+                    .map_err(|_| StoreError::Corrupt(format!("undecodable properties of message {id}")))?;
+                let msg = Message::new(
+                    id,
+                    m.exchange,
+                    m.routing_key,
+                    props,
+                    Bytes::copy_from_slice(m.raw_properties),
+                    Bytes::copy_from_slice(m.body),
+                );
+                *counts.entry(id).or_default() += 1;
+                msgs.push(Arc::new(msg));
+            }
+            rec.queues.push((qd, msgs));
+        }
+        let mut refs = self.refs.lock();
+        for (id, n) in counts {
+            if n > 1 {
+                refs.insert(id, n);
+            }
+        }
+        Ok(rec)
+    }
+
+    fn max_message_id(&self) -> u64 {
+        let Ok(messages) = cf(&self.db, CF_MESSAGES) else {
+            return 0;
+        };
+        self.db
+            .iterator_cf(messages, IteratorMode::End)
+            .next()
+            .and_then(|r| r.ok())
+            .and_then(|(k, _)| codec::index_msg_id(&k))
+            .unwrap_or(0)
+    }
+
+    fn shutdown(&self) {
+        // Dropping the sender ends the committer after it drained everything.
+        self.tx.lock().take();
+        if let Some(h) = self.committer.lock().take() {
+            let _ = h.join();
+        }
+        let s = &self.stats;
+        tracing::info!(
+            synced_writes = s.synced_writes.load(Ordering::Relaxed),
+            persisted_messages = s.persisted_messages.load(Ordering::Relaxed),
+            "store closed"
+        );
+    }
+}
+
+impl Drop for RocksStore {
+    fn drop(&mut self) {
+        self.tx.lock().take();
+        if let Some(h) = self.committer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,753 @@
+//! basic.consume / get / qos / ack / nack / reject / recover / cancel.
+
+mod common;
+
+use common::raw::{self, RawClient};
+use common::*;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRecoverOptions, BasicRejectOptions,
+};
+use lapin::protocol::{self as proto, AMQPClass};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use std::time::Duration;
+
+const QUIET: Duration = Duration::from_millis(400);
+
+fn body(d: &Delivery) -> String {
+    String::from_utf8_lossy(&d.data).into_owned()
+}
+
+async fn consume_with(ch: &Channel, q: &str, tag: &str, opts: BasicConsumeOptions) -> lapin::Result<Consumer> {
+    within(
+        "basic.consume",
+        ch.basic_consume(q.into(), tag.into(), opts, FieldTable::default()),
+    )
+    .await
+}
+
+/// Wait until the queue holds `n` ready messages (requeues are asynchronous).
+async fn wait_for_ready(ch: &Channel, q: &str, n: u32) {
+    within_for(Duration::from_secs(5), "messages to be requeued", async {
+        loop {
+            if message_count(ch, q).await == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Gather deliveries from two consumers until neither receives anything for `QUIET`.
+async fn gather_two(a: &mut Consumer, b: &mut Consumer) -> (Vec<Delivery>, Vec<Delivery>) {
+    let mut got_a = Vec::new();
+    let mut got_b = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "deliveries never stop");
+        tokio::select! {
+            d = a.next() => got_a.push(d.expect("consumer a cancelled").expect("consumer a error")),
+            d = b.next() => got_b.push(d.expect("consumer b cancelled").expect("consumer b error")),
+            _ = tokio::time::sleep(QUIET) => return (got_a, got_b),
+        }
+    }
+}
+
+#[tokio::test]
+async fn server_generated_consumer_tag() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "ctag").await;
+    let c1 = consume(&ch, &q, false).await;
+    let c2 = consume(&ch, &q, false).await;
+    assert!(c1.tag().as_str().starts_with("amq.ctag-"), "{:?}", c1.tag());
+    assert_ne!(c1.tag(), c2.tag());
+    let c3 = consume_with(&ch, &q, "my-tag", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(c3.tag().as_str(), "my-tag");
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn reusing_a_consumer_tag_on_a_channel_is_530() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "ctag-reuse").await;
+    let _c = consume_with(&ch, &q, "dup", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    let res = consume_with(&ch, &q, "dup", BasicConsumeOptions::default()).await;
+    assert_code(res.map(|_| ()), 530);
+    assert_broker_healthy(&broker).await;
+    drop(conn);
+}
+
+#[tokio::test]
+async fn consuming_from_missing_queue_is_404() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let res = consume_with(&ch, &unique("missing"), "", BasicConsumeOptions::default()).await;
+    assert_code(res.map(|_| ()), 404);
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn exclusive_consumer_blocks_others_with_403() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "excl-consumer").await;
+    let _c = consume_with(
+        &ch,
+        &q,
+        "",
+        BasicConsumeOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ch2 = conn.create_channel().await.unwrap();
+    let res = consume_with(&ch2, &q, "", BasicConsumeOptions::default()).await;
+    assert_code(res.map(|_| ()), 403);
+
+    // And an exclusive consumer cannot join a queue that has consumers.
+    let q2 = declare_queue(&ch, "excl-consumer2").await;
+    let _plain = consume(&ch, &q2, false).await;
+    let ch3 = conn.create_channel().await.unwrap();
+    let res = consume_with(
+        &ch3,
+        &q2,
+        "",
+        BasicConsumeOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_code(res.map(|_| ()), 403);
+    delete_queue(&conn, &q).await;
+    delete_queue(&conn, &q2).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn no_ack_consumer_removes_messages_on_delivery() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "noack").await;
+    fill_queue(&conn, &q, &[b"1", b"2", b"3"]).await;
+    let cch = conn.create_channel().await.unwrap();
+    let mut consumer = consume(&cch, &q, true).await;
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let d = next_delivery(&mut consumer).await;
+        assert!(!d.redelivered);
+        bodies.push(body(&d));
+    }
+    assert_eq!(bodies, ["1", "2", "3"]);
+    // Closing the channel requeues nothing: there is nothing unacked.
+    within("close", cch.close(200, "bye".into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(message_count(&ch, &q).await, 0);
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn basic_get_and_get_empty() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "get").await;
+    assert!(get(&ch, &q, false).await.is_none(), "get-empty expected");
+    fill_queue(&conn, &q, &[b"a", b"b", b"c"]).await;
+    let m = get(&ch, &q, false).await.expect("message");
+    assert_eq!(m.delivery.data, b"a");
+    assert_eq!(m.message_count, 2, "messages left after this one");
+    assert_eq!(m.delivery.delivery_tag, 1);
+    assert!(!m.delivery.redelivered);
+    assert_eq!(m.delivery.routing_key.as_str(), q);
+    let m2 = get(&ch, &q, false).await.expect("message");
+    assert_eq!(m2.delivery.delivery_tag, 2);
+    assert_eq!(m2.message_count, 1);
+    within("ack", m.delivery.acker.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+    within("ack", m2.delivery.acker.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+    let m3 = get(&ch, &q, true).await.expect("message");
+    assert_eq!(m3.message_count, 0);
+    assert!(get(&ch, &q, true).await.is_none());
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn basic_get_on_missing_queue_is_404() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let res = within(
+        "basic.get",
+        ch.basic_get(unique("missing").as_str().into(), Default::default()),
+    )
+    .await;
+    assert_code(res.map(|_| ()), 404);
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn per_consumer_prefetch_limits_each_consumer() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "qos").await;
+    let bodies: Vec<Vec<u8>> = (0..10).map(|i| format!("m{i}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
+    fill_queue(&conn, &q, &refs).await;
+
+    let cch = conn.create_channel().await.unwrap();
+    within("qos", cch.basic_qos(2, BasicQosOptions { global: false }))
+        .await
+        .unwrap();
+    let mut a = consume(&cch, &q, false).await;
+    let mut b = consume(&cch, &q, false).await;
+    let (got_a, got_b) = gather_two(&mut a, &mut b).await;
+    assert_eq!(got_a.len(), 2, "consumer a holds at most 2 unacked");
+    assert_eq!(got_b.len(), 2, "consumer b holds at most 2 unacked");
+    assert_eq!(message_count(&ch, &q).await, 6);
+
+    // Acking one of a's frees exactly one slot for a.
+    within("ack", got_a[0].acker.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+    let d = next_delivery(&mut a).await;
+    assert!(!d.redelivered);
+    assert_no_delivery(&mut a, QUIET).await;
+    assert_no_delivery(&mut b, Duration::from_millis(50)).await;
+    assert_eq!(message_count(&ch, &q).await, 5);
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn global_prefetch_limits_the_whole_channel() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q1 = declare_queue(&ch, "qos-global1").await;
+    let q2 = declare_queue(&ch, "qos-global2").await;
+    for q in [&q1, &q2] {
+        fill_queue(&conn, q, &[b"1", b"2", b"3", b"4", b"5"]).await;
+    }
+    let cch = conn.create_channel().await.unwrap();
+    within("qos", cch.basic_qos(3, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    let mut a = consume(&cch, &q1, false).await;
+    let mut b = consume(&cch, &q2, false).await;
+    let (got_a, got_b) = gather_two(&mut a, &mut b).await;
+    assert_eq!(
+        got_a.len() + got_b.len(),
+        3,
+        "channel-wide prefetch of 3 (a got {}, b got {})",
+        got_a.len(),
+        got_b.len()
+    );
+    // Acking everything (multiple) lets more through.
+    let last = got_a
+        .iter()
+        .chain(got_b.iter())
+        .map(|d| d.delivery_tag)
+        .max()
+        .unwrap();
+    within(
+        "ack multiple",
+        cch.basic_ack(last, BasicAckOptions { multiple: true }),
+    )
+    .await
+    .unwrap();
+    let (more_a, more_b) = gather_two(&mut a, &mut b).await;
+    assert_eq!(more_a.len() + more_b.len(), 3);
+    delete_queue(&conn, &q1).await;
+    delete_queue(&conn, &q2).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn prefetch_zero_means_unlimited() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "qos0").await;
+    let bodies: Vec<Vec<u8>> = (0..50).map(|i| format!("m{i}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
+    fill_queue(&conn, &q, &refs).await;
+    let cch = conn.create_channel().await.unwrap();
+    within("qos", cch.basic_qos(0, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    let mut c = consume(&cch, &q, false).await;
+    for i in 0..50 {
+        let d = next_delivery(&mut c).await;
+        assert_eq!(body(&d), format!("m{i}"));
+    }
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn two_consumers_get_messages_round_robin() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "rr").await;
+    let cch = conn.create_channel().await.unwrap();
+    let mut a = consume(&cch, &q, true).await;
+    let mut b = consume(&cch, &q, true).await;
+    let bodies: Vec<Vec<u8>> = (0..10).map(|i| format!("m{i}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
+    fill_queue(&conn, &q, &refs).await;
+    let (got_a, got_b) = gather_two(&mut a, &mut b).await;
+    assert_eq!(got_a.len(), 5, "a: {:?}", got_a.iter().map(body).collect::<Vec<_>>());
+    assert_eq!(got_b.len(), 5, "b: {:?}", got_b.iter().map(body).collect::<Vec<_>>());
+    // Each consumer sees its share in publish order.
+    for got in [&got_a, &got_b] {
+        let idx: Vec<usize> = got.iter().map(|d| body(d)[1..].parse().unwrap()).collect();
+        assert!(idx.windows(2).all(|w| w[0] < w[1]), "out of order: {idx:?}");
+    }
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn ack_multiple_acks_everything_up_to_the_tag() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "ack-multi").await;
+    fill_queue(&conn, &q, &[b"1", b"2", b"3"]).await;
+    let gch = conn.create_channel().await.unwrap();
+    let mut tags = Vec::new();
+    for _ in 0..3 {
+        tags.push(get(&gch, &q, false).await.expect("msg").delivery.delivery_tag);
+    }
+    assert_eq!(tags, [1, 2, 3]);
+    within("ack", gch.basic_ack(2, BasicAckOptions { multiple: true }))
+        .await
+        .unwrap();
+    within("close", gch.close(200, "bye".into())).await.unwrap();
+    // Only #3 was still unacked and comes back.
+    wait_for_ready(&ch, &q, 1).await;
+    let m = get(&ch, &q, true).await.expect("requeued");
+    assert_eq!(m.delivery.data, b"3");
+    assert!(m.delivery.redelivered);
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn requeued_messages_come_back_first_and_redelivered() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "requeue").await;
+    fill_queue(&conn, &q, &[b"m1", b"m2", b"m3"]).await;
+    let m1 = get(&ch, &q, false).await.expect("m1");
+    let m2 = get(&ch, &q, false).await.expect("m2");
+    assert_eq!(m1.delivery.data, b"m1");
+    assert_eq!(m2.delivery.data, b"m2");
+    within(
+        "nack",
+        ch.basic_nack(
+            m2.delivery.delivery_tag,
+            BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let again = get(&ch, &q, false).await.expect("m2 again");
+    assert_eq!(again.delivery.data, b"m2", "requeued message must be first");
+    assert!(again.delivery.redelivered);
+    within(
+        "reject",
+        ch.basic_reject(m1.delivery.delivery_tag, BasicRejectOptions { requeue: true }),
+    )
+    .await
+    .unwrap();
+    let again1 = get(&ch, &q, false).await.expect("m1 again");
+    assert_eq!(again1.delivery.data, b"m1");
+    assert!(again1.delivery.redelivered);
+    let m3 = get(&ch, &q, false).await.expect("m3");
+    assert_eq!(m3.delivery.data, b"m3");
+    assert!(!m3.delivery.redelivered);
+    within(
+        "ack all",
+        ch.basic_ack(m3.delivery.delivery_tag, BasicAckOptions { multiple: true }),
+    )
+    .await
+    .unwrap();
+    assert!(get(&ch, &q, true).await.is_none());
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn nack_multiple_with_requeue_and_without() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "nack-multi").await;
+    fill_queue(&conn, &q, &[b"1", b"2", b"3", b"4"]).await;
+    let cch = conn.create_channel().await.unwrap();
+    let mut c = consume(&cch, &q, false).await;
+    let mut tags = Vec::new();
+    for _ in 0..4 {
+        tags.push(next_delivery(&mut c).await.delivery_tag);
+    }
+    // Drop 1 and 2.
+    within(
+        "nack",
+        cch.basic_nack(
+            tags[1],
+            BasicNackOptions {
+                multiple: true,
+                requeue: false,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    // Requeue 3 and 4: they come straight back to the (only) consumer.
+    within(
+        "nack",
+        cch.basic_nack(
+            tags[3],
+            BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let d3 = next_delivery(&mut c).await;
+    let d4 = next_delivery(&mut c).await;
+    assert_eq!((body(&d3).as_str(), d3.redelivered), ("3", true));
+    assert_eq!((body(&d4).as_str(), d4.redelivered), ("4", true));
+    assert!(d3.delivery_tag > tags[3], "redeliveries get new tags");
+    within("reject", d3.acker.reject(BasicRejectOptions { requeue: false }))
+        .await
+        .unwrap();
+    within("ack", d4.acker.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+    assert_no_delivery(&mut c, QUIET).await;
+    assert_eq!(message_count(&ch, &q).await, 0);
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+async fn raw_channel_with_consumer(broker: &Broker) -> (RawClient, String) {
+    let mut c = RawClient::open(broker.addr()).await;
+    c.open_channel(1).await;
+    c.send_method(1, &raw::queue_declare("", false)).await;
+    let q = match c.expect_method(1).await {
+        AMQPClass::Queue(proto::queue::AMQPMethod::DeclareOk(ok)) => ok.queue.to_string(),
+        other => panic!("expected declare-ok, got {other:?}"),
+    };
+    (c, q)
+}
+
+fn ack(tag: u64, multiple: bool) -> AMQPClass {
+    AMQPClass::Basic(proto::basic::AMQPMethod::Ack(proto::basic::Ack {
+        delivery_tag: tag,
+        multiple,
+    }))
+}
+
+#[tokio::test]
+async fn ack_of_unknown_delivery_tag_is_406() {
+    let broker = Broker::start();
+    let (mut c, _q) = raw_channel_with_consumer(&broker).await;
+    c.send_method(1, &ack(99, false)).await;
+    let close = c.expect_channel_close(1).await;
+    assert_eq!(
+        (close.code, close.class_id, close.method_id),
+        (406, 60, 80),
+        "{close:?}"
+    );
+    assert!(close.text.starts_with("PRECONDITION_FAILED"), "{close:?}");
+    // The connection is fine.
+    c.open_channel(2).await;
+    c.close().await;
+    assert_broker_healthy(&broker).await;
+}
+
+#[tokio::test]
+async fn double_ack_is_406() {
+    let broker = Broker::start();
+    let (mut c, q) = raw_channel_with_consumer(&broker).await;
+    c.send_method(1, &raw::basic_publish("", &q)).await;
+    c.send(&raw::header_frame(1, 1)).await;
+    c.send(&raw::body_frame(1, b"x")).await;
+    // basic.get it (needs a round trip so the publish is enqueued first).
+    let get = AMQPClass::Basic(proto::basic::AMQPMethod::Get(proto::basic::Get {
+        queue: q.as_str().into(),
+        no_ack: false,
+    }));
+    let tag = loop {
+        c.send_method(1, &get).await;
+        match c.expect_method(1).await {
+            AMQPClass::Basic(proto::basic::AMQPMethod::GetOk(ok)) => break ok.delivery_tag,
+            AMQPClass::Basic(proto::basic::AMQPMethod::GetEmpty(_)) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("expected get-ok, got {other:?}"),
+        }
+    };
+    assert_eq!(tag, 1);
+    c.send_method(1, &ack(1, false)).await;
+    c.send_method(1, &ack(1, false)).await;
+    let close = c.expect_channel_close(1).await;
+    assert_eq!(close.code, 406, "{close:?}");
+    c.close().await;
+}
+
+#[tokio::test]
+async fn recover_with_requeue_redelivers_unacked() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "recover").await;
+    fill_queue(&conn, &q, &[b"r1", b"r2"]).await;
+    let cch = conn.create_channel().await.unwrap();
+    let mut c = consume(&cch, &q, false).await;
+    let first = [next_delivery(&mut c).await, next_delivery(&mut c).await];
+    assert!(first.iter().all(|d| !d.redelivered));
+    within(
+        "recover",
+        cch.basic_recover(BasicRecoverOptions { requeue: true }),
+    )
+    .await
+    .unwrap();
+    let mut again = vec![next_delivery(&mut c).await, next_delivery(&mut c).await];
+    again.sort_by_key(body);
+    assert_eq!(
+        again.iter().map(|d| (body(d), d.redelivered)).collect::<Vec<_>>(),
+        vec![("r1".to_string(), true), ("r2".to_string(), true)]
+    );
+    for d in &again {
+        within("ack", d.acker.ack(BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    assert_no_delivery(&mut c, QUIET).await;
+    assert_eq!(message_count(&ch, &q).await, 0);
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn unacked_messages_return_when_channel_closes() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "unacked-ch").await;
+    fill_queue(&conn, &q, &[b"a", b"b"]).await;
+    let cch = conn.create_channel().await.unwrap();
+    let mut c = consume(&cch, &q, false).await;
+    next_delivery(&mut c).await;
+    next_delivery(&mut c).await;
+    assert_eq!(message_count(&ch, &q).await, 0);
+    within("close", cch.close(200, "bye".into())).await.unwrap();
+    wait_for_ready(&ch, &q, 2).await;
+    let a = get(&ch, &q, true).await.unwrap();
+    let b = get(&ch, &q, true).await.unwrap();
+    assert_eq!((a.delivery.data.as_slice(), a.delivery.redelivered), (&b"a"[..], true));
+    assert_eq!((b.delivery.data.as_slice(), b.delivery.redelivered), (&b"b"[..], true));
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn unacked_messages_return_when_connection_closes() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "unacked-conn").await;
+    fill_queue(&conn, &q, &[b"a", b"b", b"c"]).await;
+    let (conn2, cch) = connect_channel(&broker).await;
+    let mut c = consume(&cch, &q, false).await;
+    for _ in 0..3 {
+        next_delivery(&mut c).await;
+    }
+    within("close", conn2.close(200, "bye".into())).await.unwrap();
+    wait_for_ready(&ch, &q, 3).await;
+    let got: Vec<(Vec<u8>, bool)> = {
+        let mut v = Vec::new();
+        while let Some(m) = get(&ch, &q, true).await {
+            v.push((m.delivery.data.clone(), m.delivery.redelivered));
+        }
+        v
+    };
+    assert_eq!(
+        got,
+        vec![
+            (b"a".to_vec(), true),
+            (b"b".to_vec(), true),
+            (b"c".to_vec(), true)
+        ]
+    );
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn unacked_messages_return_when_socket_drops_abruptly() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "unacked-drop").await;
+    fill_queue(&conn, &q, &[b"x"]).await;
+    let mut raw_c = RawClient::open(broker.addr()).await;
+    raw_c.open_channel(1).await;
+    raw_c
+        .send_method(
+            1,
+            &AMQPClass::Basic(proto::basic::AMQPMethod::Consume(proto::basic::Consume {
+                queue: q.as_str().into(),
+                consumer_tag: "".into(),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        )
+        .await;
+    let mut saw_deliver = false;
+    while !saw_deliver {
+        match raw_c.expect_method(1).await {
+            AMQPClass::Basic(proto::basic::AMQPMethod::ConsumeOk(_)) => {}
+            AMQPClass::Basic(proto::basic::AMQPMethod::Deliver(_)) => saw_deliver = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(message_count(&ch, &q).await, 0);
+    drop(raw_c); // no connection.close: TCP just goes away
+    wait_for_ready(&ch, &q, 1).await;
+    let m = get(&ch, &q, true).await.unwrap();
+    assert!(m.delivery.redelivered);
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn deleting_the_queue_cancels_its_consumers() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "cancel-notify").await;
+    let cch = conn.create_channel().await.unwrap();
+    let mut c = consume(&cch, &q, false).await;
+    within(
+        "delete",
+        ch.queue_delete(q.as_str().into(), Default::default()),
+    )
+    .await
+    .unwrap();
+    // lapin ends the stream when it receives the server's basic.cancel.
+    match within("basic.cancel from server", c.next()).await {
+        None => {}
+        Some(other) => panic!("expected the consumer to be cancelled, got {other:?}"),
+    }
+    // The channel survives.
+    assert!(cch.status().connected());
+    let q2 = declare_queue(&cch, "after-cancel").await;
+    delete_queue(&conn, &q2).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn raw_server_basic_cancel_frame_names_the_consumer() {
+    let broker = Broker::start();
+    let (mut c, q) = raw_channel_with_consumer(&broker).await;
+    c.send_method(
+        1,
+        &AMQPClass::Basic(proto::basic::AMQPMethod::Consume(proto::basic::Consume {
+            queue: q.as_str().into(),
+            consumer_tag: "watcher".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+    .await;
+    match c.expect_method(1).await {
+        AMQPClass::Basic(proto::basic::AMQPMethod::ConsumeOk(ok)) => {
+            assert_eq!(ok.consumer_tag.as_str(), "watcher")
+        }
+        other => panic!("expected consume-ok, got {other:?}"),
+    }
+    // Delete the queue from another connection.
+    let (conn, ch) = connect_channel(&broker).await;
+    within(
+        "delete",
+        ch.queue_delete(q.as_str().into(), Default::default()),
+    )
+    .await
+    .unwrap();
+    match c.expect_method(1).await {
+        AMQPClass::Basic(proto::basic::AMQPMethod::Cancel(cancel)) => {
+            assert_eq!(cancel.consumer_tag.as_str(), "watcher")
+        }
+        other => panic!("expected basic.cancel, got {other:?}"),
+    }
+    c.close().await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn cancel_stops_deliveries_but_keeps_unacked_ackable() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "cancel").await;
+    fill_queue(&conn, &q, &[b"1"]).await;
+    let cch = conn.create_channel().await.unwrap();
+    let mut c = consume(&cch, &q, false).await;
+    let d = next_delivery(&mut c).await;
+    within(
+        "cancel",
+        cch.basic_cancel(c.tag(), BasicCancelOptions::default()),
+    )
+    .await
+    .unwrap();
+    fill_queue(&conn, &q, &[b"2"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(message_count(&ch, &q).await, 1, "cancelled consumer got a message");
+    // Acking a message of the cancelled consumer is still valid.
+    within("ack", d.acker.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+    let q2 = declare_queue(&cch, "cancel-probe").await; // channel still fine
+    within("close", cch.close(200, "bye".into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(message_count(&ch, &q).await, 1, "acked message came back");
+    delete_queue(&conn, &q).await;
+    delete_queue(&conn, &q2).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn recover_without_requeue_is_not_implemented_540() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let res = within(
+        "recover",
+        ch.basic_recover(BasicRecoverOptions { requeue: false }),
+    )
+    .await;
+    assert_code(res, 540);
+    drop(conn);
+    assert_broker_healthy(&broker).await;
+}
