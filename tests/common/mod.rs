@@ -611,8 +611,8 @@ pub mod raw {
 
     /// Serialize a method (class id, method id, arguments) into a payload.
     pub fn method_payload(class: &AMQPClass) -> Vec<u8> {
-        let gen = proto::gen_class(class);
-        let ctx = gen(Vec::new().into()).expect("serialize method");
+        let ser = proto::gen_class::<Vec<u8>>(class);
+        let ctx = ser(Vec::<u8>::new().into()).expect("serialize method");
         ctx.write
     }
 

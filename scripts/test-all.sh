@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Runs every check of the project, the same way locally and in CI:
+#   1. system packages needed to build (clang/libclang for RocksDB's bindgen, g++, python venv)
+#   2. cargo fmt --check, cargo clippy -D warnings, cargo test (all in the dev profile,
+#      so RocksDB is compiled once, into $CARGO_TARGET_DIR)
+#   3. cargo build --bin hopper, then the Python compatibility suite (compat/, pika)
+#      against that binary, in a venv at $HOPPER_VENV (default ~/.cache/hopper-venv).
+# Every step runs even if an earlier one failed (except the compat suite, which needs
+# the binary); the script ends with a summary and exits non-zero if anything failed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hopper-target}"
+VENV="${HOPPER_VENV:-$HOME/.cache/hopper-venv}"
+PYTHON="${PYTHON:-python3}"
+LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/hopper-test-all.XXXXXX")"
+trap 'rm -rf "$LOG_DIR"' EXIT
+
+declare -a STEP_NAMES=()
+declare -a STEP_RESULTS=()
+FAILED=0
+
+banner() { printf '\n==== %s ====\n' "$*"; }
+
+record() { # name result
+    STEP_NAMES+=("$1")
+    STEP_RESULTS+=("$2")
+    if [[ "$2" == FAILED* ]]; then FAILED=1; fi
+}
+
+# run_step NAME LOGFILE CMD...: runs CMD, output to the terminal and to LOGFILE.
+run_step() {
+    local name="$1" log="$2"
+    shift 2
+    banner "$name: $*"
+    local start=$SECONDS
+    if "$@" 2>&1 | tee "$log"; then
+        record "$name" "ok ($((SECONDS - start))s)"
+        return 0
+    else
+        record "$name" "FAILED ($((SECONDS - start))s)"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------- 1. system packages
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "need root (or sudo) to run: $*" >&2
+        return 1
+    fi
+}
+
+install_system_packages() {
+    local missing=()
+    local pkg
+    for pkg in clang libclang-dev; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    command -v g++ >/dev/null 2>&1 || missing+=(g++)
+    command -v "$PYTHON" >/dev/null 2>&1 || missing+=(python3)
+    if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        missing+=(python3-venv)
+    fi
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        echo "system packages already present"
+        return 0
+    fi
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -q
+    as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+run_step "system packages" "$LOG_DIR/apt.log" install_system_packages || true
+
+# ---------------------------------------------------------------- 2. Rust checks
+run_step "cargo fmt" "$LOG_DIR/fmt.log" cargo fmt --all -- --check || true
+run_step "cargo clippy" "$LOG_DIR/clippy.log" cargo clippy --all-targets -- -D warnings || true
+run_step "cargo test" "$LOG_DIR/cargo-test.log" cargo test || true
+
+# ---------------------------------------------------------------- 3. Python compat suite
+setup_venv() {
+    if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        rm -rf "$VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    local want have
+    want="$(sha256sum compat/requirements.txt | cut -d' ' -f1)"
+    have="$(cat "$VENV/.hopper-requirements.sha256" 2>/dev/null || true)"
+    if [[ "$want" != "$have" ]]; then
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r compat/requirements.txt
+        echo "$want" >"$VENV/.hopper-requirements.sha256"
+    else
+        echo "venv $VENV is up to date"
+    fi
+}
+
+run_compat() {
+    # always test the binary we just built, never an external broker
+    env -u HOPPER_TEST_EXTERNAL HOPPER_BIN="$CARGO_TARGET_DIR/debug/hopper" \
+        "$VENV/bin/python" -m pytest compat -p no:cacheprovider
+}
+
+if run_step "cargo build" "$LOG_DIR/build.log" cargo build --bin hopper; then
+    if run_step "python venv" "$LOG_DIR/venv.log" setup_venv; then
+        run_step "compat (pytest)" "$LOG_DIR/compat.log" run_compat || true
+    else
+        record "compat (pytest)" "FAILED (not run: no venv)"
+    fi
+else
+    record "compat (pytest)" "FAILED (not run: no binary)"
+fi
+
+# ---------------------------------------------------------------- summary
+# Totals from cargo's "test result:" lines and pytest's closing line.
+cargo_passed=0 cargo_failed=0 cargo_ignored=0
+if [[ -f "$LOG_DIR/cargo-test.log" ]]; then
+    cargo_passed=$(grep '^test result:' "$LOG_DIR/cargo-test.log" | grep -Eo '[0-9]+ passed' | awk '{s += $1} END {print s + 0}')
+    cargo_failed=$(grep '^test result:' "$LOG_DIR/cargo-test.log" | grep -Eo '[0-9]+ failed' | awk '{s += $1} END {print s + 0}')
+    cargo_ignored=$(grep '^test result:' "$LOG_DIR/cargo-test.log" | grep -Eo '[0-9]+ ignored' | awk '{s += $1} END {print s + 0}')
+fi
+py_passed=0 py_failed=0 py_skipped=0
+if [[ -f "$LOG_DIR/compat.log" ]]; then
+    last="$(grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' "$LOG_DIR/compat.log" | tail -n 1 || true)"
+    py_passed=$(grep -Eo '[0-9]+ passed' <<<"$last" | awk '{s += $1} END {print s + 0}')
+    py_failed=$(grep -Eo '[0-9]+ (failed|errors?)' <<<"$last" | awk '{s += $1} END {print s + 0}')
+    py_skipped=$(grep -Eo '[0-9]+ skipped' <<<"$last" | awk '{s += $1} END {print s + 0}')
+fi
+
+banner "summary"
+for i in "${!STEP_NAMES[@]}"; do
+    printf '  %-18s %s\n' "${STEP_NAMES[$i]}" "${STEP_RESULTS[$i]}"
+done
+printf '  %-18s %s passed, %s failed, %s ignored\n' "cargo tests" "$cargo_passed" "$cargo_failed" "$cargo_ignored"
+printf '  %-18s %s passed, %s failed, %s skipped\n' "compat tests" "$py_passed" "$py_failed" "$py_skipped"
+echo
+if [[ $FAILED -ne 0 ]]; then
+    echo "RESULT: FAILED"
+else
+    echo "RESULT: all checks passed"
+fi
+echo "total: $((cargo_passed + py_passed)) passed, $((cargo_failed + py_failed)) failed, $((cargo_ignored + py_skipped)) skipped"
+exit "$FAILED"
