@@ -93,7 +93,11 @@ class Broker:
             os.mkdir(self.data_dir)
             self.log_path = os.path.join(self.workdir, "hopper.log")
             self.host, self.port = None, None
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                raise
 
     # ----------------------------------------------------------------- process
     def start(self):
@@ -302,6 +306,30 @@ class Client:
                 conn.close()
             except Exception:
                 pass
+
+
+# ------------------------------------------------------------------ hooks
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "hopper_todo(feature): RabbitMQ behaviour hopper does not implement yet; "
+        "expected to fail (strictly) against hopper, must pass against RabbitMQ",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Against hopper, tests of features its README lists as not done are strict xfails:
+    they are still run, and once the feature lands they XPASS, which fails the run
+    as a reminder to drop the marker.  Against an external broker they are plain tests."""
+    if EXTERNAL:
+        return
+    for item in items:
+        marker = item.get_closest_marker("hopper_todo")
+        if marker is not None:
+            feature = marker.args[0] if marker.args else "this feature"
+            item.add_marker(
+                pytest.mark.xfail(reason=f"hopper does not implement {feature} yet", strict=True)
+            )
 
 
 # ---------------------------------------------------------------- fixtures

@@ -4,7 +4,6 @@ import datetime
 import decimal
 import os
 import struct
-import time
 
 import pika
 import pika.data

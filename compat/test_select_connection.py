@@ -1,7 +1,6 @@
 """The asynchronous SelectConnection adapter (callback style, as used by many services)."""
 
 import pika
-import pytest
 from pika.exceptions import ChannelClosedByBroker
 
 

@@ -74,8 +74,10 @@ install_system_packages() {
     fi
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    as_root apt-get update -q
-    as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+    # (functions run by run_step are in a condition context, where set -e is off:
+    # every command that matters is checked explicitly)
+    as_root apt-get update -q || return 1
+    as_root apt-get install -y -q --no-install-recommends "${missing[@]}" || return 1
 }
 
 run_step "system packages" "$LOG_DIR/apt.log" install_system_packages || true
@@ -89,14 +91,14 @@ run_step "cargo test" "$LOG_DIR/cargo-test.log" cargo test || true
 setup_venv() {
     if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
         rm -rf "$VENV"
-        "$PYTHON" -m venv "$VENV"
+        "$PYTHON" -m venv "$VENV" || return 1
     fi
     local want have
     want="$(sha256sum compat/requirements.txt | cut -d' ' -f1)"
     have="$(cat "$VENV/.hopper-requirements.sha256" 2>/dev/null || true)"
     if [[ "$want" != "$have" ]]; then
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r compat/requirements.txt
-        echo "$want" >"$VENV/.hopper-requirements.sha256"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r compat/requirements.txt || return 1
+        echo "$want" >"$VENV/.hopper-requirements.sha256" || return 1
     else
         echo "venv $VENV is up to date"
     fi
@@ -108,7 +110,7 @@ run_compat() {
         "$VENV/bin/python" -m pytest compat -p no:cacheprovider
 }
 
-if run_step "cargo build" "$LOG_DIR/build.log" cargo build --bin hopper; then
+if run_step "cargo build" "$LOG_DIR/build.log" cargo build --all-targets; then
     if run_step "python venv" "$LOG_DIR/venv.log" setup_venv; then
         run_step "compat (pytest)" "$LOG_DIR/compat.log" run_compat || true
     else
@@ -120,19 +122,28 @@ fi
 
 # ---------------------------------------------------------------- summary
 # Totals from cargo's "test result:" lines and pytest's closing line.
-cargo_passed=0 cargo_failed=0 cargo_ignored=0
-if [[ -f "$LOG_DIR/cargo-test.log" ]]; then
-    cargo_passed=$(grep '^test result:' "$LOG_DIR/cargo-test.log" | grep -Eo '[0-9]+ passed' | awk '{s += $1} END {print s + 0}')
-    cargo_failed=$(grep '^test result:' "$LOG_DIR/cargo-test.log" | grep -Eo '[0-9]+ failed' | awk '{s += $1} END {print s + 0}')
-    cargo_ignored=$(grep '^test result:' "$LOG_DIR/cargo-test.log" | grep -Eo '[0-9]+ ignored' | awk '{s += $1} END {print s + 0}')
-fi
-py_passed=0 py_failed=0 py_skipped=0
-if [[ -f "$LOG_DIR/compat.log" ]]; then
-    last="$(grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' "$LOG_DIR/compat.log" | tail -n 1 || true)"
-    py_passed=$(grep -Eo '[0-9]+ passed' <<<"$last" | awk '{s += $1} END {print s + 0}')
-    py_failed=$(grep -Eo '[0-9]+ (failed|errors?)' <<<"$last" | awk '{s += $1} END {print s + 0}')
-    py_skipped=$(grep -Eo '[0-9]+ skipped' <<<"$last" | awk '{s += $1} END {print s + 0}')
-fi
+# (awk, not grep: a grep that matches nothing would end the script under pipefail)
+sum_counts() { # WORD-REGEX: sums "N WORD" occurrences on stdin
+    awk -v w="$1" '{
+        line = $0
+        while (match(line, "[0-9]+ " w)) {
+            split(substr(line, RSTART, RLENGTH), parts, " ")
+            total += parts[1]
+            line = substr(line, RSTART + RLENGTH)
+        }
+    } END { print total + 0 }'
+}
+cargo_results() { awk '/^test result:/' "$LOG_DIR/cargo-test.log" 2>/dev/null || true; }
+pytest_closing() {
+    awk '/(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s/ { last = $0 } END { print last }' \
+        "$LOG_DIR/compat.log" 2>/dev/null || true
+}
+cargo_passed=$(cargo_results | sum_counts 'passed')
+cargo_failed=$(cargo_results | sum_counts 'failed')
+cargo_ignored=$(cargo_results | sum_counts 'ignored')
+py_passed=$(pytest_closing | sum_counts 'passed')
+py_failed=$(pytest_closing | sum_counts '(failed|errors?)')
+py_skipped=$(pytest_closing | sum_counts '(skipped|xfailed)')
 
 banner "summary"
 for i in "${!STEP_NAMES[@]}"; do

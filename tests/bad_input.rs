@@ -91,9 +91,15 @@ async fn frame_size_field_of_u32_max_is_501_without_hanging() {
     bytes.extend_from_slice(&u32::MAX.to_be_bytes());
     c.send(&bytes).await;
     let started = Instant::now();
-    let close = c.expect_connection_close().await;
+    let close = c.read_connection_close().await;
     assert_eq!(close.code, 501, "{close:?}");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the size field alone must trigger the error"
+    );
+    // RabbitMQ cannot parse our close-ok (it is still "inside" the bogus
+    // frame) and drops the socket after its 3 s closing timeout.
+    c.expect_closed(Duration::from_secs(8)).await;
     assert_broker_healthy(&broker).await;
 }
 
@@ -130,11 +136,28 @@ async fn second_channel_open_on_same_channel_is_504() {
 }
 
 #[tokio::test]
-async fn channel_number_above_channel_max_is_rejected() {
+async fn opening_more_channels_than_channel_max_is_530() {
+    // RabbitMQ limits the number of open channels to the negotiated
+    // channel_max (2047): the 2048th channel.open is NOT_ALLOWED.
     let broker = Broker::start();
     let mut c = RawClient::open(broker.addr()).await;
-    c.send_method(2048, &raw::channel_open()).await;
-    let close = c.expect_connection_close().await;
+    let mut batch = Vec::new();
+    for ch in 1..=2048u16 {
+        batch.extend(raw::method_frame(ch, &raw::channel_open()));
+    }
+    c.send(&batch).await;
+    let mut opened = 0;
+    let close = loop {
+        match c.next_method(WAIT).await {
+            Ok((ch, f)) if ch != 0 => {
+                assert_eq!(f.ids(), Some((20, 11)), "expected channel.open-ok");
+                opened += 1;
+            }
+            Ok((_, f)) => break c.answer_close(&f).await,
+            Err(e) => panic!("after {opened} open-oks: {e:?}"),
+        }
+    };
+    assert_eq!(opened, 2047);
     assert_eq!(close.code, 530, "{close:?}");
     assert_broker_healthy(&broker).await;
 }
@@ -190,8 +213,11 @@ async fn unknown_class_id_is_rejected() {
     payload.extend_from_slice(&99u16.to_be_bytes());
     payload.extend_from_slice(&10u16.to_be_bytes());
     c.send(&raw::frame(raw::FRAME_METHOD, 1, &payload)).await;
-    let close = c.expect_connection_close().await;
-    assert_eq!(close.code, 540, "{close:?}");
+    // RabbitMQ 3.10 drops the socket without a connection.close here; a
+    // close with a hard-error code is acceptable too.
+    if let Some(close) = c.close_or_drop().await {
+        assert!(close.code >= 500, "{close:?}");
+    }
     assert_broker_healthy(&broker).await;
 }
 
@@ -203,8 +229,11 @@ async fn unknown_method_id_is_rejected() {
     payload.extend_from_slice(&50u16.to_be_bytes());
     payload.extend_from_slice(&999u16.to_be_bytes());
     c.send(&raw::frame(raw::FRAME_METHOD, 1, &payload)).await;
-    let close = c.expect_connection_close().await;
-    assert_eq!(close.code, 540, "{close:?}");
+    // RabbitMQ 3.10 drops the socket without a connection.close here; a
+    // close with a hard-error code is acceptable too.
+    if let Some(close) = c.close_or_drop().await {
+        assert!(close.code >= 500, "{close:?}");
+    }
     assert_broker_healthy(&broker).await;
 }
 
@@ -221,17 +250,20 @@ async fn truncated_method_arguments_are_rejected() {
     payload.extend_from_slice(b"abc"); // ...but only 3 bytes
     c.send(&raw::frame(raw::FRAME_METHOD, 1, &payload)).await;
     let close = c.expect_connection_close().await;
-    assert_eq!(close.code, 502, "{close:?}");
+    // RabbitMQ: FRAME_ERROR "cannot decode ..." naming queue.declare.
+    assert_eq!(close.code, 501, "{close:?}");
+    assert_eq!((close.class_id, close.method_id), (50, 10), "{close:?}");
     assert_broker_healthy(&broker).await;
 }
 
 #[tokio::test]
-async fn heartbeat_on_nonzero_channel_is_501() {
+async fn heartbeat_on_nonzero_channel_is_505() {
     let broker = Broker::start();
     let mut c = opened(&broker).await;
     c.send(&raw::frame(raw::FRAME_HEARTBEAT, 1, &[])).await;
     let close = c.expect_connection_close().await;
-    assert_eq!(close.code, 501, "{close:?}");
+    // RabbitMQ: UNEXPECTED_FRAME "type 8, all octets = <<>>".
+    assert_eq!(close.code, 505, "{close:?}");
     assert_broker_healthy(&broker).await;
 }
 

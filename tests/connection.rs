@@ -13,9 +13,7 @@ async fn lapin_connect_open_channel_and_close() {
     let broker = Broker::start();
     let conn = connect(&broker).await;
     assert!(conn.status().connected());
-    let ch = within("channel.open", conn.create_channel())
-        .await
-        .unwrap();
+    let ch = within("channel.open", conn.create_channel()).await.unwrap();
     assert!(ch.status().connected());
     within("channel.close", ch.close(200, "bye".into()))
         .await
@@ -81,9 +79,15 @@ async fn garbage_instead_of_protocol_header_gets_0_9_1_header_and_close() {
 }
 
 #[tokio::test]
-async fn amqp_0_8_header_gets_0_9_1_header_and_close() {
+async fn amqp_0_10_header_gets_0_9_1_header_and_close() {
     let broker = Broker::start();
-    assert_header_refused(&broker, b"AMQP\x01\x01\x08\x00").await;
+    assert_header_refused(&broker, b"AMQP\x01\x01\x00\x0a").await;
+}
+
+#[tokio::test]
+async fn amqp_1_0_header_gets_0_9_1_header_and_close() {
+    let broker = Broker::start();
+    assert_header_refused(&broker, b"AMQP\x00\x01\x00\x00").await;
 }
 
 fn caps_of(start: &proto::connection::Start) -> lapin::types::FieldTable {
@@ -140,7 +144,6 @@ async fn raw_handshake_plain_and_start_contents() {
         other => panic!("expected queue.declare-ok, got {other:?}"),
     }
     c.close().await;
-    c.expect_closed(WAIT).await;
 }
 
 #[tokio::test]
@@ -159,14 +162,14 @@ async fn raw_handshake_amqplain() {
     let (mut c, _) = RawClient::handshake(broker.addr(), Auth::AmqPlain("guest", "guest"), 0).await;
     c.open_channel(1).await;
     c.close().await;
-    c.expect_closed(WAIT).await;
 }
 
 #[tokio::test]
 async fn raw_amqplain_wrong_password_gets_403_close() {
     let broker = Broker::start();
     let mut c = RawClient::connect(broker.addr()).await;
-    c.start_and_tune_begin(Auth::AmqPlain("guest", "wrong")).await;
+    c.start_and_tune_begin(Auth::AmqPlain("guest", "wrong"))
+        .await;
     let close = c.expect_connection_close().await;
     assert_eq!(close.code, 403, "{close:?}");
 }
@@ -199,9 +202,12 @@ async fn unknown_sasl_mechanism_is_refused() {
         )),
     )
     .await;
-    let close = c.expect_connection_close().await;
-    // RabbitMQ: COMMAND_INVALID "unknown authentication mechanism".
-    assert_eq!(close.code, 503, "{close:?}");
+    // RabbitMQ closes the socket without a connection.close here (the
+    // connection is not tuned yet); a close with an error code is fine too.
+    if let Some(close) = c.close_or_drop().await {
+        assert!(close.code >= 500, "{close:?}");
+    }
+    assert_broker_healthy(&broker).await;
 }
 
 #[tokio::test]
@@ -215,7 +221,7 @@ async fn client_connection_close_gets_close_ok() {
         AMQPClass::Connection(proto::connection::AMQPMethod::CloseOk(_)) => {}
         other => panic!("expected connection.close-ok, got {other:?}"),
     }
-    c.expect_closed(WAIT).await;
+    // (RabbitMQ then waits for the client to close the socket.)
 }
 
 #[tokio::test]

@@ -21,7 +21,12 @@ fn body(d: &Delivery) -> String {
     String::from_utf8_lossy(&d.data).into_owned()
 }
 
-async fn consume_with(ch: &Channel, q: &str, tag: &str, opts: BasicConsumeOptions) -> lapin::Result<Consumer> {
+async fn consume_with(
+    ch: &Channel,
+    q: &str,
+    tag: &str,
+    opts: BasicConsumeOptions,
+) -> lapin::Result<Consumer> {
     within(
         "basic.consume",
         ch.basic_consume(q.into(), tag.into(), opts, FieldTable::default()),
@@ -48,7 +53,10 @@ async fn gather_two(a: &mut Consumer, b: &mut Consumer) -> (Vec<Delivery>, Vec<D
     let mut got_b = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        assert!(tokio::time::Instant::now() < deadline, "deliveries never stop");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deliveries never stop"
+        );
         tokio::select! {
             d = a.next() => got_a.push(d.expect("consumer a cancelled").expect("consumer a error")),
             d = b.next() => got_b.push(d.expect("consumer b cancelled").expect("consumer b error")),
@@ -311,8 +319,18 @@ async fn two_consumers_get_messages_round_robin() {
     let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
     fill_queue(&conn, &q, &refs).await;
     let (got_a, got_b) = gather_two(&mut a, &mut b).await;
-    assert_eq!(got_a.len(), 5, "a: {:?}", got_a.iter().map(body).collect::<Vec<_>>());
-    assert_eq!(got_b.len(), 5, "b: {:?}", got_b.iter().map(body).collect::<Vec<_>>());
+    assert_eq!(
+        got_a.len(),
+        5,
+        "a: {:?}",
+        got_a.iter().map(body).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        got_b.len(),
+        5,
+        "b: {:?}",
+        got_b.iter().map(body).collect::<Vec<_>>()
+    );
     // Each consumer sees its share in publish order.
     for got in [&got_a, &got_b] {
         let idx: Vec<usize> = got.iter().map(|d| body(d)[1..].parse().unwrap()).collect();
@@ -331,7 +349,13 @@ async fn ack_multiple_acks_everything_up_to_the_tag() {
     let gch = conn.create_channel().await.unwrap();
     let mut tags = Vec::new();
     for _ in 0..3 {
-        tags.push(get(&gch, &q, false).await.expect("msg").delivery.delivery_tag);
+        tags.push(
+            get(&gch, &q, false)
+                .await
+                .expect("msg")
+                .delivery
+                .delivery_tag,
+        );
     }
     assert_eq!(tags, [1, 2, 3]);
     within("ack", gch.basic_ack(2, BasicAckOptions { multiple: true }))
@@ -374,7 +398,10 @@ async fn requeued_messages_come_back_first_and_redelivered() {
     assert!(again.delivery.redelivered);
     within(
         "reject",
-        ch.basic_reject(m1.delivery.delivery_tag, BasicRejectOptions { requeue: true }),
+        ch.basic_reject(
+            m1.delivery.delivery_tag,
+            BasicRejectOptions { requeue: true },
+        ),
     )
     .await
     .unwrap();
@@ -438,9 +465,12 @@ async fn nack_multiple_with_requeue_and_without() {
     assert_eq!((body(&d3).as_str(), d3.redelivered), ("3", true));
     assert_eq!((body(&d4).as_str(), d4.redelivered), ("4", true));
     assert!(d3.delivery_tag > tags[3], "redeliveries get new tags");
-    within("reject", d3.acker.reject(BasicRejectOptions { requeue: false }))
-        .await
-        .unwrap();
+    within(
+        "reject",
+        d3.acker.reject(BasicRejectOptions { requeue: false }),
+    )
+    .await
+    .unwrap();
     within("ack", d4.acker.ack(BasicAckOptions::default()))
         .await
         .unwrap();
@@ -535,7 +565,10 @@ async fn recover_with_requeue_redelivers_unacked() {
     let mut again = vec![next_delivery(&mut c).await, next_delivery(&mut c).await];
     again.sort_by_key(body);
     assert_eq!(
-        again.iter().map(|d| (body(d), d.redelivered)).collect::<Vec<_>>(),
+        again
+            .iter()
+            .map(|d| (body(d), d.redelivered))
+            .collect::<Vec<_>>(),
         vec![("r1".to_string(), true), ("r2".to_string(), true)]
     );
     for d in &again {
@@ -564,8 +597,14 @@ async fn unacked_messages_return_when_channel_closes() {
     wait_for_ready(&ch, &q, 2).await;
     let a = get(&ch, &q, true).await.unwrap();
     let b = get(&ch, &q, true).await.unwrap();
-    assert_eq!((a.delivery.data.as_slice(), a.delivery.redelivered), (&b"a"[..], true));
-    assert_eq!((b.delivery.data.as_slice(), b.delivery.redelivered), (&b"b"[..], true));
+    assert_eq!(
+        (a.delivery.data.as_slice(), a.delivery.redelivered),
+        (&b"a"[..], true)
+    );
+    assert_eq!(
+        (b.delivery.data.as_slice(), b.delivery.redelivered),
+        (&b"b"[..], true)
+    );
     delete_queue(&conn, &q).await;
     let _ = conn.close(200, "bye".into()).await;
 }
@@ -581,7 +620,9 @@ async fn unacked_messages_return_when_connection_closes() {
     for _ in 0..3 {
         next_delivery(&mut c).await;
     }
-    within("close", conn2.close(200, "bye".into())).await.unwrap();
+    within("close", conn2.close(200, "bye".into()))
+        .await
+        .unwrap();
     wait_for_ready(&ch, &q, 3).await;
     let got: Vec<(Vec<u8>, bool)> = {
         let mut v = Vec::new();
@@ -724,7 +765,11 @@ async fn cancel_stops_deliveries_but_keeps_unacked_ackable() {
     .unwrap();
     fill_queue(&conn, &q, &[b"2"]).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(message_count(&ch, &q).await, 1, "cancelled consumer got a message");
+    assert_eq!(
+        message_count(&ch, &q).await,
+        1,
+        "cancelled consumer got a message"
+    );
     // Acking a message of the cancelled consumer is still valid.
     within("ack", d.acker.ack(BasicAckOptions::default()))
         .await

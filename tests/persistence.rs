@@ -146,7 +146,9 @@ async fn unacked_persistent_messages_survive_restart() {
             .unwrap();
         // A synchronous round trip after the ack so it has been processed.
         assert_eq!(message_count(&ch, &q).await, 2);
-        within("close", conn.close(200, "bye".into())).await.unwrap();
+        within("close", conn.close(200, "bye".into()))
+            .await
+            .unwrap();
     }
     broker.restart();
     let (conn, ch) = connect_channel(&broker).await;

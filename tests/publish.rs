@@ -6,9 +6,7 @@ use common::raw::{self, RawClient};
 use common::*;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{self as proto, AMQPClass};
-use lapin::types::{
-    AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString,
-};
+use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Confirmation};
 use std::collections::BTreeSet;
 
@@ -62,7 +60,10 @@ async fn bodies_of_many_sizes_arrive_intact() {
         let m = get(&gch, &q, true).await.expect("message");
         assert_eq!(m.message_count as usize, sizes.len() - i - 1);
         assert_eq!(m.delivery.data.len(), n, "basic.get body length");
-        assert!(m.delivery.data == pattern(n), "basic.get body of {n} bytes corrupted");
+        assert!(
+            m.delivery.data == pattern(n),
+            "basic.get body of {n} bytes corrupted"
+        );
     }
     assert!(get(&gch, &q, true).await.is_none());
     delete_queue(&conn, &q).await;
@@ -135,7 +136,10 @@ fn rich_headers() -> FieldTable {
     );
     h.insert("timestamp".into(), AMQPValue::Timestamp(1_700_000_000));
     h.insert("table".into(), AMQPValue::FieldTable(nested));
-    h.insert("empty-table".into(), AMQPValue::FieldTable(FieldTable::default()));
+    h.insert(
+        "empty-table".into(),
+        AMQPValue::FieldTable(FieldTable::default()),
+    );
     h.insert(
         "bytes".into(),
         AMQPValue::ByteArray(ByteArray::from(vec![9u8, 8, 7, 0, 255])),
@@ -175,7 +179,11 @@ async fn all_basic_properties_and_header_types_round_trip() {
     }
     // basic.get path.
     let m = get(&ch, &q, true).await.expect("message");
-    assert_eq!(m.delivery.properties.headers(), props.headers(), "basic.get headers");
+    assert_eq!(
+        m.delivery.properties.headers(),
+        props.headers(),
+        "basic.get headers"
+    );
     assert_eq!(m.delivery.properties, props, "basic.get properties");
     // basic.deliver path.
     let cch = conn.create_channel().await.unwrap();
@@ -280,7 +288,11 @@ async fn mandatory_unroutable_is_returned_before_the_ack() {
             assert_eq!(ret.delivery.routing_key.as_str(), rk);
             assert_eq!(ret.delivery.exchange.as_str(), "");
             assert_eq!(
-                ret.delivery.properties.message_id().as_ref().map(|s| s.as_str()),
+                ret.delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.as_str()),
                 Some("m-1")
             );
         }
@@ -314,7 +326,14 @@ async fn non_mandatory_unroutable_is_acked_and_dropped() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
     confirm_select(&ch).await;
-    let c = publish_confirmed(&ch, "amq.direct", &unique("nobody"), b"x", Default::default()).await;
+    let c = publish_confirmed(
+        &ch,
+        "amq.direct",
+        &unique("nobody"),
+        b"x",
+        Default::default(),
+    )
+    .await;
     assert_eq!(c, Confirmation::Ack(None));
     let _ = conn.close(200, "bye".into()).await;
 }

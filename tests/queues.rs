@@ -297,7 +297,9 @@ async fn auto_delete_queue_without_consumers_stays() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    passive_declare(&ch, &q).await.expect("never consumed: stays");
+    passive_declare(&ch, &q)
+        .await
+        .expect("never consumed: stays");
     delete_queue(&conn, &q).await;
     let _ = conn.close(200, "bye".into()).await;
 }
@@ -429,7 +431,10 @@ async fn deleting_a_missing_queue_is_ok_with_zero() {
     let (conn, ch) = connect_channel(&broker).await;
     let n = within(
         "delete",
-        ch.queue_delete(unique("missing").as_str().into(), QueueDeleteOptions::default()),
+        ch.queue_delete(
+            unique("missing").as_str().into(),
+            QueueDeleteOptions::default(),
+        ),
     )
     .await
     .expect("delete of a missing queue");
@@ -482,7 +487,10 @@ async fn bind_and_unbind_control_routing() {
     .await
     .unwrap();
     publish_confirmed(&ch, "amq.direct", &q, b"unbound", Default::default()).await;
-    assert!(drain(&ch, &q).await.is_empty(), "unbound queue got a message");
+    assert!(
+        drain(&ch, &q).await.is_empty(),
+        "unbound queue got a message"
+    );
     // Unbinding something that is not bound is fine too.
     within(
         "unbind again",

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{headers::value_eq, Binding, Exchange, ExchangeKind};
-use crate::message::Message;
 use crate::protocol::codes;
 use crate::queue::Queue;
 use crate::store::{BindingDef, ExchangeDef, QueueDef, Store, StoreError};
@@ -468,7 +467,7 @@ impl VHost {
         );
     }
 
-    pub fn restore_queue(&self, d: QueueDef, msgs: Vec<Arc<Message>>) {
+    pub fn restore_queue(&self, d: QueueDef, msgs: Vec<u64>) {
         let q = Arc::new(Queue::new(
             d.name.clone(),
             self.name.clone(),

@@ -134,12 +134,6 @@ impl Channel {
     }
 
     pub(super) fn qos(&mut self, ctx: &mut ConnCtx<'_>, m: b::Qos) -> AmqpResult<()> {
-        if m.prefetch_size != 0 {
-            return Err(AmqpError::not_implemented(format!(
-                "prefetch_size!=0 ({})",
-                m.prefetch_size
-            )));
-        }
         let queues: Vec<Arc<Queue>> = {
             let mut d = self.handle.delivery.lock();
             if m.global {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::protocol::encode;
-use crate::queue::{Queue, QueueEntry};
+use crate::queue::{Queue, QueueEntry, Slot};
 
 /// What the connection's writer task is asked to do.
 #[derive(Debug)]
@@ -255,12 +255,15 @@ impl Consumer {
                 return false;
             }
         }
+        let Some(QueueEntry { slot: Slot::Mem(msg), .. }) = ready.front() else {
+            return false;
+        };
+        let msg = msg.clone();
         let Some(entry) = ready.pop_front() else {
             return false;
         };
         let tag = st.next_tag;
         st.next_tag += 1;
-        let msg = &entry.msg;
         let mut out = BytesMut::with_capacity(msg.body.len() + msg.raw_properties.len() + 128);
         encode::deliver_method(
             &mut out,

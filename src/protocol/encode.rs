@@ -17,7 +17,8 @@ use super::frame::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_M
 /// than a corrupt stream.
 pub fn method(out: &mut BytesMut, channel: u16, class: &AMQPClass) {
     let frame = AMQPFrame::Method(channel, class.clone());
-    match gen_frame(&frame)(WriteContext::from(Vec::with_capacity(128))) {
+    let result = gen_frame(&frame)(WriteContext::from(Vec::with_capacity(128)));
+    match result {
         Ok(ctx) => out.extend_from_slice(&ctx.into_inner().0),
         Err(e) => tracing::error!(error = ?e, ?class, "failed to encode method frame"),
     }
@@ -170,9 +171,10 @@ mod tests {
         let props = basic::AMQPProperties::default()
             .with_delivery_mode(2)
             .with_message_id("m1".into());
-        let mut raw = Vec::new();
-        let ctx = amq_protocol::protocol::basic::gen_properties(&props)(WriteContext::from(&mut raw));
-        assert!(ctx.is_ok());
+        let raw = amq_protocol::protocol::basic::gen_properties(&props)(WriteContext::from(Vec::new()))
+            .unwrap()
+            .into_inner()
+            .0;
         let mut out = BytesMut::new();
         header_frame(&mut out, 1, 5, &raw);
         match read_frame(&mut out, 131072).unwrap().unwrap() {

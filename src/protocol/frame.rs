@@ -4,7 +4,7 @@
 //! not an error), checks the declared size against `frame_max` before waiting for
 //! the payload, checks the frame-end octet, and only then parses.
 
-use amq_protocol::frame::parse_content_header;
+use amq_protocol::frame::parsing::parse_content_header;
 use amq_protocol::protocol::{basic::AMQPProperties, parse_class, AMQPClass};
 use bytes::{Buf, Bytes, BytesMut};
 

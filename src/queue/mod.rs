@@ -18,18 +18,56 @@ use crate::message::Message;
 use crate::protocol::encode;
 use crate::store::{QueueKey, Store};
 
+/// Where an entry's message is: in memory, or only in the store (deep queues
+/// and recovered backlogs keep just the id, and load the body when a consumer
+/// gets near it).
+#[derive(Debug, Clone)]
+pub enum Slot {
+    Mem(Arc<Message>),
+    Stored(u64),
+}
+
 /// A message's place in one queue.
 #[derive(Debug, Clone)]
 pub struct QueueEntry {
-    pub msg: Arc<Message>,
+    pub slot: Slot,
     /// Position in this queue; requeued entries go back by it.
     pub seq: u64,
     pub redelivered: bool,
 }
 
+impl QueueEntry {
+    pub fn msg_id(&self) -> u64 {
+        match &self.slot {
+            Slot::Mem(m) => m.id,
+            Slot::Stored(id) => *id,
+        }
+    }
+
+    /// The message, when it is in memory.
+    pub fn message(&self) -> Option<&Arc<Message>> {
+        match &self.slot {
+            Slot::Mem(m) => Some(m),
+            Slot::Stored(_) => None,
+        }
+    }
+
+    fn mem_bytes(&self) -> usize {
+        match &self.slot {
+            Slot::Mem(m) => m.body.len() + m.raw_properties.len(),
+            Slot::Stored(_) => 0,
+        }
+    }
+}
+
+/// How many stored messages to read back at once when a consumer reaches them.
+const LOAD_BATCH: usize = 256;
+
 #[derive(Debug)]
 struct QueueState {
     ready: VecDeque<QueueEntry>,
+    /// Bytes of message bodies and properties held in memory by `ready`.
+    mem_bytes: usize,
     next_seq: u64,
     consumers: Vec<Arc<Consumer>>,
     /// Round-robin cursor into `consumers`.
@@ -48,8 +86,13 @@ pub struct Queue {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     store: Arc<dyn Store>,
+    /// Past this many bytes in memory, stored messages are paged out.
+    memory_limit: usize,
     state: Mutex<QueueState>,
 }
+
+/// Bytes of messages a queue keeps in memory before paging stored ones out.
+pub const DEFAULT_MEMORY_LIMIT: usize = 8 * 1024 * 1024;
 
 /// What `Queue::delete` leaves for the caller to clean up.
 pub struct Deleted {
@@ -75,8 +118,10 @@ impl Queue {
             auto_delete,
             arguments,
             store,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
             state: Mutex::new(QueueState {
                 ready: VecDeque::new(),
+                mem_bytes: 0,
                 next_seq: 1,
                 consumers: Vec::new(),
                 rr: 0,
@@ -93,9 +138,12 @@ impl Queue {
         }
     }
 
-    /// Whether a persistent message in this queue lives in the store.
-    fn stores(&self, msg: &Message) -> bool {
-        self.durable && msg.is_persistent()
+    /// Whether this entry's message lives in the store.
+    fn stores(&self, e: &QueueEntry) -> bool {
+        match &e.slot {
+            Slot::Mem(m) => self.durable && self.exclusive_owner.is_none() && m.is_persistent(),
+            Slot::Stored(_) => true,
+        }
     }
 
     pub fn message_count(&self) -> u32 {
@@ -118,22 +166,25 @@ impl Queue {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready.push_back(QueueEntry {
-            msg,
+        let e = QueueEntry {
+            slot: Slot::Mem(msg),
             seq,
             redelivered: false,
-        });
+        };
+        st.mem_bytes += e.mem_bytes();
+        st.ready.push_back(e);
         self.pump(&mut st);
     }
 
-    /// Append recovered messages at boot (they count as delivered before).
-    pub fn recover(&self, msgs: impl IntoIterator<Item = Arc<Message>>) {
+    /// Append recovered messages (by id; bodies stay in the store until a
+    /// consumer reaches them). They may have been delivered before the restart.
+    pub fn recover(&self, ids: impl IntoIterator<Item = u64>) {
         let mut st = self.state.lock();
-        for msg in msgs {
+        for id in ids {
             let seq = st.next_seq;
             st.next_seq += 1;
             st.ready.push_back(QueueEntry {
-                msg,
+                slot: Slot::Stored(id),
                 seq,
                 redelivered: true,
             });
@@ -148,6 +199,7 @@ impl Queue {
         }
         for mut e in entries {
             e.redelivered = true;
+            st.mem_bytes += e.mem_bytes();
             let at = st.ready.partition_point(|x| x.seq < e.seq);
             st.ready.insert(at, e);
         }
@@ -158,40 +210,105 @@ impl Queue {
     pub fn kick(self: &Arc<Self>) {
         let mut st = self.state.lock();
         self.pump(&mut st);
+        if st.mem_bytes > self.memory_limit {
+            self.page_out(&mut st);
+        }
+    }
+
+    /// Drop the in-memory copy of stored messages from the tail end until the
+    /// queue is back under its memory limit. Walks back from the tail and stops
+    /// at the first entry already paged out, so each entry is visited about once.
+    fn page_out(&self, st: &mut QueueState) {
+        let keep_at_head = LOAD_BATCH.min(st.ready.len());
+        let mut i = st.ready.len();
+        while i > keep_at_head && st.mem_bytes > self.memory_limit / 2 {
+            i -= 1;
+            let e = &mut st.ready[i];
+            let Slot::Mem(m) = &e.slot else { break };
+            if !(self.durable && self.exclusive_owner.is_none() && m.is_persistent() && m.is_deliverable()) {
+                continue;
+            }
+            let freed = m.body.len() + m.raw_properties.len();
+            e.slot = Slot::Stored(m.id);
+            st.mem_bytes -= freed;
+        }
+    }
+
+    /// Make sure the head entry is in memory, reading a batch of stored ones
+    /// back. Entries whose message is missing from the store are dropped.
+    fn load_head(&self, st: &mut QueueState) {
+        loop {
+            let Some(head) = st.ready.front() else { return };
+            if let Slot::Mem(_) = head.slot {
+                return;
+            }
+            let ids: Vec<u64> = st
+                .ready
+                .iter()
+                .take(LOAD_BATCH)
+                .map_while(|e| match e.slot {
+                    Slot::Stored(id) => Some(id),
+                    Slot::Mem(_) => None,
+                })
+                .collect();
+            let loaded = match self.store.load(&ids) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot read messages back from the store");
+                    return;
+                }
+            };
+            let mut missing = Vec::new();
+            for (i, m) in loaded.into_iter().enumerate() {
+                let e = &mut st.ready[i];
+                match m {
+                    Some(m) => {
+                        st.mem_bytes += m.body.len() + m.raw_properties.len();
+                        e.slot = Slot::Mem(m);
+                    }
+                    None => missing.push(e.seq),
+                }
+            }
+            if missing.is_empty() {
+                return;
+            }
+            tracing::warn!(queue = %self.name, count = missing.len(), "index entries without a stored message; dropping them");
+            st.ready.retain(|e| !missing.contains(&e.seq));
+        }
     }
 
     /// A message left this queue for good (acked, rejected, delivered no-ack).
     pub fn settled(&self, entry: &QueueEntry) {
-        if self.stores(&entry.msg) {
-            self.store.remove(&self.key(), entry.msg.id);
+        if self.stores(entry) {
+            self.store.remove(&self.key(), entry.msg_id());
         }
     }
 
     /// Take back a message whose store write failed.
     pub fn withdraw(self: &Arc<Self>, msg_id: u64) {
         let mut st = self.state.lock();
-        st.ready.retain(|e| e.msg.id != msg_id);
+        if let Some(at) = st.ready.iter().position(|e| e.msg_id() == msg_id) {
+            if let Some(e) = st.ready.remove(at) {
+                st.mem_bytes -= e.mem_bytes();
+            }
+        }
         self.pump(&mut st);
     }
 
     fn pump(self: &Arc<Self>, st: &mut QueueState) {
-        let QueueState {
-            ready,
-            consumers,
-            rr,
-            ..
-        } = st;
-        while !consumers.is_empty() {
-            match ready.front() {
-                Some(head) if head.msg.is_deliverable() => {}
+        while !st.consumers.is_empty() {
+            self.load_head(st);
+            let bytes = match st.ready.front() {
+                Some(head @ QueueEntry { slot: Slot::Mem(m), .. }) if m.is_deliverable() => head.mem_bytes(),
                 _ => break,
-            }
-            let n = consumers.len();
+            };
+            let n = st.consumers.len();
             let mut delivered = false;
             for i in 0..n {
-                let idx = (*rr + i) % n;
-                if consumers[idx].try_deliver(self, ready) {
-                    *rr = (idx + 1) % n;
+                let idx = (st.rr + i) % n;
+                if st.consumers[idx].try_deliver(self, &mut st.ready) {
+                    st.rr = (idx + 1) % n;
+                    st.mem_bytes -= bytes;
                     delivered = true;
                     break;
                 }
@@ -205,18 +322,22 @@ impl Queue {
     /// basic.get: the head message, delivered on `channel`.
     pub fn get(self: &Arc<Self>, channel: &Arc<ChannelHandle>, no_ack: bool) -> bool {
         let mut st = self.state.lock();
+        self.load_head(&mut st);
         match st.ready.front() {
-            Some(head) if head.msg.is_deliverable() => {}
+            Some(QueueEntry { slot: Slot::Mem(m), .. }) if m.is_deliverable() => {}
             _ => return false,
         }
         let Some(entry) = st.ready.pop_front() else {
             return false;
         };
+        st.mem_bytes -= entry.mem_bytes();
         let remaining = st.ready.len() as u32;
+        let Slot::Mem(msg) = &entry.slot else {
+            return false;
+        };
         let mut d = channel.delivery.lock();
         let tag = d.next_tag;
         d.next_tag += 1;
-        let msg = &entry.msg;
         let mut out = BytesMut::with_capacity(msg.body.len() + 128);
         encode::get_ok_method(
             &mut out,
@@ -283,11 +404,13 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
         let n = st.ready.len() as u32;
-        for e in st.ready.drain(..) {
-            if self.stores(&e.msg) {
-                self.store.remove(&self.key(), e.msg.id);
+        let key = self.key();
+        for e in std::mem::take(&mut st.ready) {
+            if self.stores(&e) {
+                self.store.remove(&key, e.msg_id());
             }
         }
+        st.mem_bytes = 0;
         n
     }
 
@@ -297,6 +420,7 @@ impl Queue {
         st.deleted = true;
         let messages = st.ready.len() as u32;
         st.ready.clear();
+        st.mem_bytes = 0;
         Deleted {
             messages,
             consumers: std::mem::take(&mut st.consumers),

@@ -51,7 +51,8 @@ pub struct BindingDef {
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub exchanges: Vec<ExchangeDef>,
-    pub queues: Vec<(QueueDef, Vec<Arc<Message>>)>,
+    /// Each durable queue with the ids of its messages, in order.
+    pub queues: Vec<(QueueDef, Vec<u64>)>,
     pub bindings: Vec<BindingDef>,
 }
 
@@ -80,6 +81,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A message left a queue for good; needs no sync (a lost removal is a
     /// redelivery after a crash, never a loss).
     fn remove(&self, queue: &QueueKey, msg_id: u64);
+    /// Read messages back by id (`None` for ids the store does not have).
+    fn load(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Message>>>, StoreError>;
     /// Read back definitions and queue contents at boot.
     fn recover(&self) -> Result<Recovered, StoreError>;
     /// The highest message id in the store, so new ids continue above it.
@@ -115,6 +118,9 @@ impl Store for NullStore {
         done(true)
     }
     fn remove(&self, _: &QueueKey, _: u64) {}
+    fn load(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Message>>>, StoreError> {
+        Ok(ids.iter().map(|_| None).collect())
+    }
     fn recover(&self) -> Result<Recovered, StoreError> {
         Ok(Recovered::default())
     }

@@ -189,7 +189,10 @@ impl Broker {
     /// SIGKILL the broker (if running) and start it again on the same data
     /// directory. The new process listens on a new free port: call `uri()` again.
     pub fn restart(&mut self) {
-        assert!(!self.external, "restart is impossible on an external broker");
+        assert!(
+            !self.external,
+            "restart is impossible on an external broker"
+        );
         self.kill9();
         self.spawn();
     }
@@ -256,7 +259,9 @@ fn parse_uri(uri: &str) -> (SocketAddr, String) {
 macro_rules! skip_if_external {
     ($broker:expr) => {
         if $broker.is_external() {
-            eprintln!("skipped: needs to kill/restart the broker, which an external broker forbids");
+            eprintln!(
+                "skipped: needs to kill/restart the broker, which an external broker forbids"
+            );
             return;
         }
     };
@@ -353,11 +358,7 @@ pub async fn declare_queue(ch: &Channel, prefix: &str) -> String {
 /// Delete a queue, ignoring errors (cleanup).
 pub async fn delete_queue(conn: &Connection, name: &str) {
     if let Ok(ch) = conn.create_channel().await {
-        let _ = tokio::time::timeout(
-            WAIT,
-            ch.queue_delete(name.into(), Default::default()),
-        )
-        .await;
+        let _ = tokio::time::timeout(WAIT, ch.queue_delete(name.into(), Default::default())).await;
         let _ = tokio::time::timeout(WAIT, ch.close(200, "bye".into())).await;
     }
 }
@@ -365,11 +366,8 @@ pub async fn delete_queue(conn: &Connection, name: &str) {
 /// Delete an exchange, ignoring errors (cleanup).
 pub async fn delete_exchange(conn: &Connection, name: &str) {
     if let Ok(ch) = conn.create_channel().await {
-        let _ = tokio::time::timeout(
-            WAIT,
-            ch.exchange_delete(name.into(), Default::default()),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(WAIT, ch.exchange_delete(name.into(), Default::default())).await;
         let _ = tokio::time::timeout(WAIT, ch.close(200, "bye".into())).await;
     }
 }
@@ -424,7 +422,11 @@ pub async fn fill_queue(conn: &Connection, queue: &str, bodies: &[&[u8]]) {
 }
 
 /// basic.get (with ack) one message, failing on timeout.
-pub async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<lapin::message::BasicGetMessage> {
+pub async fn get(
+    ch: &Channel,
+    queue: &str,
+    no_ack: bool,
+) -> Option<lapin::message::BasicGetMessage> {
     within(
         "basic.get",
         ch.basic_get(queue.into(), BasicGetOptions { no_ack }),
@@ -518,9 +520,12 @@ pub async fn assert_broker_healthy(broker: &Broker) {
     within("ack", d.acker.ack(Default::default()))
         .await
         .expect("ack");
-    within("queue.delete", ch.queue_delete(q.as_str().into(), Default::default()))
-        .await
-        .expect("queue.delete");
+    within(
+        "queue.delete",
+        ch.queue_delete(q.as_str().into(), Default::default()),
+    )
+    .await
+    .expect("queue.delete");
     let _ = within("connection.close", conn.close(200, "bye".into())).await;
 }
 
@@ -713,7 +718,11 @@ pub mod raw {
 
         /// Connect, send the protocol header and complete the handshake with
         /// the given credentials, heartbeat (0 = off) and vhost.
-        pub async fn handshake(addr: SocketAddr, auth: Auth<'_>, heartbeat: u16) -> (RawClient, Handshake) {
+        pub async fn handshake(
+            addr: SocketAddr,
+            auth: Auth<'_>,
+            heartbeat: u16,
+        ) -> (RawClient, Handshake) {
             let mut c = RawClient::connect(addr).await;
             let hs = c.handshake_on(auth, heartbeat, "/").await;
             (c, hs)
@@ -721,11 +730,18 @@ pub mod raw {
 
         /// Full handshake with PLAIN guest/guest, heartbeats off, vhost "/".
         pub async fn open(addr: SocketAddr) -> RawClient {
-            Self::handshake(addr, Auth::Plain("guest", "guest"), 0).await.0
+            Self::handshake(addr, Auth::Plain("guest", "guest"), 0)
+                .await
+                .0
         }
 
         /// Handshake on an already connected socket.
-        pub async fn handshake_on(&mut self, auth: Auth<'_>, heartbeat: u16, vhost: &str) -> Handshake {
+        pub async fn handshake_on(
+            &mut self,
+            auth: Auth<'_>,
+            heartbeat: u16,
+            vhost: &str,
+        ) -> Handshake {
             let start = self.start_and_tune_begin(auth).await;
             let tune = match self.expect_method(0).await {
                 AMQPClass::Connection(proto::connection::AMQPMethod::Tune(t)) => t,
@@ -775,7 +791,10 @@ pub mod raw {
                 AMQPValue::LongString(LongString::from("hopper raw test client")),
             );
             let mut caps = FieldTable::default();
-            caps.insert("authentication_failure_close".into(), AMQPValue::Boolean(true));
+            caps.insert(
+                "authentication_failure_close".into(),
+                AMQPValue::Boolean(true),
+            );
             caps.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
             client_properties.insert("capabilities".into(), AMQPValue::FieldTable(caps));
             self.send_method(
@@ -814,14 +833,11 @@ pub mod raw {
         }
 
         async fn fill(&mut self, deadline: tokio::time::Instant) -> Result<(), ReadError> {
-            let mut chunk = [0u8; 65536];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+            self.buf.reserve(65536);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
                 Err(_) => Err(ReadError::Timeout),
                 Ok(Ok(0)) | Ok(Err(_)) => Err(ReadError::Closed),
-                Ok(Ok(n)) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    Ok(())
-                }
+                Ok(Ok(_)) => Ok(()),
             }
         }
 
@@ -831,7 +847,8 @@ pub mod raw {
             loop {
                 if self.buf.len() >= 7 {
                     let size =
-                        u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]) as usize;
+                        u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]])
+                            as usize;
                     if size > 16 * 1024 * 1024 {
                         return Err(ReadError::Garbage(format!("frame size {size}")));
                     }
@@ -895,37 +912,56 @@ pub mod raw {
         /// Read until connection.close arrives (panics on EOF/timeout first),
         /// answer close-ok, then expect the server to close the socket.
         pub async fn expect_connection_close(&mut self) -> CloseInfo {
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match self.next_method(left).await {
-                    Ok((0, f)) => {
-                        if let Some(AMQPClass::Connection(proto::connection::AMQPMethod::Close(c))) =
-                            f.method()
-                        {
-                            self.send_method(
-                                0,
-                                &AMQPClass::Connection(proto::connection::AMQPMethod::CloseOk(
-                                    proto::connection::CloseOk {},
-                                )),
-                            )
-                            .await;
-                            let info = CloseInfo {
-                                code: c.reply_code,
-                                text: c.reply_text.to_string(),
-                                class_id: c.class_id,
-                                method_id: c.method_id,
-                            };
-                            self.expect_closed(WAIT).await;
-                            return info;
-                        }
-                        panic!("expected connection.close, got {:?}", f.method());
-                    }
-                    Ok((ch, f)) => {
-                        panic!("expected connection.close, got {:?} on channel {ch}", f.method())
-                    }
-                    Err(e) => panic!("expected connection.close, got {e:?}"),
+            let info = self.read_connection_close().await;
+            self.expect_closed(WAIT).await;
+            info
+        }
+
+        /// Read until connection.close arrives (panics on EOF/timeout first)
+        /// and answer close-ok; does not wait for the socket to close.
+        pub async fn read_connection_close(&mut self) -> CloseInfo {
+            match self.close_or_drop().await {
+                Some(info) => info,
+                None => panic!("expected connection.close, but the socket was closed without one"),
+            }
+        }
+
+        /// The broker must end the connection: either with connection.close
+        /// (answered with close-ok; returns it) or by closing the socket
+        /// without a word (returns None). Panics on timeout.
+        pub async fn close_or_drop(&mut self) -> Option<CloseInfo> {
+            match self.next_method(WAIT).await {
+                Ok((0, f)) => Some(self.answer_close(&f).await),
+                Ok((ch, f)) => {
+                    panic!(
+                        "expected connection.close, got {:?} on channel {ch}",
+                        f.method()
+                    )
                 }
+                Err(ReadError::Closed) => None,
+                Err(e) => panic!("expected the broker to end the connection, got {e:?}"),
+            }
+        }
+
+        /// `f` must be a connection.close: answer it with close-ok.
+        pub async fn answer_close(&mut self, f: &Frame) -> CloseInfo {
+            match f.method() {
+                Some(AMQPClass::Connection(proto::connection::AMQPMethod::Close(c))) => {
+                    self.send_method(
+                        0,
+                        &AMQPClass::Connection(proto::connection::AMQPMethod::CloseOk(
+                            proto::connection::CloseOk {},
+                        )),
+                    )
+                    .await;
+                    CloseInfo {
+                        code: c.reply_code,
+                        text: c.reply_text.to_string(),
+                        class_id: c.class_id,
+                        method_id: c.method_id,
+                    }
+                }
+                other => panic!("expected connection.close, got {other:?}"),
             }
         }
 
