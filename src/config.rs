@@ -146,9 +146,6 @@ mod tests {
     #[test]
     fn small_frame_max_is_refused() {
         let text = DEFAULT_CONFIG.replace("frame_max = 131072", "frame_max = 100");
-        assert!(matches!(
-            Config::parse(&text),
-            Err(ConfigError::Invalid(_))
-        ));
+        assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid(_))));
     }
 }

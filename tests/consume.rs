@@ -583,6 +583,62 @@ async fn recover_with_requeue_redelivers_unacked() {
 }
 
 #[tokio::test]
+async fn recover_ok_comes_before_the_redeliveries() {
+    // lapin drops buffered deliveries when recover-ok arrives, so a broker
+    // that redelivers before answering recover-ok loses messages for lapin
+    // users. RabbitMQ answers recover-ok first.
+    let broker = Broker::start();
+    let (mut c, q) = raw_channel_with_consumer(&broker).await;
+    for body in [&b"r1"[..], b"r2"] {
+        c.send_method(1, &raw::basic_publish("", &q)).await;
+        c.send(&raw::header_frame(1, body.len() as u64)).await;
+        c.send(&raw::body_frame(1, body)).await;
+    }
+    c.send_method(
+        1,
+        &AMQPClass::Basic(proto::basic::AMQPMethod::Consume(proto::basic::Consume {
+            queue: q.as_str().into(),
+            consumer_tag: "c1".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+    .await;
+    let mut delivered = 0;
+    while delivered < 2 {
+        match c.expect_method(1).await {
+            AMQPClass::Basic(proto::basic::AMQPMethod::ConsumeOk(_)) => {}
+            AMQPClass::Basic(proto::basic::AMQPMethod::Deliver(d)) => {
+                assert!(!d.redelivered);
+                delivered += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    c.send_method(
+        1,
+        &AMQPClass::Basic(proto::basic::AMQPMethod::Recover(proto::basic::Recover {
+            requeue: true,
+        })),
+    )
+    .await;
+    match c.expect_method(1).await {
+        AMQPClass::Basic(proto::basic::AMQPMethod::RecoverOk(_)) => {}
+        other => panic!("expected basic.recover-ok before any redelivery, got {other:?}"),
+    }
+    for _ in 0..2 {
+        match c.expect_method(1).await {
+            AMQPClass::Basic(proto::basic::AMQPMethod::Deliver(d)) => assert!(d.redelivered),
+            other => panic!("expected a redelivery, got {other:?}"),
+        }
+    }
+    c.close().await;
+}
+
+#[tokio::test]
 async fn unacked_messages_return_when_channel_closes() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;

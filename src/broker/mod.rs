@@ -25,7 +25,10 @@ impl Broker {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<Broker>, StoreError> {
         let vhosts = DashMap::new();
         for name in &config.vhosts {
-            vhosts.insert(name.clone(), Arc::new(VHost::new(name.clone(), store.clone())));
+            vhosts.insert(
+                name.clone(),
+                Arc::new(VHost::new(name.clone(), store.clone())),
+            );
         }
         let recovered = store.recover()?;
         let broker = Arc::new(Broker {
@@ -87,8 +90,7 @@ impl Broker {
     pub fn may_open_vhost(&self, user: &str, vhost: &str) -> bool {
         self.config.users.iter().any(|u| {
             u.name == user
-                && u
-                    .vhosts
+                && u.vhosts
                     .as_ref()
                     .is_none_or(|vs| vs.iter().any(|v| v == vhost))
         })

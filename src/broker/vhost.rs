@@ -8,7 +8,7 @@ use dashmap::DashMap;
 use std::sync::Arc;
 
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{headers::value_eq, Binding, Exchange, ExchangeKind};
+use crate::exchange::{headers::value_eq, Binding, Destination, Exchange, ExchangeKind};
 use crate::protocol::codes;
 use crate::queue::Queue;
 use crate::store::{BindingDef, ExchangeDef, QueueDef, Store, StoreError};
@@ -238,7 +238,11 @@ impl VHost {
             return Err(mismatch("type", kind.as_str(), x.kind.as_str()));
         }
         if x.durable != spec.durable {
-            return Err(mismatch("durable", bool_text(spec.durable), bool_text(x.durable)));
+            return Err(mismatch(
+                "durable",
+                bool_text(spec.durable),
+                bool_text(x.durable),
+            ));
         }
         if x.auto_delete != spec.auto_delete {
             return Err(mismatch(
@@ -248,9 +252,15 @@ impl VHost {
             ));
         }
         if x.internal != spec.internal {
-            return Err(mismatch("internal", bool_text(spec.internal), bool_text(x.internal)));
+            return Err(mismatch(
+                "internal",
+                bool_text(spec.internal),
+                bool_text(x.internal),
+            ));
         }
-        if let Some((k, got, have)) = args_mismatch(&spec.arguments, &x.arguments, &["alternate-exchange"]) {
+        if let Some((k, got, have)) =
+            args_mismatch(&spec.arguments, &x.arguments, &["alternate-exchange"])
+        {
             return Err(mismatch(&k, &got, &have));
         }
         Ok(())
@@ -282,15 +292,30 @@ impl VHost {
         if x.durable {
             blocking(|| self.store.delete_exchange(&self.name, &x.name)).map_err(store_failed)?;
         }
-        self.exchanges
-            .remove_if(&x.name, |_, v| Arc::ptr_eq(v, x));
+        self.exchanges.remove_if(&x.name, |_, v| Arc::ptr_eq(v, x));
+        self.unbind_everywhere(&Destination::Exchange(x.clone()))
+    }
+
+    /// Remove every binding leading to `dest`, deleting auto-delete sources
+    /// left without bindings.
+    fn unbind_everywhere(&self, dest: &Destination) -> AmqpResult<()> {
+        let exchanges: Vec<Arc<Exchange>> = self.exchanges.iter().map(|x| x.clone()).collect();
+        for src in exchanges {
+            if !src.unbind_all_to(dest).is_empty() && src.auto_delete && !src.has_bindings() {
+                self.remove_exchange(&src)?;
+            }
+        }
         Ok(())
     }
 
     // ---- queues ----
 
     /// queue.declare; returns the queue with its message and consumer counts.
-    pub fn declare_queue(&self, spec: QueueSpec, conn_id: u64) -> AmqpResult<(Arc<Queue>, u32, u32)> {
+    pub fn declare_queue(
+        &self,
+        spec: QueueSpec,
+        conn_id: u64,
+    ) -> AmqpResult<(Arc<Queue>, u32, u32)> {
         if spec.passive {
             let q = self.queue(&spec.name, conn_id)?;
             let (m, c) = (q.message_count(), q.consumer_count());
@@ -350,7 +375,11 @@ impl VHost {
             ))
         };
         if q.durable != spec.durable {
-            return Err(mismatch("durable", bool_text(spec.durable), bool_text(q.durable)));
+            return Err(mismatch(
+                "durable",
+                bool_text(spec.durable),
+                bool_text(q.durable),
+            ));
         }
         if q.auto_delete != spec.auto_delete {
             return Err(mismatch(
@@ -359,7 +388,9 @@ impl VHost {
                 bool_text(q.auto_delete),
             ));
         }
-        if let Some((k, got, have)) = args_mismatch(&spec.arguments, &q.arguments, EQUIVALENT_QUEUE_ARGS) {
+        if let Some((k, got, have)) =
+            args_mismatch(&spec.arguments, &q.arguments, EQUIVALENT_QUEUE_ARGS)
+        {
             return Err(mismatch(&k, &got, &have));
         }
         Ok(())
@@ -374,84 +405,133 @@ impl VHost {
         }
         self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
         let deleted = q.delete();
-        let exchanges: Vec<Arc<Exchange>> = self.exchanges.iter().map(|x| x.clone()).collect();
-        for x in exchanges {
-            if !x.unbind_queue(q).is_empty() && x.auto_delete && !x.has_bindings() {
-                self.remove_exchange(&x)?;
-            }
-        }
+        self.unbind_everywhere(&Destination::Queue(q.clone()))?;
         Ok(deleted)
     }
 
     // ---- bindings ----
 
-    pub fn bind(&self, queue: &str, exchange: &str, routing_key: &str, arguments: FieldTable, conn_id: u64) -> AmqpResult<()> {
-        if exchange.is_empty() {
+    /// Resolve a binding's ends: (source, destination, destination is durable).
+    fn binding_ends(
+        &self,
+        source: &str,
+        dest: &str,
+        to_exchange: bool,
+        conn_id: u64,
+    ) -> AmqpResult<(Arc<Exchange>, Destination, bool)> {
+        if source.is_empty() || (to_exchange && dest.is_empty()) {
             return Err(self.default_exchange_refused());
         }
-        let q = self.queue(queue, conn_id)?;
-        let x = self.exchange(exchange)?;
+        let (d, durable) = if to_exchange {
+            let x = self.exchange(dest)?;
+            let durable = x.durable;
+            (Destination::Exchange(x), durable)
+        } else {
+            let q = self.queue(dest, conn_id)?;
+            let durable = q.durable && q.exclusive_owner.is_none();
+            (Destination::Queue(q), durable)
+        };
+        let src = self.exchange(source)?;
+        Ok((src, d, durable))
+    }
+
+    /// queue.bind (`to_exchange` false) or exchange.bind (true).
+    pub fn bind(
+        &self,
+        dest: &str,
+        to_exchange: bool,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<()> {
+        let (src, d, dest_durable) = self.binding_ends(source, dest, to_exchange, conn_id)?;
         let def = BindingDef {
             vhost: self.name.clone(),
-            exchange: exchange.to_string(),
-            queue: queue.to_string(),
+            exchange: source.to_string(),
+            destination: dest.to_string(),
+            to_exchange,
             routing_key: routing_key.to_string(),
             arguments: arguments.clone(),
         };
-        let added = x.bind(Binding {
-            queue: q.clone(),
+        let added = src.bind(Binding {
+            dest: d.clone(),
             routing_key: routing_key.to_string(),
             arguments,
         });
-        if added && x.durable && q.durable && q.exclusive_owner.is_none() {
+        if added && src.durable && dest_durable {
             if let Err(e) = blocking(|| self.store.put_binding(&def)) {
-                x.unbind(&q, &def.routing_key, &def.arguments);
+                src.unbind(&d, &def.routing_key, &def.arguments);
                 return Err(store_failed(e));
             }
         }
         Ok(())
     }
 
-    pub fn unbind(&self, queue: &str, exchange: &str, routing_key: &str, arguments: FieldTable, conn_id: u64) -> AmqpResult<()> {
-        if exchange.is_empty() {
-            return Err(self.default_exchange_refused());
-        }
-        let q = self.queue(queue, conn_id)?;
-        let x = self.exchange(exchange)?;
-        if x.unbind(&q, routing_key, &arguments) {
-            if x.durable && q.durable {
+    pub fn unbind(
+        &self,
+        dest: &str,
+        to_exchange: bool,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<()> {
+        let (src, d, dest_durable) = self.binding_ends(source, dest, to_exchange, conn_id)?;
+        if src.unbind(&d, routing_key, &arguments) {
+            if src.durable && dest_durable {
                 let def = BindingDef {
                     vhost: self.name.clone(),
-                    exchange: exchange.to_string(),
-                    queue: queue.to_string(),
+                    exchange: source.to_string(),
+                    destination: dest.to_string(),
+                    to_exchange,
                     routing_key: routing_key.to_string(),
                     arguments,
                 };
                 blocking(|| self.store.delete_binding(&def)).map_err(store_failed)?;
             }
-            if x.auto_delete && !x.has_bindings() {
-                self.remove_exchange(&x)?;
+            if src.auto_delete && !src.has_bindings() {
+                self.remove_exchange(&src)?;
             }
         }
         Ok(())
     }
 
-    /// The queues a message goes to (deduplicated). The default exchange routes
-    /// to the queue named by the routing key.
-    pub fn route(&self, x: &Exchange, routing_key: &str, headers: Option<&FieldTable>) -> Vec<Arc<Queue>> {
-        let mut out = Vec::new();
+    /// The queues a message goes to (deduplicated), following exchange-to-
+    /// exchange bindings without looping. The default exchange routes to the
+    /// queue named by the routing key.
+    pub fn route(
+        &self,
+        x: &Arc<Exchange>,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> Vec<Arc<Queue>> {
+        let mut queues = Vec::new();
         if x.name.is_empty() {
             if let Some(q) = self.queues.get(routing_key) {
-                out.push(q.clone());
+                queues.push(q.clone());
             }
-            return out;
+            return queues;
         }
-        x.route(routing_key, headers, &mut out);
-        if out.len() > 1 {
-            out.sort_by_key(|q| Arc::as_ptr(q) as usize);
-            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let mut dests = Vec::new();
+        x.route(routing_key, headers, &mut dests);
+        let mut seen: Vec<*const Exchange> = vec![Arc::as_ptr(x)];
+        while let Some(d) = dests.pop() {
+            match d {
+                Destination::Queue(q) => queues.push(q),
+                Destination::Exchange(next) => {
+                    if !seen.contains(&Arc::as_ptr(&next)) {
+                        seen.push(Arc::as_ptr(&next));
+                        next.route(routing_key, headers, &mut dests);
+                    }
+                }
+            }
         }
-        out
+        if queues.len() > 1 {
+            queues.sort_by_key(|q| Arc::as_ptr(q) as usize);
+            queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+        queues
     }
 
     // ---- recovery ----
@@ -463,7 +543,14 @@ impl VHost {
         };
         self.exchanges.insert(
             d.name.clone(),
-            Arc::new(Exchange::new(d.name, kind, true, d.auto_delete, d.internal, d.arguments)),
+            Arc::new(Exchange::new(
+                d.name,
+                kind,
+                true,
+                d.auto_delete,
+                d.internal,
+                d.arguments,
+            )),
         );
     }
 
@@ -482,12 +569,22 @@ impl VHost {
     }
 
     pub fn restore_binding(&self, b: BindingDef) {
-        let (Some(x), Some(q)) = (self.exchanges.get(&b.exchange), self.queues.get(&b.queue)) else {
-            tracing::warn!(exchange = %b.exchange, queue = %b.queue, "skipping stored binding to a missing exchange or queue");
+        let dest = if b.to_exchange {
+            self.exchanges
+                .get(&b.destination)
+                .map(|x| Destination::Exchange(x.clone()))
+        } else {
+            self.queues
+                .get(&b.destination)
+                .map(|q| Destination::Queue(q.clone()))
+        };
+        let (Some(src), Some(dest)) = (self.exchanges.get(&b.exchange).map(|x| x.clone()), dest)
+        else {
+            tracing::warn!(exchange = %b.exchange, destination = %b.destination, "skipping stored binding to a missing exchange or queue");
             return;
         };
-        x.bind(Binding {
-            queue: q.clone(),
+        src.bind(Binding {
+            dest,
             routing_key: b.routing_key,
             arguments: b.arguments,
         });
@@ -495,7 +592,11 @@ impl VHost {
 }
 
 /// First argument among `keys` whose value differs: (name, received, current).
-fn args_mismatch(got: &FieldTable, have: &FieldTable, keys: &[&str]) -> Option<(String, String, String)> {
+fn args_mismatch(
+    got: &FieldTable,
+    have: &FieldTable,
+    keys: &[&str],
+) -> Option<(String, String, String)> {
     for k in keys {
         let a = got.inner().get(*k);
         let b = have.inner().get(*k);

@@ -40,6 +40,14 @@ impl Channel {
                 x.name, ctx.vhost.name
             )));
         }
+        if let Some(user_id) = header.properties.user_id() {
+            if user_id.as_str() != ctx.user {
+                return Err(AmqpError::precondition(format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    user_id, ctx.user
+                )));
+            }
+        }
         let seq = {
             let mut c = self.handle.confirms.lock();
             c.enabled.then(|| c.next())
@@ -232,7 +240,9 @@ impl Channel {
         let mut d = self.handle.delivery.lock();
         if multiple {
             if tag != 0 && !d.unacked.contains_key(&tag) {
-                return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
+                return Err(AmqpError::precondition(format!(
+                    "unknown delivery tag {tag}"
+                )));
             }
             let rest = if tag == 0 {
                 std::collections::BTreeMap::new()
@@ -244,7 +254,9 @@ impl Channel {
         } else {
             match d.unacked.remove(&tag) {
                 Some(u) => Ok(vec![u]),
-                None => Err(AmqpError::precondition(format!("unknown delivery tag {tag}"))),
+                None => Err(AmqpError::precondition(format!(
+                    "unknown delivery tag {tag}"
+                ))),
             }
         }
     }
@@ -255,7 +267,9 @@ impl Channel {
         for u in &taken {
             Queue::release_credit(&u.consumer);
             u.queue.settled(&u.entry);
-            touched.entry(Arc::as_ptr(&u.queue)).or_insert_with(|| u.queue.clone());
+            touched
+                .entry(Arc::as_ptr(&u.queue))
+                .or_insert_with(|| u.queue.clone());
         }
         self.kick_after_settle(touched);
         Ok(())
@@ -266,7 +280,9 @@ impl Channel {
         let mut touched: HashMap<*const Queue, Arc<Queue>> = HashMap::new();
         for u in &taken {
             Queue::release_credit(&u.consumer);
-            touched.entry(Arc::as_ptr(&u.queue)).or_insert_with(|| u.queue.clone());
+            touched
+                .entry(Arc::as_ptr(&u.queue))
+                .or_insert_with(|| u.queue.clone());
         }
         if requeue {
             requeue_all(taken.into_iter().map(|u| (u.queue, u.entry)));

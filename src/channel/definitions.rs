@@ -9,7 +9,11 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::short;
 
 impl Channel {
-    pub(super) fn exchange_declare(&mut self, ctx: &mut ConnCtx<'_>, m: exchange::Declare) -> AmqpResult<()> {
+    pub(super) fn exchange_declare(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        m: exchange::Declare,
+    ) -> AmqpResult<()> {
         ctx.vhost.declare_exchange(ExchangeSpec {
             name: m.exchange.as_str().to_string(),
             kind: m.kind.as_str().to_string(),
@@ -27,8 +31,13 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn exchange_delete(&mut self, ctx: &mut ConnCtx<'_>, m: exchange::Delete) -> AmqpResult<()> {
-        ctx.vhost.delete_exchange(m.exchange.as_str(), m.if_unused)?;
+    pub(super) fn exchange_delete(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        m: exchange::Delete,
+    ) -> AmqpResult<()> {
+        ctx.vhost
+            .delete_exchange(m.exchange.as_str(), m.if_unused)?;
         if !m.nowait {
             self.reply(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
                 exchange::DeleteOk {},
@@ -37,7 +46,53 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn queue_declare(&mut self, ctx: &mut ConnCtx<'_>, m: queue::Declare) -> AmqpResult<()> {
+    pub(super) fn exchange_bind(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        m: exchange::Bind,
+    ) -> AmqpResult<()> {
+        ctx.vhost.bind(
+            m.destination.as_str(),
+            true,
+            m.source.as_str(),
+            m.routing_key.as_str(),
+            m.arguments,
+            ctx.conn.id,
+        )?;
+        if !m.nowait {
+            self.reply(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(
+                exchange::BindOk {},
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn exchange_unbind(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        m: exchange::Unbind,
+    ) -> AmqpResult<()> {
+        ctx.vhost.unbind(
+            m.destination.as_str(),
+            true,
+            m.source.as_str(),
+            m.routing_key.as_str(),
+            m.arguments,
+            ctx.conn.id,
+        )?;
+        if !m.nowait {
+            self.reply(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(
+                exchange::UnbindOk {},
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_declare(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        m: queue::Declare,
+    ) -> AmqpResult<()> {
         let name = if m.passive {
             self.queue_name(m.queue.as_str())?
         } else {
@@ -55,17 +110,22 @@ impl Channel {
             ctx.conn.id,
         )?;
         if q.exclusive_owner == Some(ctx.conn.id)
-            && !ctx.exclusive_queues.iter().any(|e| std::sync::Arc::ptr_eq(e, &q))
+            && !ctx
+                .exclusive_queues
+                .iter()
+                .any(|e| std::sync::Arc::ptr_eq(e, &q))
         {
             ctx.exclusive_queues.push(q.clone());
         }
         self.last_queue = Some(q.name.clone());
         if !m.nowait {
-            self.reply(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                queue: short(&q.name),
-                message_count: messages,
-                consumer_count: consumers,
-            })));
+            self.reply(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
+                queue::DeclareOk {
+                    queue: short(&q.name),
+                    message_count: messages,
+                    consumer_count: consumers,
+                },
+            )));
         }
         Ok(())
     }
@@ -79,23 +139,39 @@ impl Channel {
         } else {
             m.routing_key.as_str().to_string()
         };
-        ctx.vhost.bind(&name, m.exchange.as_str(), &routing_key, m.arguments, ctx.conn.id)?;
+        ctx.vhost.bind(
+            &name,
+            false,
+            m.exchange.as_str(),
+            &routing_key,
+            m.arguments,
+            ctx.conn.id,
+        )?;
         if !m.nowait {
-            self.reply(AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})));
+            self.reply(AMQPClass::Queue(queue::AMQPMethod::BindOk(
+                queue::BindOk {},
+            )));
         }
         Ok(())
     }
 
-    pub(super) fn queue_unbind(&mut self, ctx: &mut ConnCtx<'_>, m: queue::Unbind) -> AmqpResult<()> {
+    pub(super) fn queue_unbind(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        m: queue::Unbind,
+    ) -> AmqpResult<()> {
         let name = self.queue_name(m.queue.as_str())?;
         ctx.vhost.unbind(
             &name,
+            false,
             m.exchange.as_str(),
             m.routing_key.as_str(),
             m.arguments,
             ctx.conn.id,
         )?;
-        self.reply(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})));
+        self.reply(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(
+            queue::UnbindOk {},
+        )));
         Ok(())
     }
 
@@ -104,23 +180,29 @@ impl Channel {
         let q = ctx.vhost.queue(&name, ctx.conn.id)?;
         let count = q.purge();
         if !m.nowait {
-            self.reply(AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
-                message_count: count,
-            })));
+            self.reply(AMQPClass::Queue(queue::AMQPMethod::PurgeOk(
+                queue::PurgeOk {
+                    message_count: count,
+                },
+            )));
         }
         Ok(())
     }
 
-    pub(super) fn queue_delete(&mut self, ctx: &mut ConnCtx<'_>, m: queue::Delete) -> AmqpResult<()> {
+    pub(super) fn queue_delete(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        m: queue::Delete,
+    ) -> AmqpResult<()> {
         let name = self.queue_name(m.queue.as_str())?;
         let q = match ctx.vhost.queue(&name, ctx.conn.id) {
             Ok(q) => q,
             // Deleting a queue that does not exist succeeds, as in RabbitMQ.
             Err(AmqpError::Channel { code: 404, .. }) => {
                 if !m.nowait {
-                    self.reply(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
-                        message_count: 0,
-                    })));
+                    self.reply(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(
+                        queue::DeleteOk { message_count: 0 },
+                    )));
                 }
                 return Ok(());
             }
@@ -139,12 +221,15 @@ impl Channel {
             )));
         }
         let deleted = ctx.vhost.remove_queue(&q)?;
-        ctx.exclusive_queues.retain(|e| !std::sync::Arc::ptr_eq(e, &q));
+        ctx.exclusive_queues
+            .retain(|e| !std::sync::Arc::ptr_eq(e, &q));
         notify_cancelled(&deleted.consumers);
         if !m.nowait {
-            self.reply(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
-                message_count: deleted.messages,
-            })));
+            self.reply(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(
+                queue::DeleteOk {
+                    message_count: deleted.messages,
+                },
+            )));
         }
         Ok(())
     }

@@ -255,7 +255,11 @@ impl Consumer {
                 return false;
             }
         }
-        let Some(QueueEntry { slot: Slot::Mem(msg), .. }) = ready.front() else {
+        let Some(QueueEntry {
+            slot: Slot::Mem(msg),
+            ..
+        }) = ready.front()
+        else {
             return false;
         };
         let msg = msg.clone();

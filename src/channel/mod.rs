@@ -7,7 +7,9 @@ mod basic;
 mod definitions;
 pub mod handle;
 
-use amq_protocol::protocol::{access, basic as b, channel, confirm, exchange, queue, tx, AMQPClass};
+use amq_protocol::protocol::{
+    access, basic as b, channel, confirm, exchange, queue, tx, AMQPClass,
+};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +25,8 @@ pub struct ConnCtx<'a> {
     pub broker: &'a Arc<Broker>,
     pub vhost: &'a Arc<VHost>,
     pub conn: &'a Arc<ConnHandle>,
+    /// The authenticated user.
+    pub user: &'a str,
     /// Exclusive queues declared on this connection, deleted when it closes.
     pub exclusive_queues: &'a mut Vec<Arc<Queue>>,
 }
@@ -139,9 +143,12 @@ impl Channel {
                 b::AMQPMethod::Reject(m) => self.reject(m.delivery_tag, false, m.requeue),
                 b::AMQPMethod::Nack(m) => self.reject(m.delivery_tag, m.multiple, m.requeue),
                 b::AMQPMethod::Recover(m) => {
-                    self.recover(m.requeue)?;
+                    if !m.requeue {
+                        return Err(AmqpError::not_implemented("requeue=false"));
+                    }
+                    // recover-ok first: clients drop deliveries that arrive before it.
                     self.reply(AMQPClass::Basic(b::AMQPMethod::RecoverOk(b::RecoverOk {})));
-                    Ok(())
+                    self.recover(true)
                 }
                 b::AMQPMethod::RecoverAsync(m) => self.recover(m.requeue),
                 b::AMQPMethod::QosOk(_)
@@ -156,9 +163,8 @@ impl Channel {
             AMQPClass::Exchange(m) => match m {
                 exchange::AMQPMethod::Declare(m) => self.exchange_declare(ctx, m),
                 exchange::AMQPMethod::Delete(m) => self.exchange_delete(ctx, m),
-                exchange::AMQPMethod::Bind(_) | exchange::AMQPMethod::Unbind(_) => Err(
-                    AmqpError::not_implemented("exchange-to-exchange bindings are not supported yet"),
-                ),
+                exchange::AMQPMethod::Bind(m) => self.exchange_bind(ctx, m),
+                exchange::AMQPMethod::Unbind(m) => self.exchange_unbind(ctx, m),
                 exchange::AMQPMethod::DeclareOk(_)
                 | exchange::AMQPMethod::DeleteOk(_)
                 | exchange::AMQPMethod::BindOk(_)
@@ -200,20 +206,25 @@ impl Channel {
                             "cannot switch from confirm to tx mode",
                         ));
                     }
-                    Err(AmqpError::not_implemented("transactions are not supported yet"))
+                    Err(AmqpError::not_implemented(
+                        "transactions are not supported yet",
+                    ))
                 }
-                tx::AMQPMethod::Commit(_) | tx::AMQPMethod::Rollback(_) => Err(
-                    AmqpError::precondition("channel is not transactional"),
-                ),
+                tx::AMQPMethod::Commit(_) | tx::AMQPMethod::Rollback(_) => {
+                    Err(AmqpError::precondition("channel is not transactional"))
+                }
                 tx::AMQPMethod::SelectOk(_)
                 | tx::AMQPMethod::CommitOk(_)
                 | tx::AMQPMethod::RollbackOk(_) => Err(server_only()),
             },
             AMQPClass::Channel(m) => match m {
                 channel::AMQPMethod::Flow(f) => {
-                    self.flow(ctx, f.active);
+                    // RabbitMQ refuses to stop deliveries this way (use basic.qos).
+                    if !f.active {
+                        return Err(AmqpError::not_implemented("active=false"));
+                    }
                     self.reply(AMQPClass::Channel(channel::AMQPMethod::FlowOk(
-                        channel::FlowOk { active: f.active },
+                        channel::FlowOk { active: true },
                     )));
                     Ok(())
                 }
@@ -244,12 +255,20 @@ impl Channel {
     }
 
     /// Handle a content header frame.
-    pub fn handle_header(&mut self, ctx: &mut ConnCtx<'_>, header: ContentHeader) -> AmqpResult<()> {
+    pub fn handle_header(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        header: ContentHeader,
+    ) -> AmqpResult<()> {
         let Some(asm) = self.assembly.as_mut() else {
-            return Err(unexpected_frame("content header without a preceding basic.publish"));
+            return Err(unexpected_frame(
+                "content header without a preceding basic.publish",
+            ));
         };
         if asm.header.is_some() {
-            return Err(unexpected_frame("second content header for one basic.publish"));
+            return Err(unexpected_frame(
+                "second content header for one basic.publish",
+            ));
         }
         if header.class_id != 60 {
             return Err(unexpected_frame("content header class must be basic (60)"));
@@ -274,14 +293,18 @@ impl Channel {
     /// Handle a content body frame.
     pub fn handle_body(&mut self, ctx: &mut ConnCtx<'_>, part: Bytes) -> AmqpResult<()> {
         let Some(asm) = self.assembly.as_mut() else {
-            return Err(unexpected_frame("content body without a preceding basic.publish"));
+            return Err(unexpected_frame(
+                "content body without a preceding basic.publish",
+            ));
         };
         let Some(header) = asm.header.as_ref() else {
             return Err(unexpected_frame("content body before its content header"));
         };
         let expected = header.body_size;
         if (asm.body.len() + part.len()) as u64 > expected {
-            return Err(unexpected_frame("content body larger than its declared size"));
+            return Err(unexpected_frame(
+                "content body larger than its declared size",
+            ));
         }
         asm.body.push(part);
         if asm.body.len() as u64 == expected {
@@ -307,20 +330,6 @@ impl Channel {
         let mut out = BytesMut::new();
         encode::method(&mut out, self.id(), &method);
         self.handle.conn.send(out.freeze());
-    }
-
-    fn flow(&mut self, ctx: &mut ConnCtx<'_>, active: bool) {
-        let queues: Vec<Arc<Queue>> = {
-            let mut d = self.handle.delivery.lock();
-            d.flow_active = active;
-            d.consumers.values().map(|c| c.queue.clone()).collect()
-        };
-        if active {
-            let _ = ctx;
-            for q in queues {
-                q.kick();
-            }
-        }
     }
 
     /// Close the channel: cancel its consumers (deleting auto-delete queues
@@ -365,7 +374,9 @@ pub(crate) fn requeue_all(entries: impl Iterator<Item = (Arc<Queue>, QueueEntry)
 pub(crate) fn delete_auto_queue(vhost: &Arc<VHost>, q: &Arc<Queue>) {
     match vhost.remove_queue(q) {
         Ok(d) => notify_cancelled(&d.consumers),
-        Err(e) => tracing::error!(queue = %q.name, error = %e, "failed to delete auto-delete queue"),
+        Err(e) => {
+            tracing::error!(queue = %q.name, error = %e, "failed to delete auto-delete queue")
+        }
     }
 }
 
@@ -389,8 +400,5 @@ pub(crate) fn notify_cancelled(consumers: &[Arc<handle::Consumer>]) {
 }
 
 fn server_only() -> AmqpError {
-    AmqpError::connection(
-        codes::COMMAND_INVALID,
-        "method is only sent by the server",
-    )
+    AmqpError::connection(codes::COMMAND_INVALID, "method is only sent by the server")
 }

@@ -69,7 +69,9 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
             framed.extend_from_slice(response);
             let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
             let text = |k: &str| match table.inner().get(k)? {
-                AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                AMQPValue::LongString(s) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
                 AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
                 _ => None,
             };
@@ -82,7 +84,10 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
 fn client_cancel_notify(props: &FieldTable) -> bool {
     match props.inner().get("capabilities") {
         Some(AMQPValue::FieldTable(caps)) => {
-            matches!(caps.inner().get("consumer_cancel_notify"), Some(AMQPValue::Boolean(true)))
+            matches!(
+                caps.inner().get("consumer_cancel_notify"),
+                Some(AMQPValue::Boolean(true))
+            )
         }
         _ => false,
     }
@@ -154,7 +159,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 .caused_by(10, 11),
             ));
         }
-        let (user, password) = credentials(&mechanism, start_ok.response.as_bytes()).unwrap_or_default();
+        let (user, password) =
+            credentials(&mechanism, start_ok.response.as_bytes()).unwrap_or_default();
         if user.is_empty() || !self.broker.authenticate(&user, &password) {
             tracing::warn!(conn = self.handle.id, peer = %self.peer, user = %user, mechanism = %mechanism, "login refused");
             return Err(Step::Refuse(
@@ -170,7 +176,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             .set_cancel_notify(client_cancel_notify(&start_ok.client_properties));
 
         let limits = &self.broker.config.limits;
-        let (frame_max, channel_max, heartbeat) = (limits.frame_max, limits.channel_max, limits.heartbeat);
+        let (frame_max, channel_max, heartbeat) =
+            (limits.frame_max, limits.channel_max, limits.heartbeat);
         self.send_method(
             0,
             AMQPClass::Connection(conn::AMQPMethod::Tune(conn::Tune {
@@ -191,7 +198,12 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 format!("failed to negotiate connection parameters: frame_max={fm} < {FRAME_MIN_SIZE} min size"),
             )));
         }
-        let cm = negotiate("channel_max", channel_max as u32, tune_ok.channel_max as u32).map_err(refuse)?;
+        let cm = negotiate(
+            "channel_max",
+            channel_max as u32,
+            tune_ok.channel_max as u32,
+        )
+        .map_err(refuse)?;
         self.frame_max = fm;
         self.channel_max = cm as u16;
         self.heartbeat = tune_ok.heartbeat;
@@ -213,7 +225,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             return Err(Step::Refuse(
                 AmqpError::connection(
                     codes::NOT_ALLOWED,
-                    format!("access to vhost '{vhost_name}' refused for user '{}'", self.user),
+                    format!(
+                        "access to vhost '{vhost_name}' refused for user '{}'",
+                        self.user
+                    ),
                 )
                 .caused_by(10, 40),
             ));
@@ -233,7 +248,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 Ok(Some(Frame::Heartbeat(0))) => continue,
                 Ok(Some(Frame::Method(0, m))) => {
                     if let AMQPClass::Connection(conn::AMQPMethod::Close(_)) = *m {
-                        self.send_method(0, AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})));
+                        self.send_method(
+                            0,
+                            AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                        );
                         return Err(Step::End(End::Closed));
                     }
                     return Ok(*m);

@@ -190,7 +190,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let method = match frame {
             Frame::Heartbeat(_) => {
                 return Err(AmqpError::connection(
-                    codes::FRAME_ERROR,
+                    codes::UNEXPECTED_FRAME,
                     "heartbeat frame on a non-zero channel",
                 ))
             }
@@ -201,14 +201,22 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             (None, AMQPClass::Channel(ch::AMQPMethod::Open(_))) => {
                 if channel > self.channel_max {
                     return Err(AmqpError::connection(
-                        codes::CHANNEL_ERROR,
-                        format!("channel number {channel} exceeds channel_max {}", self.channel_max),
+                        codes::NOT_ALLOWED,
+                        format!(
+                            "channel id {channel} exceeds the negotiated channel_max {}",
+                            self.channel_max
+                        ),
                     )
                     .caused_by(20, 10));
                 }
-                self.channels
-                    .insert(channel, Slot::Open(Box::new(Channel::new(channel, self.handle.clone()))));
-                self.send_method(channel, AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})));
+                self.channels.insert(
+                    channel,
+                    Slot::Open(Box::new(Channel::new(channel, self.handle.clone()))),
+                );
+                self.send_method(
+                    channel,
+                    AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})),
+                );
                 Ok(())
             }
             (None, m) => Err(AmqpError::connection(
@@ -222,7 +230,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
             (Some(Slot::Closing), AMQPClass::Channel(ch::AMQPMethod::Close(_))) => {
                 // Both sides closed at once: answer, and keep waiting for our close-ok.
-                self.send_method(channel, AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})));
+                self.send_method(
+                    channel,
+                    AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+                );
                 Ok(())
             }
             (Some(Slot::Closing), _) => Ok(()),
@@ -230,7 +241,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 if let Some(Slot::Open(mut c)) = self.channels.remove(&channel) {
                     c.teardown(self.vhost.as_ref());
                 }
-                self.send_method(channel, AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})));
+                self.send_method(
+                    channel,
+                    AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+                );
                 Ok(())
             }
             (Some(Slot::Open(_)), AMQPClass::Channel(ch::AMQPMethod::CloseOk(_))) => {
@@ -245,6 +259,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     broker: &self.broker,
                     vhost,
                     conn: &self.handle,
+                    user: &self.user,
                     exclusive_queues: &mut self.exclusive_queues,
                 };
                 let is_publish = matches!(
@@ -283,6 +298,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             broker: &self.broker,
             vhost,
             conn: &self.handle,
+            user: &self.user,
             exclusive_queues: &mut self.exclusive_queues,
         };
         let r = match frame {
@@ -329,7 +345,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let (class_id, method_id) = (m.get_amqp_class_id(), m.get_amqp_method_id());
         match m {
             AMQPClass::Connection(conn::AMQPMethod::Close(_)) => {
-                self.send_method(0, AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})));
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                );
                 // Marks the loop done.
                 self.teardown();
                 Ok(())
@@ -340,20 +359,19 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
             AMQPClass::Connection(conn::AMQPMethod::Blocked(_))
             | AMQPClass::Connection(conn::AMQPMethod::Unblocked(_)) => Ok(()),
-            AMQPClass::Connection(conn::AMQPMethod::UpdateSecret(_)) => Err(AmqpError::not_implemented(
-                "connection.update-secret is not supported",
-            )
-            .caused_by(class_id, method_id)),
+            AMQPClass::Connection(conn::AMQPMethod::UpdateSecret(_)) => Err(
+                AmqpError::not_implemented("connection.update-secret is not supported")
+                    .caused_by(class_id, method_id),
+            ),
             AMQPClass::Connection(_) => Err(AmqpError::connection(
                 codes::COMMAND_INVALID,
                 "unexpected connection method after the handshake",
             )
             .caused_by(class_id, method_id)),
-            _ => Err(AmqpError::connection(
-                codes::COMMAND_INVALID,
-                "channel method on channel 0",
-            )
-            .caused_by(class_id, method_id)),
+            _ => Err(
+                AmqpError::connection(codes::COMMAND_INVALID, "channel method on channel 0")
+                    .caused_by(class_id, method_id),
+            ),
         }
     }
 
@@ -430,7 +448,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 if !q.is_deleted() {
                     match v.remove_queue(&q) {
                         Ok(d) => notify_cancelled(&d.consumers),
-                        Err(e) => tracing::error!(queue = %q.name, error = %e, "failed to delete exclusive queue"),
+                        Err(e) => {
+                            tracing::error!(queue = %q.name, error = %e, "failed to delete exclusive queue")
+                        }
                     }
                 }
             }

@@ -36,7 +36,9 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, mut rx: UnboundedReceiver<Out
                 Outbound::Frames(b) => buf.extend_from_slice(&b),
                 Outbound::Heartbeat(secs) => {
                     // Send well within the interval the peer waits for.
-                    heartbeat = (secs > 0).then(|| Duration::from_millis(secs as u64 * 500).max(Duration::from_millis(500)));
+                    heartbeat = (secs > 0).then(|| {
+                        Duration::from_millis(secs as u64 * 500).max(Duration::from_millis(500))
+                    });
                 }
                 Outbound::Close => closing = true,
             }

@@ -23,11 +23,12 @@ pub fn matches(binding: &FieldTable, headers: Option<&FieldTable>) -> bool {
         .inner()
         .iter()
         .filter(|(k, _)| k.as_str() != "x-match" && (with_x || !k.as_str().starts_with("x-")));
-    let one = |(k, v): (&amq_protocol::types::ShortString, &AMQPValue)| {
-        match headers.inner().get(k.as_str()) {
-            None => false,
-            Some(h) => matches!(v, AMQPValue::Void) || value_eq(v, h),
-        }
+    let one = |(k, v): (&amq_protocol::types::ShortString, &AMQPValue)| match headers
+        .inner()
+        .get(k.as_str())
+    {
+        None => false,
+        Some(h) => matches!(v, AMQPValue::Void) || value_eq(v, h),
     };
     if any {
         args.any(one)
@@ -88,21 +89,35 @@ mod tests {
 
     #[test]
     fn all_and_any() {
-        let all = table(&[("x-match", s("all")), ("a", s("1")), ("b", AMQPValue::LongInt(2))]);
-        let any = table(&[("x-match", s("any")), ("a", s("1")), ("b", AMQPValue::LongInt(2))]);
+        let all = table(&[
+            ("x-match", s("all")),
+            ("a", s("1")),
+            ("b", AMQPValue::LongInt(2)),
+        ]);
+        let any = table(&[
+            ("x-match", s("any")),
+            ("a", s("1")),
+            ("b", AMQPValue::LongInt(2)),
+        ]);
         let both = table(&[("a", s("1")), ("b", AMQPValue::LongLongInt(2))]);
         let one = table(&[("a", s("1"))]);
         assert!(matches(&all, Some(&both)));
         assert!(!matches(&all, Some(&one)));
         assert!(matches(&any, Some(&one)));
         assert!(!matches(&any, None));
-        assert!(matches(&table(&[]), None), "all with no keys matches everything");
+        assert!(
+            matches(&table(&[]), None),
+            "all with no keys matches everything"
+        );
     }
 
     #[test]
     fn x_keys_ignored_and_void_is_presence() {
         let b = table(&[("x-other", s("z")), ("k", AMQPValue::Void)]);
-        assert!(matches(&b, Some(&table(&[("k", AMQPValue::Boolean(true))]))));
+        assert!(matches(
+            &b,
+            Some(&table(&[("k", AMQPValue::Boolean(true))]))
+        ));
         assert!(!matches(&b, Some(&table(&[("x-other", s("z"))]))));
         let withx = table(&[("x-match", s("all-with-x")), ("x-other", s("z"))]);
         assert!(matches(&withx, Some(&table(&[("x-other", s("z"))]))));

@@ -40,9 +40,26 @@ impl ExchangeKind {
     }
 }
 
+/// Where a binding leads: a queue, or another exchange (exchange-to-exchange).
+#[derive(Debug, Clone)]
+pub enum Destination {
+    Queue(Arc<Queue>),
+    Exchange(Arc<Exchange>),
+}
+
+impl Destination {
+    fn same(&self, other: &Destination) -> bool {
+        match (self, other) {
+            (Destination::Queue(a), Destination::Queue(b)) => Arc::ptr_eq(a, b),
+            (Destination::Exchange(a), Destination::Exchange(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Binding {
-    pub queue: Arc<Queue>,
+    pub dest: Destination,
     pub routing_key: String,
     pub arguments: FieldTable,
 }
@@ -50,8 +67,8 @@ pub struct Binding {
 #[derive(Debug, Default)]
 struct Bindings {
     all: Vec<Binding>,
-    /// Direct exchanges: routing key → queues, so routing is one lookup.
-    by_key: HashMap<String, Vec<Arc<Queue>>>,
+    /// Direct exchanges: routing key → destinations, so routing is one lookup.
+    by_key: HashMap<String, Vec<Destination>>,
 }
 
 #[derive(Debug)]
@@ -88,23 +105,27 @@ impl Exchange {
     /// Add a binding; false if the same one exists already.
     pub fn bind(&self, b: Binding) -> bool {
         let mut bs = self.bindings.write();
-        if bs.all.iter().any(|x| same_binding(x, &b.queue, &b.routing_key, &b.arguments)) {
+        if bs
+            .all
+            .iter()
+            .any(|x| same_binding(x, &b.dest, &b.routing_key, &b.arguments))
+        {
             return false;
         }
         bs.by_key
             .entry(b.routing_key.clone())
             .or_default()
-            .push(b.queue.clone());
+            .push(b.dest.clone());
         bs.all.push(b);
         true
     }
 
     /// Remove a binding; false if there was none.
-    pub fn unbind(&self, queue: &Arc<Queue>, routing_key: &str, arguments: &FieldTable) -> bool {
+    pub fn unbind(&self, dest: &Destination, routing_key: &str, arguments: &FieldTable) -> bool {
         let mut bs = self.bindings.write();
         let before = bs.all.len();
         bs.all
-            .retain(|x| !same_binding(x, queue, routing_key, arguments));
+            .retain(|x| !same_binding(x, dest, routing_key, arguments));
         if bs.all.len() == before {
             return false;
         }
@@ -112,12 +133,12 @@ impl Exchange {
         true
     }
 
-    /// Remove every binding to `queue`; returns the removed ones.
-    pub fn unbind_queue(&self, queue: &Arc<Queue>) -> Vec<Binding> {
+    /// Remove every binding leading to `dest`; returns the removed ones.
+    pub fn unbind_all_to(&self, dest: &Destination) -> Vec<Binding> {
         let mut bs = self.bindings.write();
         let (gone, kept): (Vec<Binding>, Vec<Binding>) = std::mem::take(&mut bs.all)
             .into_iter()
-            .partition(|b| Arc::ptr_eq(&b.queue, queue));
+            .partition(|b| b.dest.same(dest));
         bs.all = kept;
         for b in &gone {
             rebuild_key(&mut bs, &b.routing_key);
@@ -133,47 +154,57 @@ impl Exchange {
         self.bindings.read().all.clone()
     }
 
-    /// Append the queues a message with this key and headers goes to
-    /// (possibly with duplicates; the caller dedups).
-    pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Arc<Queue>>) {
+    /// Append the destinations a message with this key and headers goes to
+    /// (possibly with duplicates; the caller dedups and follows exchanges).
+    pub fn route(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Destination>,
+    ) {
         let bs = self.bindings.read();
         match self.kind {
             ExchangeKind::Direct => {
-                if let Some(qs) = bs.by_key.get(routing_key) {
-                    out.extend(qs.iter().cloned());
+                if let Some(ds) = bs.by_key.get(routing_key) {
+                    out.extend(ds.iter().cloned());
                 }
             }
-            ExchangeKind::Fanout => out.extend(bs.all.iter().map(|b| b.queue.clone())),
+            ExchangeKind::Fanout => out.extend(bs.all.iter().map(|b| b.dest.clone())),
             ExchangeKind::Topic => out.extend(
                 bs.all
                     .iter()
                     .filter(|b| topic::matches(&b.routing_key, routing_key))
-                    .map(|b| b.queue.clone()),
+                    .map(|b| b.dest.clone()),
             ),
             ExchangeKind::Headers => out.extend(
                 bs.all
                     .iter()
                     .filter(|b| headers::matches(&b.arguments, headers))
-                    .map(|b| b.queue.clone()),
+                    .map(|b| b.dest.clone()),
             ),
         }
     }
 }
 
-fn same_binding(b: &Binding, queue: &Arc<Queue>, routing_key: &str, arguments: &FieldTable) -> bool {
-    Arc::ptr_eq(&b.queue, queue) && b.routing_key == routing_key && &b.arguments == arguments
+fn same_binding(
+    b: &Binding,
+    dest: &Destination,
+    routing_key: &str,
+    arguments: &FieldTable,
+) -> bool {
+    b.dest.same(dest) && b.routing_key == routing_key && &b.arguments == arguments
 }
 
 fn rebuild_key(bs: &mut Bindings, routing_key: &str) {
-    let qs: Vec<Arc<Queue>> = bs
+    let ds: Vec<Destination> = bs
         .all
         .iter()
         .filter(|b| b.routing_key == routing_key)
-        .map(|b| b.queue.clone())
+        .map(|b| b.dest.clone())
         .collect();
-    if qs.is_empty() {
+    if ds.is_empty() {
         bs.by_key.remove(routing_key);
     } else {
-        bs.by_key.insert(routing_key.to_string(), qs);
+        bs.by_key.insert(routing_key.to_string(), ds);
     }
 }

@@ -9,7 +9,9 @@ use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::AMQPClass;
 use bytes::{BufMut, BytesMut};
 
-use super::frame::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_OVERHEAD};
+use super::frame::{
+    FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_OVERHEAD,
+};
 
 /// Append a method frame. amq-protocol only fails to generate when its output
 /// buffer is too small, which a `Vec` never is; should it ever fail, nothing is
@@ -117,7 +119,13 @@ pub fn body_frames(out: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32
 }
 
 /// Header and body frames of a message.
-pub fn content(out: &mut BytesMut, channel: u16, raw_properties: &[u8], body: &[u8], frame_max: u32) {
+pub fn content(
+    out: &mut BytesMut,
+    channel: u16,
+    raw_properties: &[u8],
+    body: &[u8],
+    frame_max: u32,
+) {
     header_frame(out, channel, body.len() as u64, raw_properties);
     body_frames(out, channel, body, frame_max);
 }
@@ -171,10 +179,11 @@ mod tests {
         let props = basic::AMQPProperties::default()
             .with_delivery_mode(2)
             .with_message_id("m1".into());
-        let raw = amq_protocol::protocol::basic::gen_properties(&props)(WriteContext::from(Vec::new()))
-            .unwrap()
-            .into_inner()
-            .0;
+        let raw =
+            amq_protocol::protocol::basic::gen_properties(&props)(WriteContext::from(Vec::new()))
+                .unwrap()
+                .into_inner()
+                .0;
         let mut out = BytesMut::new();
         header_frame(&mut out, 1, 5, &raw);
         match read_frame(&mut out, 131072).unwrap().unwrap() {

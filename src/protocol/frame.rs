@@ -70,9 +70,10 @@ impl FrameError {
             FrameError::TooLarge { .. }
             | FrameError::BadFrameEnd(_)
             | FrameError::UnknownType(_)
-            | FrameError::MalformedHeader => codes::FRAME_ERROR,
+            | FrameError::MalformedHeader
+            // RabbitMQ: "cannot decode ..." is a frame error.
+            | FrameError::MalformedMethod { .. } => codes::FRAME_ERROR,
             FrameError::UnknownMethod { .. } => codes::NOT_IMPLEMENTED,
-            FrameError::MalformedMethod { .. } => codes::SYNTAX_ERROR,
         }
     }
 
@@ -253,12 +254,12 @@ mod tests {
     }
 
     #[test]
-    fn truncated_arguments_are_a_syntax_error() {
+    fn truncated_arguments_are_a_frame_error() {
         // queue.declare with no arguments at all
         let mut b = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 4, 0, 50, 0, 10, 0xCE][..]);
         assert_eq!(
             read_frame(&mut b, 131072).map_err(|e| e.reply_code()),
-            Err(codes::SYNTAX_ERROR)
+            Err(codes::FRAME_ERROR)
         );
     }
 

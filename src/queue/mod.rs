@@ -225,7 +225,11 @@ impl Queue {
             i -= 1;
             let e = &mut st.ready[i];
             let Slot::Mem(m) = &e.slot else { break };
-            if !(self.durable && self.exclusive_owner.is_none() && m.is_persistent() && m.is_deliverable()) {
+            if !(self.durable
+                && self.exclusive_owner.is_none()
+                && m.is_persistent()
+                && m.is_deliverable())
+            {
                 continue;
             }
             let freed = m.body.len() + m.raw_properties.len();
@@ -299,7 +303,11 @@ impl Queue {
         while !st.consumers.is_empty() {
             self.load_head(st);
             let bytes = match st.ready.front() {
-                Some(head @ QueueEntry { slot: Slot::Mem(m), .. }) if m.is_deliverable() => head.mem_bytes(),
+                Some(
+                    head @ QueueEntry {
+                        slot: Slot::Mem(m), ..
+                    },
+                ) if m.is_deliverable() => head.mem_bytes(),
                 _ => break,
             };
             let n = st.consumers.len();
@@ -324,7 +332,9 @@ impl Queue {
         let mut st = self.state.lock();
         self.load_head(&mut st);
         match st.ready.front() {
-            Some(QueueEntry { slot: Slot::Mem(m), .. }) if m.is_deliverable() => {}
+            Some(QueueEntry {
+                slot: Slot::Mem(m), ..
+            }) if m.is_deliverable() => {}
             _ => return false,
         }
         let Some(entry) = st.ready.pop_front() else {
@@ -371,16 +381,18 @@ impl Queue {
         true
     }
 
-    /// Whether an exclusive consumer holds the queue, or (for `exclusive`) any.
+    /// Register a consumer; fails when an exclusive consumer holds the queue,
+    /// or when `consumer` is exclusive and there are others.
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), ()> {
         let mut st = self.state.lock();
-        if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty())
+        if st.consumers.iter().any(|c| c.exclusive)
+            || (consumer.exclusive && !st.consumers.is_empty())
         {
             return Err(());
         }
         st.consumers.push(consumer);
         st.had_consumer = true;
-        self.pump(&mut st);
+        // No delivery yet: consume-ok must reach the client first (the caller kicks).
         Ok(())
     }
 

@@ -65,7 +65,8 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| b[0])
     }
     pub fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
     pub fn u64(&mut self) -> Option<u64> {
         let b = self.take(8)?;
@@ -109,7 +110,8 @@ pub fn binding_key(b: &BindingDef) -> Vec<u8> {
     w.u8(BINDING)
         .str8(&b.vhost)
         .str8(&b.exchange)
-        .str8(&b.queue)
+        .u8(b.to_exchange as u8)
+        .str8(&b.destination)
         .str8(&b.routing_key)
         .table(&b.arguments);
     w.0
@@ -175,7 +177,8 @@ pub fn decode_binding(v: &[u8]) -> Option<BindingDef> {
     Some(BindingDef {
         vhost: r.str8()?,
         exchange: r.str8()?,
-        queue: r.str8()?,
+        to_exchange: r.u8()? != 0,
+        destination: r.str8()?,
         routing_key: r.str8()?,
         arguments: r.table()?,
     })
@@ -205,8 +208,16 @@ pub fn index_msg_id(key: &[u8]) -> Option<u64> {
 }
 
 /// A stored message: exchange, routing key, raw properties, queue count, body.
-pub fn encode_message(exchange: &str, routing_key: &str, raw_properties: &[u8], queues: u32, body: &[u8]) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(body.len() + raw_properties.len() + exchange.len() + routing_key.len() + 16));
+pub fn encode_message(
+    exchange: &str,
+    routing_key: &str,
+    raw_properties: &[u8],
+    queues: u32,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(
+        body.len() + raw_properties.len() + exchange.len() + routing_key.len() + 16,
+    ));
     w.str8(exchange)
         .str8(routing_key)
         .bytes32(raw_properties)
@@ -246,7 +257,10 @@ mod tests {
     fn args() -> FieldTable {
         let mut t = FieldTable::default();
         t.insert("x-message-ttl".into(), AMQPValue::LongInt(1000));
-        t.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("dlx".into()));
+        t.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("dlx".into()),
+        );
         t
     }
 
@@ -272,7 +286,8 @@ mod tests {
         let b = BindingDef {
             vhost: "/".into(),
             exchange: "ex".into(),
-            queue: "q".into(),
+            destination: "q".into(),
+            to_exchange: false,
             routing_key: "a.#".into(),
             arguments: args(),
         };
@@ -281,15 +296,24 @@ mod tests {
 
     #[test]
     fn index_keys_sort_by_queue_then_id() {
-        let a = QueueKey { vhost: "/".into(), name: "a".into() };
-        let ab = QueueKey { vhost: "/".into(), name: "ab".into() };
+        let a = QueueKey {
+            vhost: "/".into(),
+            name: "a".into(),
+        };
+        let ab = QueueKey {
+            vhost: "/".into(),
+            name: "ab".into(),
+        };
         let k1 = index_key(&a, 2);
         let k2 = index_key(&a, 256);
         let k3 = index_key(&ab, 1);
         assert!(k1 < k2, "ids sort numerically");
         assert!(k2 < k3, "a queue's entries stay together");
         assert!(k2.starts_with(&index_prefix(&a)));
-        assert!(!k3.starts_with(&index_prefix(&a)), "length prefix keeps 'ab' apart from 'a'");
+        assert!(
+            !k3.starts_with(&index_prefix(&a)),
+            "length prefix keeps 'ab' apart from 'a'"
+        );
         assert_eq!(index_msg_id(&k2), Some(256));
     }
 
@@ -298,7 +322,10 @@ mod tests {
         let v = encode_message("ex", "rk", b"\x80\x00", 2, b"body");
         let m = decode_message(&v).unwrap();
         assert_eq!((m.exchange.as_str(), m.routing_key.as_str()), ("ex", "rk"));
-        assert_eq!((m.raw_properties, m.queues, m.body), (&b"\x80\x00"[..], 2, &b"body"[..]));
+        assert_eq!(
+            (m.raw_properties, m.queues, m.body),
+            (&b"\x80\x00"[..], 2, &b"body"[..])
+        );
         assert!(decode_message(&v[..5]).is_none());
     }
 }

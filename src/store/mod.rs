@@ -41,8 +41,11 @@ pub struct QueueDef {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BindingDef {
     pub vhost: String,
+    /// The source exchange.
     pub exchange: String,
-    pub queue: String,
+    /// The destination queue, or exchange when `to_exchange`.
+    pub destination: String,
+    pub to_exchange: bool,
     pub routing_key: String,
     pub arguments: FieldTable,
 }

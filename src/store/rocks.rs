@@ -21,7 +21,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use super::codec;
-use super::{BindingDef, Completion, ExchangeDef, QueueDef, QueueKey, Recovered, Store, StoreError};
+use super::{
+    BindingDef, Completion, ExchangeDef, QueueDef, QueueKey, Recovered, Store, StoreError,
+};
 use crate::message::Message;
 
 const CF_DEFINITIONS: &str = "definitions";
@@ -33,7 +35,8 @@ const MAX_BATCH_OPS: usize = 8192;
 /// Reference counts of messages held by more than one durable queue.
 type Refs = HashMap<u64, u32>;
 
-type DefinitionOp = Box<dyn FnOnce(&DB, &mut Refs, &mut WriteBatch) -> Result<(), StoreError> + Send>;
+type DefinitionOp =
+    Box<dyn FnOnce(&DB, &mut Refs, &mut WriteBatch) -> Result<(), StoreError> + Send>;
 
 enum Op {
     Persist {
@@ -69,7 +72,9 @@ pub struct RocksStore {
 
 impl std::fmt::Debug for RocksStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksStore").field("path", &self.db.path()).finish()
+        f.debug_struct("RocksStore")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
@@ -154,7 +159,13 @@ impl RocksStore {
     }
 }
 
-fn remove_in_batch(db: &DB, refs: &mut Refs, batch: &mut WriteBatch, queue: &QueueKey, msg_id: u64) -> Result<(), StoreError> {
+fn remove_in_batch(
+    db: &DB,
+    refs: &mut Refs,
+    batch: &mut WriteBatch,
+    queue: &QueueKey,
+    msg_id: u64,
+) -> Result<(), StoreError> {
     batch.delete_cf(cf(db, CF_INDEX)?, codec::index_key(queue, msg_id));
     let last = match refs.get_mut(&msg_id) {
         Some(n) => {
@@ -210,7 +221,9 @@ fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats:
                     completions.push(done);
                 }
                 Op::Remove { queue, msg_id } => {
-                    if let Err(e) = remove_in_batch(&db, &mut refs.lock(), &mut batch, &queue, msg_id) {
+                    if let Err(e) =
+                        remove_in_batch(&db, &mut refs.lock(), &mut batch, &queue, msg_id)
+                    {
                         tracing::error!(error = %e, "store removal failed");
                     }
                 }
@@ -232,7 +245,9 @@ fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats:
             }
             if persisted > 0 {
                 stats.synced_writes.fetch_add(1, Ordering::Relaxed);
-                stats.persisted_messages.fetch_add(persisted, Ordering::Relaxed);
+                stats
+                    .persisted_messages
+                    .fetch_add(persisted, Ordering::Relaxed);
             }
         }
         let ok = result.is_ok();
@@ -253,7 +268,10 @@ fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats:
 
 impl Store for RocksStore {
     fn put_exchange(&self, def: &ExchangeDef) -> Result<(), StoreError> {
-        let (k, v) = (codec::exchange_key(&def.vhost, &def.name), codec::encode_exchange(def));
+        let (k, v) = (
+            codec::exchange_key(&def.vhost, &def.name),
+            codec::encode_exchange(def),
+        );
         self.definition(move |db, _, b| {
             b.put_cf(cf(db, CF_DEFINITIONS)?, k, v);
             Ok(())
@@ -267,13 +285,18 @@ impl Store for RocksStore {
             let defs = cf(db, CF_DEFINITIONS)?;
             b.delete_cf(defs, k);
             // Its bindings go with it.
-            for item in db.iterator_cf(defs, IteratorMode::From(&[codec::BINDING], rocksdb::Direction::Forward)) {
+            for item in db.iterator_cf(
+                defs,
+                IteratorMode::From(&[codec::BINDING], rocksdb::Direction::Forward),
+            ) {
                 let (key, value) = item.map_err(io)?;
                 if key.first() != Some(&codec::BINDING) {
                     break;
                 }
                 if let Some(bd) = codec::decode_binding(&value) {
-                    if bd.vhost == vhost && bd.exchange == name {
+                    if bd.vhost == vhost
+                        && (bd.exchange == name || (bd.to_exchange && bd.destination == name))
+                    {
                         b.delete_cf(defs, key);
                     }
                 }
@@ -283,7 +306,10 @@ impl Store for RocksStore {
     }
 
     fn put_queue(&self, def: &QueueDef) -> Result<(), StoreError> {
-        let (k, v) = (codec::queue_key(&def.vhost, &def.name), codec::encode_queue(def));
+        let (k, v) = (
+            codec::queue_key(&def.vhost, &def.name),
+            codec::encode_queue(def),
+        );
         self.definition(move |db, _, b| {
             b.put_cf(cf(db, CF_DEFINITIONS)?, k, v);
             Ok(())
@@ -295,13 +321,16 @@ impl Store for RocksStore {
         self.definition(move |db, refs, b| {
             let defs = cf(db, CF_DEFINITIONS)?;
             b.delete_cf(defs, codec::queue_key(&key.vhost, &key.name));
-            for item in db.iterator_cf(defs, IteratorMode::From(&[codec::BINDING], rocksdb::Direction::Forward)) {
+            for item in db.iterator_cf(
+                defs,
+                IteratorMode::From(&[codec::BINDING], rocksdb::Direction::Forward),
+            ) {
                 let (k, value) = item.map_err(io)?;
                 if k.first() != Some(&codec::BINDING) {
                     break;
                 }
                 if let Some(bd) = codec::decode_binding(&value) {
-                    if bd.vhost == key.vhost && bd.queue == key.name {
+                    if bd.vhost == key.vhost && !bd.to_exchange && bd.destination == key.name {
                         b.delete_cf(defs, k);
                     }
                 }
@@ -309,7 +338,10 @@ impl Store for RocksStore {
             let prefix = codec::index_prefix(&key);
             let index = cf(db, CF_INDEX)?;
             let ids: Vec<u64> = db
-                .iterator_cf(index, IteratorMode::From(&prefix, rocksdb::Direction::Forward))
+                .iterator_cf(
+                    index,
+                    IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+                )
                 .map_while(|item| item.ok())
                 .take_while(|(k, _)| k.starts_with(&prefix) && k.len() == prefix.len() + 8)
                 .filter_map(|(k, _)| codec::index_msg_id(&k))
@@ -343,7 +375,9 @@ impl Store for RocksStore {
             return done(false);
         };
         // If the committer is gone, the completion still runs, as a failure.
-        if let Err(mpsc::SendError(Op::Persist { done, .. })) = tx.send(Op::Persist { msg, queues, done }) {
+        if let Err(mpsc::SendError(Op::Persist { done, .. })) =
+            tx.send(Op::Persist { msg, queues, done })
+        {
             done(false);
         }
     }
@@ -369,7 +403,9 @@ impl Store for RocksStore {
                 .ok_or_else(|| StoreError::Corrupt(format!("undecodable message {id}")))?;
             let props = parse_properties(m.raw_properties)
                 .map(|(_, p)| p)
-                .map_err(|_| StoreError::Corrupt(format!("undecodable properties of message {id}")))?;
+                .map_err(|_| {
+                    StoreError::Corrupt(format!("undecodable properties of message {id}"))
+                })?;
             out.push(Some(Arc::new(Message::new(
                 *id,
                 m.exchange,
@@ -389,11 +425,20 @@ impl Store for RocksStore {
         let mut queue_defs = Vec::new();
         for item in db.iterator_cf(defs, IteratorMode::Start) {
             let (k, v) = item.map_err(io)?;
-            let bad = || StoreError::Corrupt(format!("undecodable definition record {:?}", String::from_utf8_lossy(&k)));
+            let bad = || {
+                StoreError::Corrupt(format!(
+                    "undecodable definition record {:?}",
+                    String::from_utf8_lossy(&k)
+                ))
+            };
             match k.first() {
-                Some(&codec::EXCHANGE) => rec.exchanges.push(codec::decode_exchange(&v).ok_or_else(bad)?),
+                Some(&codec::EXCHANGE) => rec
+                    .exchanges
+                    .push(codec::decode_exchange(&v).ok_or_else(bad)?),
                 Some(&codec::QUEUE) => queue_defs.push(codec::decode_queue(&v).ok_or_else(bad)?),
-                Some(&codec::BINDING) => rec.bindings.push(codec::decode_binding(&v).ok_or_else(bad)?),
+                Some(&codec::BINDING) => rec
+                    .bindings
+                    .push(codec::decode_binding(&v).ok_or_else(bad)?),
                 _ => return Err(bad()),
             }
         }
@@ -406,12 +451,17 @@ impl Store for RocksStore {
             };
             let prefix = codec::index_prefix(&key);
             let mut msgs = Vec::new();
-            for item in db.iterator_cf(index, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+            for item in db.iterator_cf(
+                index,
+                IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+            ) {
                 let (k, _) = item.map_err(io)?;
                 if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
                     break;
                 }
-                let Some(id) = codec::index_msg_id(&k) else { continue };
+                let Some(id) = codec::index_msg_id(&k) else {
+                    continue;
+                };
                 *counts.entry(id).or_default() += 1;
                 msgs.push(id);
             }
@@ -494,7 +544,9 @@ mod tests {
             queues,
             Box::new(move |ok| {
                 // The completion runs only after the write: the message is readable now.
-                let cf = s2.cf_handle(CF_MESSAGES).map(|c| s2.get_cf(c, id.to_be_bytes()));
+                let cf = s2
+                    .cf_handle(CF_MESSAGES)
+                    .map(|c| s2.get_cf(c, id.to_be_bytes()));
                 let visible = matches!(cf, Some(Ok(Some(_))));
                 tx.send((ok, visible)).unwrap();
             }),
@@ -527,7 +579,11 @@ mod tests {
         let store = RocksStore::open(dir.path()).unwrap();
         let rec = store.recover().unwrap();
         assert_eq!(rec.queues.len(), 1);
-        assert_eq!(rec.queues[0].1, vec![1, 3], "ordered by id, removed one gone");
+        assert_eq!(
+            rec.queues[0].1,
+            vec![1, 3],
+            "ordered by id, removed one gone"
+        );
         let loaded = store.load(&[1, 2, 3]).unwrap();
         assert_eq!(&loaded[0].as_ref().unwrap().body[..], b"m1");
         assert!(loaded[1].is_none());
@@ -577,7 +633,10 @@ mod tests {
         let syncs = store.stats.synced_writes.load(Ordering::Relaxed);
         let msgs = store.stats.persisted_messages.load(Ordering::Relaxed);
         assert_eq!(msgs, n * per);
-        assert!(syncs < msgs, "{syncs} syncs for {msgs} messages: no batching");
+        assert!(
+            syncs < msgs,
+            "{syncs} syncs for {msgs} messages: no batching"
+        );
     }
 
     #[test]
