@@ -50,7 +50,7 @@ impl Channel {
         }
         let seq = {
             let mut c = self.handle.confirms.lock();
-            c.enabled.then(|| c.next())
+            c.enabled.then(|| c.register())
         };
         let queues = ctx.vhost.route(
             &x,
@@ -188,7 +188,7 @@ impl Channel {
             d.consumers.insert(tag.clone(), c.clone());
             c
         };
-        if queue.add_consumer(consumer.clone()).is_err() {
+        if !queue.add_consumer(consumer.clone()) {
             self.handle.delivery.lock().consumers.remove(&tag);
             return Err(AmqpError::access_refused(format!(
                 "queue '{name}' in vhost '{}' in exclusive use",

@@ -114,7 +114,7 @@ pub struct ConfirmState {
 
 impl ConfirmState {
     /// Register the next publish; returns its sequence number.
-    pub fn next(&mut self) -> u64 {
+    pub fn register(&mut self) -> u64 {
         self.last_seq += 1;
         self.pending.insert(self.last_seq);
         self.last_seq
@@ -330,7 +330,7 @@ mod tests {
     fn runs_merge_into_multiple() {
         let mut c = ConfirmState::default();
         for _ in 0..5 {
-            c.next();
+            c.register();
         }
         for s in 1..=5 {
             c.complete(s, true);
@@ -344,7 +344,7 @@ mod tests {
     fn out_of_order_completion_waits_for_the_gap() {
         let mut c = ConfirmState::default();
         for _ in 0..3 {
-            c.next();
+            c.register();
         }
         c.complete(2, true);
         c.complete(3, true);
@@ -354,7 +354,7 @@ mod tests {
         c.complete(1, true);
         c.flush(1, &mut out);
         assert_eq!(acks(&mut out), vec![(true, 3, true)]);
-        c.next();
+        c.register();
         c.complete(4, true);
         c.flush(1, &mut out);
         assert_eq!(acks(&mut out), vec![(true, 4, false)]);
@@ -364,7 +364,7 @@ mod tests {
     fn nacks_go_first_and_are_not_acked() {
         let mut c = ConfirmState::default();
         for _ in 0..3 {
-            c.next();
+            c.register();
         }
         c.complete(1, true);
         c.complete(2, true);
@@ -372,7 +372,7 @@ mod tests {
         let mut out = BytesMut::new();
         c.flush(1, &mut out);
         assert_eq!(acks(&mut out), vec![(false, 3, false), (true, 2, true)]);
-        c.next();
+        c.register();
         c.complete(4, false);
         c.flush(1, &mut out);
         assert_eq!(acks(&mut out), vec![(false, 4, false)]);

@@ -150,7 +150,7 @@ fn parse_method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
         });
     }
     match parse_class(payload) {
-        Ok((rest, class)) if rest.is_empty() => Ok(class),
+        Ok((&[], class)) => Ok(class),
         _ => Err(FrameError::MalformedMethod {
             class_id,
             method_id,

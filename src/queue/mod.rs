@@ -383,17 +383,17 @@ impl Queue {
 
     /// Register a consumer; fails when an exclusive consumer holds the queue,
     /// or when `consumer` is exclusive and there are others.
-    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), ()> {
+    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> bool {
         let mut st = self.state.lock();
         if st.consumers.iter().any(|c| c.exclusive)
             || (consumer.exclusive && !st.consumers.is_empty())
         {
-            return Err(());
+            return false;
         }
         st.consumers.push(consumer);
         st.had_consumer = true;
         // No delivery yet: consume-ok must reach the client first (the caller kicks).
-        Ok(())
+        true
     }
 
     /// Remove a consumer; returns true when an auto-delete queue lost its last
