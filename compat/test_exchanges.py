@@ -275,7 +275,6 @@ def test_exchange_delete_missing_is_ok(amqp):
     assert ch.is_open
 
 
-@pytest.mark.hopper_todo("exchange-to-exchange bindings")
 def test_exchange_to_exchange_binding(amqp):
     ch = amqp.channel(confirm=True)
     src, dst = amqp.exchange_name(), amqp.exchange_name()

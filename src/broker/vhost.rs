@@ -180,8 +180,9 @@ impl VHost {
 
     pub fn declare_exchange(&self, spec: ExchangeSpec) -> AmqpResult<()> {
         if spec.passive {
+            // RabbitMQ refuses even a passive declare of the default exchange.
             if spec.name.is_empty() {
-                return Ok(());
+                return Err(self.default_exchange_refused());
             }
             self.exchange(&spec.name)?;
             return Ok(());
