@@ -291,23 +291,28 @@ async fn unused_queue_expires() {
         args(&[("x-expires", AMQPValue::LongInt(200))]),
     )
     .await;
+    // Any declare (even passive) or basic.get renews the lease, so probe
+    // with mandatory publishes: once the queue is gone they are returned.
+    confirm_select(&ch).await;
     within_for(Duration::from_secs(5), "queue to expire", async {
         loop {
-            let ch = conn.create_channel().await.unwrap();
-            let res = ch
-                .queue_declare(
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
                     q.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
+                    BasicPublishOptions {
+                        mandatory: true,
                         ..Default::default()
                     },
-                    FieldTable::default(),
+                    b"probe",
+                    BasicProperties::default(),
                 )
-                .await;
-            match res {
-                Err(e) if reply_code(&e) == Some(404) => return,
-                Err(e) => panic!("{e:?}"),
-                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                .await
+                .unwrap();
+            if let Confirmation::Ack(Some(ret)) = confirm.await.unwrap() {
+                assert_eq!(ret.reply_code, 312);
+                return;
             }
         }
     })
