@@ -87,12 +87,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut tasks = Vec::new();
     for _ in 0..args.consumers {
-        let (args, stop, consumed, latencies) =
-            (args.clone(), stop.clone(), consumed.clone(), latencies.clone());
+        let (args, stop, consumed, latencies) = (
+            args.clone(),
+            stop.clone(),
+            consumed.clone(),
+            latencies.clone(),
+        );
         let conn = Connection::connect(&args.uri, ConnectionProperties::default()).await?;
         let ch = conn.create_channel().await?;
         if args.prefetch > 0 {
-            ch.basic_qos(args.prefetch, BasicQosOptions::default()).await?;
+            ch.basic_qos(args.prefetch, BasicQosOptions::default())
+                .await?;
         }
         let mut consumer = ch
             .basic_consume(
@@ -135,8 +140,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }));
     }
     for _ in 0..args.producers {
-        let (args, stop, published, confirmed) =
-            (args.clone(), stop.clone(), published.clone(), confirmed.clone());
+        let (args, stop, published, confirmed) = (
+            args.clone(),
+            stop.clone(),
+            published.clone(),
+            confirmed.clone(),
+        );
         let conn = Connection::connect(&args.uri, ConnectionProperties::default()).await?;
         let ch = conn.create_channel().await?;
         if args.confirm > 0 {

@@ -400,13 +400,15 @@ impl VHost {
     /// Remove a queue with its bindings; returns its consumers (to be told) and
     /// how many messages it held.
     pub fn remove_queue(&self, q: &Arc<Queue>) -> AmqpResult<crate::queue::Deleted> {
+        // In memory first: from here on, acks of its deliveries leave the store
+        // alone, so the store's own cleanup is the only one.
+        let deleted = q.delete();
+        self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
+        self.unbind_everywhere(&Destination::Queue(q.clone()))?;
         if q.durable && q.exclusive_owner.is_none() {
             let key = q.key();
             blocking(|| self.store.delete_queue(&key)).map_err(store_failed)?;
         }
-        self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
-        let deleted = q.delete();
-        self.unbind_everywhere(&Destination::Queue(q.clone()))?;
         Ok(deleted)
     }
 

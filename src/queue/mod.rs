@@ -10,7 +10,7 @@ use amq_protocol::types::FieldTable;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::channel::handle::{ChannelHandle, Consumer, Unacked};
@@ -88,6 +88,9 @@ pub struct Queue {
     store: Arc<dyn Store>,
     /// Past this many bytes in memory, stored messages are paged out.
     memory_limit: usize,
+    /// Set once deleted; read without the state lock (acks of deliveries that
+    /// outlive their queue must not touch the store: the queue's entries are gone).
+    gone: AtomicBool,
     state: Mutex<QueueState>,
 }
 
@@ -119,6 +122,7 @@ impl Queue {
             arguments,
             store,
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            gone: AtomicBool::new(false),
             state: Mutex::new(QueueState {
                 ready: VecDeque::new(),
                 mem_bytes: 0,
@@ -283,7 +287,7 @@ impl Queue {
 
     /// A message left this queue for good (acked, rejected, delivered no-ack).
     pub fn settled(&self, entry: &QueueEntry) {
-        if self.stores(entry) {
+        if self.stores(entry) && !self.gone.load(Ordering::Acquire) {
             self.store.remove(&self.key(), entry.msg_id());
         }
     }
@@ -430,6 +434,7 @@ impl Queue {
     pub fn delete(&self) -> Deleted {
         let mut st = self.state.lock();
         st.deleted = true;
+        self.gone.store(true, Ordering::Release);
         let messages = st.ready.len() as u32;
         st.ready.clear();
         st.mem_bytes = 0;
