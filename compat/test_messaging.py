@@ -527,7 +527,6 @@ def test_publish_with_wrong_user_id_is_406(amqp):
 
 
 # ------------------------------------------------------------- transactions
-@pytest.mark.hopper_todo("transactions")
 def test_tx_commit_and_rollback(amqp):
     ch = amqp.channel()
     q = _queue(amqp, ch)
@@ -548,3 +547,28 @@ def test_tx_commit_and_rollback(amqp):
     ch.close()  # ... so closing the channel requeues it
     method, _p, body = get_one(other, q, auto_ack=True)
     assert body == b"committed" and method.redelivered is True
+
+
+def test_tx_commit_applies_acks_and_persistent_publishes(amqp):
+    ch = amqp.channel()
+    q = amqp.queue_name()
+    ch.queue_declare(q, durable=True)
+    ch.basic_publish("", q, b"one")
+    ch.basic_publish("", q, b"two")
+    ch.tx_select()
+    method, _p, body = get_one(ch, q, auto_ack=False)
+    assert body == b"one"
+    ch.basic_ack(method.delivery_tag)
+    ch.basic_publish("", q, b"three", pika.BasicProperties(delivery_mode=2))
+    ch.tx_commit()
+    other = amqp.channel()
+    assert message_count(other, q) == 2  # "two" and "three"; "one" acked by the commit
+    assert [get_one(other, q, auto_ack=True)[2] for _ in range(2)] == [b"two", b"three"]
+    other.queue_delete(q)
+
+
+def test_confirm_on_tx_channel_is_406(amqp):
+    ch = amqp.channel()
+    ch.tx_select()
+    with channel_error(406):
+        ch.confirm_delivery()

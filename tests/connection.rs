@@ -300,3 +300,147 @@ async fn lapin_negotiates_server_tuning() {
     assert_eq!(conn.configuration().heartbeat(), 60);
     let _ = conn.close(200, "bye".into()).await;
 }
+
+/// Handshake that answers tune with the given tune-ok values.
+async fn handshake_with_tune_ok(
+    broker: &Broker,
+    channel_max: u16,
+    frame_max: u32,
+    heartbeat: u16,
+) -> RawClient {
+    let mut c = RawClient::connect(broker.addr()).await;
+    c.start_and_tune_begin(Auth::Plain("guest", "guest")).await;
+    match c.expect_method(0).await {
+        AMQPClass::Connection(proto::connection::AMQPMethod::Tune(_)) => {}
+        other => panic!("expected connection.tune, got {other:?}"),
+    }
+    c.send_method(
+        0,
+        &AMQPClass::Connection(proto::connection::AMQPMethod::TuneOk(
+            proto::connection::TuneOk {
+                channel_max,
+                frame_max,
+                heartbeat,
+            },
+        )),
+    )
+    .await;
+    c.send_method(
+        0,
+        &AMQPClass::Connection(proto::connection::AMQPMethod::Open(
+            proto::connection::Open {
+                virtual_host: "/".into(),
+            },
+        )),
+    )
+    .await;
+    c
+}
+
+#[tokio::test]
+async fn tune_ok_outside_the_offered_limits_is_refused() {
+    // RabbitMQ refuses a frame_max above its own or below 4096, and a
+    // channel_max of 0 ("unlimited") or above its own. It drops the socket
+    // (after a silent-close delay of ~3 s) without opening the connection.
+    let broker = Broker::start();
+    let cases = [
+        ("frame_max above the server's", 2047u16, 262_144u32),
+        ("frame_max below 4096", 2047, 1000),
+        ("frame_max 0", 2047, 0),
+        ("channel_max 0", 0, 131_072),
+        ("channel_max above the server's", 4000, 131_072),
+    ];
+    let mut tasks = Vec::new();
+    for (what, channel_max, frame_max) in cases {
+        let mut c = handshake_with_tune_ok(&broker, channel_max, frame_max, 0).await;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match c.read_frame(Duration::from_secs(8)).await {
+                    Ok(f) if f.ids() == Some((10, 41)) => {
+                        return Err(format!("{what}: connection was opened"))
+                    }
+                    Ok(f) if f.ids() == Some((10, 50)) => {
+                        let close = c.answer_close(&f).await;
+                        if close.code < 500 {
+                            return Err(format!("{what}: close code {}", close.code));
+                        }
+                        return Ok(());
+                    }
+                    Ok(_) => continue,
+                    Err(ReadError::Closed) => return Ok(()),
+                    Err(e) => return Err(format!("{what}: {e:?}")),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        if let Err(e) = within_for(Duration::from_secs(10), "refusal", t)
+            .await
+            .unwrap()
+        {
+            panic!("{e}");
+        }
+    }
+    assert_broker_healthy(&broker).await;
+}
+
+#[tokio::test]
+async fn smaller_client_frame_max_is_respected() {
+    let broker = Broker::start();
+    let mut c = handshake_with_tune_ok(&broker, 100, 4096, 0).await;
+    match c.expect_method(0).await {
+        AMQPClass::Connection(proto::connection::AMQPMethod::OpenOk(_)) => {}
+        other => panic!("expected open-ok, got {other:?}"),
+    }
+    c.open_channel(1).await;
+    c.send_method(1, &raw::queue_declare("", false)).await;
+    let q = match c.expect_method(1).await {
+        AMQPClass::Queue(proto::queue::AMQPMethod::DeclareOk(ok)) => ok.queue.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let body: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+    c.send_method(1, &raw::basic_publish("", &q)).await;
+    c.send(&raw::header_frame(1, body.len() as u64)).await;
+    for chunk in body.chunks(4096 - 8) {
+        c.send(&raw::body_frame(1, chunk)).await;
+    }
+    c.send_method(
+        1,
+        &AMQPClass::Basic(proto::basic::AMQPMethod::Get(proto::basic::Get {
+            queue: q.as_str().into(),
+            no_ack: true,
+        })),
+    )
+    .await;
+    match c.expect_method(1).await {
+        AMQPClass::Basic(proto::basic::AMQPMethod::GetOk(_)) => {}
+        other => panic!("expected get-ok, got {other:?}"),
+    }
+    let h = c.read_frame(WAIT).await.expect("content header");
+    assert_eq!(h.typ, raw::FRAME_HEADER);
+    let mut got = Vec::new();
+    while got.len() < body.len() {
+        let f = c.read_frame(WAIT).await.expect("body frame");
+        assert_eq!(f.typ, raw::FRAME_BODY, "{f:?}");
+        assert!(
+            f.payload.len() + 8 <= 4096,
+            "body frame of {} bytes exceeds the negotiated frame_max 4096",
+            f.payload.len() + 8
+        );
+        got.extend_from_slice(&f.payload);
+    }
+    assert!(got == body, "body corrupted");
+    c.close().await;
+}
+
+#[tokio::test]
+async fn heartbeat_zero_means_no_heartbeats() {
+    let broker = Broker::start();
+    let (mut c, _) = RawClient::handshake(broker.addr(), Auth::Plain("guest", "guest"), 0).await;
+    match c.read_frame(Duration::from_millis(2500)).await {
+        Err(ReadError::Timeout) => {}
+        other => panic!("expected silence with heartbeats off, got {other:?}"),
+    }
+    c.open_channel(1).await;
+    c.close().await;
+}

@@ -852,3 +852,21 @@ async fn recover_without_requeue_is_not_implemented_540() {
     drop(conn);
     assert_broker_healthy(&broker).await;
 }
+
+#[tokio::test]
+async fn prefetch_size_is_not_implemented_540() {
+    let broker = Broker::start();
+    let mut c = RawClient::open(broker.addr()).await;
+    c.open_channel(1).await;
+    // basic.qos with prefetch-size 1000 (lapin cannot send it).
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&60u16.to_be_bytes());
+    payload.extend_from_slice(&10u16.to_be_bytes());
+    payload.extend_from_slice(&1000u32.to_be_bytes());
+    payload.extend_from_slice(&0u16.to_be_bytes());
+    payload.push(0);
+    c.send(&raw::frame(raw::FRAME_METHOD, 1, &payload)).await;
+    let close = c.expect_connection_close().await;
+    assert_eq!(close.code, 540, "{close:?}");
+    assert_eq!((close.class_id, close.method_id), (60, 10), "{close:?}");
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use super::handle::{Consumer, Unacked};
+use super::tx::TxCommit;
 use super::{delete_auto_queue, requeue_all, Channel, ConnCtx};
 use crate::broker::vhost::random_name;
 use crate::error::{AmqpError, AmqpResult};
@@ -26,12 +27,15 @@ impl Channel {
             .ok_or_else(|| AmqpError::channel(codes::NOT_FOUND, "no previously declared queue"))
     }
 
-    pub(super) fn publish(
+    /// Route and enqueue a publish now; `commit` counts the persistent writes
+    /// of a transaction (commit-ok waits for them).
+    pub(super) fn publish_now(
         &mut self,
         ctx: &mut ConnCtx<'_>,
         p: b::Publish,
         header: ContentHeader,
         body: Bytes,
+        commit: Option<&Arc<TxCommit>>,
     ) -> AmqpResult<()> {
         let x = ctx.vhost.exchange(p.exchange.as_str())?;
         if x.internal {
@@ -118,6 +122,10 @@ impl Channel {
         }
         let handle = self.handle.clone();
         let m = msg.clone();
+        let commit = commit.cloned();
+        if let Some(c) = &commit {
+            c.add();
+        }
         ctx.broker.store.persist(
             msg,
             stored,
@@ -135,6 +143,9 @@ impl Channel {
                 }
                 if let Some(seq) = seq {
                     handle.complete_confirm(seq, ok);
+                }
+                if let Some(c) = commit {
+                    c.done(ok);
                 }
             }),
         );
@@ -262,6 +273,20 @@ impl Channel {
     }
 
     pub(super) fn ack(&mut self, tag: u64, multiple: bool) -> AmqpResult<()> {
+        if self.tx_hold_settle(tag, multiple, None) {
+            return Ok(());
+        }
+        self.ack_now(tag, multiple)
+    }
+
+    pub(super) fn reject(&mut self, tag: u64, multiple: bool, requeue: bool) -> AmqpResult<()> {
+        if self.tx_hold_settle(tag, multiple, Some(requeue)) {
+            return Ok(());
+        }
+        self.reject_now(tag, multiple, requeue)
+    }
+
+    pub(super) fn ack_now(&mut self, tag: u64, multiple: bool) -> AmqpResult<()> {
         let taken = self.take_unacked(tag, multiple)?;
         let mut touched: HashMap<*const Queue, Arc<Queue>> = HashMap::new();
         for u in &taken {
@@ -275,7 +300,7 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn reject(&mut self, tag: u64, multiple: bool, requeue: bool) -> AmqpResult<()> {
+    pub(super) fn reject_now(&mut self, tag: u64, multiple: bool, requeue: bool) -> AmqpResult<()> {
         let taken = self.take_unacked(tag, multiple)?;
         let mut touched: HashMap<*const Queue, Arc<Queue>> = HashMap::new();
         for u in &taken {

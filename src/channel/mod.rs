@@ -6,9 +6,10 @@
 mod basic;
 mod definitions;
 pub mod handle;
+mod tx;
 
 use amq_protocol::protocol::{
-    access, basic as b, channel, confirm, exchange, queue, tx, AMQPClass,
+    access, basic as b, channel, confirm, exchange, queue, tx as amqp_tx, AMQPClass,
 };
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
@@ -87,7 +88,8 @@ pub struct Channel {
     assembly: Option<Assembly>,
     /// Last queue declared on this channel, used when a method names queue "".
     last_queue: Option<String>,
-    tx_mode: bool,
+    /// Some once tx.select was seen: what the open transaction holds.
+    tx: Option<tx::TxState>,
 }
 
 fn unexpected_frame(text: &str) -> AmqpError {
@@ -100,7 +102,7 @@ impl Channel {
             handle: Arc::new(ChannelHandle::new(id, conn)),
             assembly: None,
             last_queue: None,
-            tx_mode: false,
+            tx: None,
         }
     }
 
@@ -184,7 +186,7 @@ impl Channel {
             },
             AMQPClass::Confirm(m) => match m {
                 confirm::AMQPMethod::Select(s) => {
-                    if self.tx_mode {
+                    if self.tx.is_some() {
                         return Err(AmqpError::precondition(
                             "cannot switch from tx to confirm mode",
                         ));
@@ -200,22 +202,12 @@ impl Channel {
                 confirm::AMQPMethod::SelectOk(_) => Err(server_only()),
             },
             AMQPClass::Tx(m) => match m {
-                tx::AMQPMethod::Select(_) => {
-                    if self.handle.confirms.lock().enabled {
-                        return Err(AmqpError::precondition(
-                            "cannot switch from confirm to tx mode",
-                        ));
-                    }
-                    Err(AmqpError::not_implemented(
-                        "transactions are not supported yet",
-                    ))
-                }
-                tx::AMQPMethod::Commit(_) | tx::AMQPMethod::Rollback(_) => {
-                    Err(AmqpError::precondition("channel is not transactional"))
-                }
-                tx::AMQPMethod::SelectOk(_)
-                | tx::AMQPMethod::CommitOk(_)
-                | tx::AMQPMethod::RollbackOk(_) => Err(server_only()),
+                amqp_tx::AMQPMethod::Select(_) => self.tx_select(),
+                amqp_tx::AMQPMethod::Commit(_) => self.tx_commit(ctx),
+                amqp_tx::AMQPMethod::Rollback(_) => self.tx_rollback(),
+                amqp_tx::AMQPMethod::SelectOk(_)
+                | amqp_tx::AMQPMethod::CommitOk(_)
+                | amqp_tx::AMQPMethod::RollbackOk(_) => Err(server_only()),
             },
             AMQPClass::Channel(m) => match m {
                 channel::AMQPMethod::Flow(f) => {
@@ -322,7 +314,12 @@ impl Channel {
         else {
             return Ok(());
         };
-        self.publish(ctx, publish, header, body.into_bytes())
+        let Some((publish, header, body)) =
+            self.tx_hold_publish(publish, header, body.into_bytes())
+        else {
+            return Ok(());
+        };
+        self.publish_now(ctx, publish, header, body, None)
             .map_err(|e| e.caused_by(60, 40))
     }
 
