@@ -120,12 +120,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     continue;
                 };
                 n += 1;
-                if n % 16 == 0 && d.data.len() >= 8 {
+                if n.is_multiple_of(16) && d.data.len() >= 8 {
                     let mut ts = [0u8; 8];
                     ts.copy_from_slice(&d.data[..8]);
                     local.push(now_nanos().saturating_sub(u64::from_be_bytes(ts)));
                 }
-                if !args.autoack && n % args.ack_every == 0 {
+                if !args.autoack && n.is_multiple_of(args.ack_every.max(1)) {
                     let _ = d
                         .acker
                         .ack(BasicAckOptions {

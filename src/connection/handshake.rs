@@ -93,13 +93,13 @@ fn client_cancel_notify(props: &FieldTable) -> bool {
     }
 }
 
-/// Negotiate one tune value: 0 from the client means "no limit" (take ours);
-/// more than ours is refused.
+/// Check one tune-ok value as RabbitMQ does: with a limit offered, the client
+/// may not ask for more, nor for 0 ("no limit").
 fn negotiate(name: &str, ours: u32, theirs: u32) -> Result<u32, AmqpError> {
-    if theirs == 0 {
-        return Ok(ours);
+    if ours == 0 {
+        return Ok(theirs);
     }
-    if theirs > ours {
+    if theirs == 0 || theirs > ours {
         return Err(AmqpError::connection(
             codes::NOT_ALLOWED,
             format!("failed to negotiate connection parameters: {name}={theirs} > {ours} max size"),
@@ -317,7 +317,8 @@ mod tests {
 
     #[test]
     fn tune_negotiation() {
-        assert_eq!(negotiate("frame_max", 131072, 0), Ok(131072));
+        assert!(negotiate("frame_max", 131072, 0).is_err());
+        assert_eq!(negotiate("heartbeat", 0, 30), Ok(30));
         assert_eq!(negotiate("frame_max", 131072, 8192), Ok(8192));
         assert!(negotiate("frame_max", 131072, 131073).is_err());
     }
