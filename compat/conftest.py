@@ -180,11 +180,15 @@ class Broker:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
 
-    def restart(self):
-        """Kill -9 and start again on the same data dir (the port may change)."""
+    def restart(self, graceful=False):
+        """Kill -9 (or, with graceful=True, SIGTERM and wait) and start again on the
+        same data dir.  The port may change: take params() again afterwards."""
         if self.external:
             pytest.skip("cannot restart an external broker (HOPPER_TEST_EXTERNAL)")
-        self.kill()
+        if graceful:
+            self.stop()
+        else:
+            self.kill()
         self.start()
 
     def cleanup(self):

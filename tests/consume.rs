@@ -92,8 +92,11 @@ async fn reusing_a_consumer_tag_on_a_channel_is_530() {
         .unwrap();
     let res = consume_with(&ch, &q, "dup", BasicConsumeOptions::default()).await;
     assert_code(res.map(|_| ()), 530);
-    assert_broker_healthy(&broker).await;
     drop(conn);
+    assert_broker_healthy(&broker).await;
+    let (conn, _) = connect_channel(&broker).await;
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
 }
 
 #[tokio::test]

@@ -40,6 +40,7 @@ async fn declare_with(ch: &Channel, prefix: &str, arguments: FieldTable) -> Stri
 }
 
 #[tokio::test]
+#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn queue_message_ttl_expires_messages() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -60,6 +61,7 @@ async fn queue_message_ttl_expires_messages() {
 }
 
 #[tokio::test]
+#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn per_message_expiration_expires_messages() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -81,6 +83,7 @@ async fn per_message_expiration_expires_messages() {
 }
 
 #[tokio::test]
+#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn invalid_expiration_is_406() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -104,6 +107,7 @@ async fn invalid_expiration_is_406() {
 }
 
 #[tokio::test]
+#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn invalid_ttl_argument_is_406() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -121,6 +125,7 @@ async fn invalid_ttl_argument_is_406() {
 }
 
 #[tokio::test]
+#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn rejected_messages_are_dead_lettered_with_x_death() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -204,6 +209,7 @@ async fn rejected_messages_are_dead_lettered_with_x_death() {
 }
 
 #[tokio::test]
+#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn expired_messages_are_dead_lettered_with_reason_expired() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -240,6 +246,7 @@ async fn expired_messages_are_dead_lettered_with_reason_expired() {
 }
 
 #[tokio::test]
+#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn max_length_drops_from_the_head() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -256,6 +263,7 @@ async fn max_length_drops_from_the_head() {
 }
 
 #[tokio::test]
+#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn max_length_reject_publish_nacks() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -282,6 +290,7 @@ async fn max_length_reject_publish_nacks() {
 }
 
 #[tokio::test]
+#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn unused_queue_expires() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -321,6 +330,7 @@ async fn unused_queue_expires() {
 }
 
 #[tokio::test]
+#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn priority_queue_delivers_highest_priority_first() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -355,6 +365,7 @@ async fn priority_queue_delivers_highest_priority_first() {
 }
 
 #[tokio::test]
+#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn alternate_exchange_receives_unroutable_messages() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;

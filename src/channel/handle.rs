@@ -8,8 +8,8 @@
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 
 use crate::protocol::encode;
@@ -26,20 +26,67 @@ pub enum Outbound {
     Close,
 }
 
+/// Bytes queued for a connection's socket but not yet written. Past
+/// `WRITE_HIGH` queues stop delivering to the connection's consumers; the
+/// writer kicks them again once it has caught up. This bounds the memory a
+/// slow consumer (or one in no-ack mode) can pin.
+pub const WRITE_HIGH: usize = 2 * 1024 * 1024;
+
+#[derive(Debug, Default)]
+pub struct WriteFlow {
+    pending: AtomicUsize,
+    blocked: Mutex<Vec<Weak<Queue>>>,
+}
+
+impl WriteFlow {
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// The writer wrote `n` bytes: wake the queues that held back.
+    pub fn written(&self, n: usize) {
+        self.pending.fetch_sub(n, Ordering::AcqRel);
+        if self.pending() > WRITE_HIGH {
+            return;
+        }
+        let blocked = std::mem::take(&mut *self.blocked.lock());
+        for q in blocked.iter().filter_map(Weak::upgrade) {
+            q.kick();
+        }
+    }
+
+    /// Whether a delivery may be queued now; when not, `queue` is kicked later.
+    fn admit(&self, queue: &Arc<Queue>) -> bool {
+        if self.pending() <= WRITE_HIGH {
+            return true;
+        }
+        self.blocked.lock().push(Arc::downgrade(queue));
+        // The writer may have caught up before we registered: look again.
+        self.pending() <= WRITE_HIGH
+    }
+}
+
 /// Shared facts about a connection.
 #[derive(Debug)]
 pub struct ConnHandle {
     pub id: u64,
     out: mpsc::UnboundedSender<Outbound>,
+    pub flow: Arc<WriteFlow>,
     frame_max: AtomicU32,
     cancel_notify: AtomicBool,
 }
 
 impl ConnHandle {
-    pub fn new(id: u64, out: mpsc::UnboundedSender<Outbound>, frame_max: u32) -> Self {
+    pub fn new(
+        id: u64,
+        out: mpsc::UnboundedSender<Outbound>,
+        frame_max: u32,
+        flow: Arc<WriteFlow>,
+    ) -> Self {
         ConnHandle {
             id,
             out,
+            flow,
             frame_max: AtomicU32::new(frame_max),
             cancel_notify: AtomicBool::new(false),
         }
@@ -49,7 +96,11 @@ impl ConnHandle {
     /// the frames are dropped, and the connection's own teardown returns any
     /// unacked deliveries to their queues.
     pub fn send(&self, frames: Bytes) {
-        let _ = self.out.send(Outbound::Frames(frames));
+        let n = frames.len();
+        self.flow.pending.fetch_add(n, Ordering::AcqRel);
+        if self.out.send(Outbound::Frames(frames)).is_err() {
+            self.flow.pending.fetch_sub(n, Ordering::AcqRel);
+        }
     }
 
     pub fn control(&self, msg: Outbound) {
@@ -245,6 +296,9 @@ impl Consumer {
     ) -> bool {
         let mut st = self.channel.delivery.lock();
         if st.closed || !st.flow_active {
+            return false;
+        }
+        if !self.channel.conn.flow.admit(queue) {
             return false;
         }
         if !self.no_ack {

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, VHost};
-use crate::channel::handle::{ConnHandle, Outbound};
+use crate::channel::handle::{ConnHandle, Outbound, WriteFlow};
 use crate::channel::{notify_cancelled, Channel, ConnCtx};
 use crate::error::AmqpError;
 use crate::protocol::{codes, encode, read_frame, Frame, FrameError};
@@ -63,8 +63,9 @@ where
     let (tx, rx) = mpsc::unbounded_channel();
     let id = broker.next_connection_id();
     let frame_max = broker.config.limits.frame_max;
-    let handle = Arc::new(ConnHandle::new(id, tx, frame_max));
-    let writer = tokio::spawn(writer::run(wr, rx));
+    let flow = Arc::new(WriteFlow::default());
+    let handle = Arc::new(ConnHandle::new(id, tx, frame_max, flow.clone()));
+    let writer = tokio::spawn(writer::run(wr, rx, flow));
     let mut c = Connection {
         broker,
         handle: handle.clone(),

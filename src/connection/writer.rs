@@ -6,12 +6,18 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::channel::handle::Outbound;
+use std::sync::Arc;
+
+use crate::channel::handle::{Outbound, WriteFlow};
 
 /// Stop gathering and write once this much is pending.
 const BURST: usize = 256 * 1024;
 
-pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, mut rx: UnboundedReceiver<Outbound>) {
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: UnboundedReceiver<Outbound>,
+    flow: Arc<WriteFlow>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut heartbeat: Option<Duration> = None;
     loop {
@@ -31,9 +37,13 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, mut rx: UnboundedReceiver<Out
         };
         let Some(mut msg) = first else { break };
         let mut closing = false;
+        let mut counted = 0usize;
         loop {
             match msg {
-                Outbound::Frames(b) => buf.extend_from_slice(&b),
+                Outbound::Frames(b) => {
+                    counted += b.len();
+                    buf.extend_from_slice(&b);
+                }
                 Outbound::Heartbeat(secs) => {
                     // Send well within the interval the peer waits for.
                     heartbeat = (secs > 0).then(|| {
@@ -52,9 +62,11 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, mut rx: UnboundedReceiver<Out
         }
         if !buf.is_empty() {
             if wr.write_all(&buf).await.is_err() {
+                flow.written(counted);
                 break;
             }
             buf.clear();
+            flow.written(counted);
             if buf.capacity() > 4 * BURST {
                 buf = Vec::with_capacity(64 * 1024);
             }

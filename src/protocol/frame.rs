@@ -61,6 +61,14 @@ pub enum FrameError {
     MalformedMethod { class_id: u16, method_id: u16 },
     #[error("malformed content header")]
     MalformedHeader,
+    /// A valid method with an argument the broker does not support, which
+    /// amq-protocol's parser would silently drop (basic.qos prefetch_size).
+    #[error("{text}")]
+    Unsupported {
+        class_id: u16,
+        method_id: u16,
+        text: String,
+    },
 }
 
 impl FrameError {
@@ -73,7 +81,9 @@ impl FrameError {
             | FrameError::MalformedHeader
             // RabbitMQ: "cannot decode ..." is a frame error.
             | FrameError::MalformedMethod { .. } => codes::FRAME_ERROR,
-            FrameError::UnknownMethod { .. } => codes::NOT_IMPLEMENTED,
+            FrameError::UnknownMethod { .. } | FrameError::Unsupported { .. } => {
+                codes::NOT_IMPLEMENTED
+            }
         }
     }
 
@@ -86,6 +96,11 @@ impl FrameError {
             | FrameError::MalformedMethod {
                 class_id,
                 method_id,
+            }
+            | FrameError::Unsupported {
+                class_id,
+                method_id,
+                ..
             } => (*class_id, *method_id),
             _ => (0, 0),
         }
@@ -148,6 +163,18 @@ fn parse_method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
             class_id,
             method_id,
         });
+    }
+    // basic.qos: prefetch_size is parsed and dropped by amq-protocol; RabbitMQ
+    // refuses any non-zero value.
+    if (class_id, method_id) == (60, 10) && payload.len() >= 8 {
+        let size = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+        if size != 0 {
+            return Err(FrameError::Unsupported {
+                class_id,
+                method_id,
+                text: format!("prefetch_size!=0 ({size})"),
+            });
+        }
     }
     match parse_class(payload) {
         Ok((&[], class)) => Ok(class),
