@@ -53,6 +53,13 @@ struct Args {
     duration: u64,
     #[arg(long, default_value = "perf-q")]
     queue: String,
+    /// Backlog mode: publish this many messages (confirmed) with no consumer,
+    /// then drain them with the consumers and time both phases.
+    #[arg(long, default_value_t = 0)]
+    backlog: u64,
+    /// Keep whatever the queue holds (no purge at start).
+    #[arg(long)]
+    no_purge: bool,
 }
 
 fn now_nanos() -> u64 {
@@ -76,8 +83,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         FieldTable::default(),
     )
     .await?;
-    ch.queue_purge(args.queue.as_str().into(), QueuePurgeOptions::default())
-        .await?;
+    if !args.no_purge {
+        ch.queue_purge(args.queue.as_str().into(), QueuePurgeOptions::default())
+            .await?;
+    }
+    if args.backlog > 0 {
+        return backlog(&args, &setup).await;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let published = Arc::new(AtomicU64::new(0));
@@ -227,5 +239,92 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pct(0.99)
     );
     let _ = setup.close(200, "bye".into()).await;
+    Ok(())
+}
+
+/// Publish `args.backlog` messages with confirms, then drain them with one
+/// consumer; print both rates.
+async fn backlog(args: &Args, setup: &Connection) -> Result<(), Box<dyn std::error::Error>> {
+    let ch = setup.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let props = if args.persistent {
+        BasicProperties::default().with_delivery_mode(2)
+    } else {
+        BasicProperties::default()
+    };
+    let body = vec![7u8; args.size.max(8)];
+    let window = args.confirm.max(1);
+    let start = Instant::now();
+    let mut inflight = VecDeque::new();
+    for _ in 0..args.backlog {
+        let c = ch
+            .basic_publish(
+                "".into(),
+                args.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                props.clone(),
+            )
+            .await?;
+        inflight.push_back(c);
+        while inflight.len() >= window {
+            if let Some(c) = inflight.pop_front() {
+                c.await?;
+            }
+        }
+    }
+    for c in inflight {
+        c.await?;
+    }
+    let publish_secs = start.elapsed().as_secs_f64();
+    println!(
+        "BACKLOG published {} in {:.1}s: {:.0}/s",
+        args.backlog,
+        publish_secs,
+        args.backlog as f64 / publish_secs
+    );
+    drain(args, setup, args.backlog).await
+}
+
+/// Consume `n` messages as fast as the broker delivers them.
+async fn drain(args: &Args, setup: &Connection, n: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let ch = setup.create_channel().await?;
+    if args.prefetch > 0 {
+        ch.basic_qos(args.prefetch, BasicQosOptions::default())
+            .await?;
+    }
+    let mut consumer = ch
+        .basic_consume(
+            args.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: args.autoack,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let start = Instant::now();
+    let mut got = 0u64;
+    while got < n {
+        let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await
+        else {
+            println!("drain stalled after {got} messages");
+            break;
+        };
+        got += 1;
+        if !args.autoack && got.is_multiple_of(args.ack_every.max(1)) {
+            d.acker
+                .ack(BasicAckOptions {
+                    multiple: args.ack_every > 1,
+                })
+                .await?;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "BACKLOG drained {got} in {secs:.1}s: {:.0}/s",
+        got as f64 / secs
+    );
     Ok(())
 }
