@@ -238,30 +238,16 @@ impl VHost {
         if x.kind != kind {
             return Err(mismatch("type", kind.as_str(), x.kind.as_str()));
         }
-        if x.durable != spec.durable {
-            return Err(mismatch(
-                "durable",
-                bool_text(spec.durable),
-                bool_text(x.durable),
-            ));
-        }
-        if x.auto_delete != spec.auto_delete {
-            return Err(mismatch(
-                "auto_delete",
-                bool_text(spec.auto_delete),
-                bool_text(x.auto_delete),
-            ));
-        }
-        if x.internal != spec.internal {
-            return Err(mismatch(
-                "internal",
-                bool_text(spec.internal),
-                bool_text(x.internal),
-            ));
-        }
-        if let Some((k, got, have)) =
-            args_mismatch(&spec.arguments, &x.arguments, &["alternate-exchange"])
-        {
+        if let Some((k, got, have)) = inequivalent(
+            &[
+                ("durable", spec.durable, x.durable),
+                ("auto_delete", spec.auto_delete, x.auto_delete),
+                ("internal", spec.internal, x.internal),
+            ],
+            &spec.arguments,
+            &x.arguments,
+            &["alternate-exchange"],
+        ) {
             return Err(mismatch(&k, &got, &have));
         }
         Ok(())
@@ -375,23 +361,15 @@ impl VHost {
                 q.name, self.name
             ))
         };
-        if q.durable != spec.durable {
-            return Err(mismatch(
-                "durable",
-                bool_text(spec.durable),
-                bool_text(q.durable),
-            ));
-        }
-        if q.auto_delete != spec.auto_delete {
-            return Err(mismatch(
-                "auto_delete",
-                bool_text(spec.auto_delete),
-                bool_text(q.auto_delete),
-            ));
-        }
-        if let Some((k, got, have)) =
-            args_mismatch(&spec.arguments, &q.arguments, EQUIVALENT_QUEUE_ARGS)
-        {
+        if let Some((k, got, have)) = inequivalent(
+            &[
+                ("durable", spec.durable, q.durable),
+                ("auto_delete", spec.auto_delete, q.auto_delete),
+            ],
+            &spec.arguments,
+            &q.arguments,
+            EQUIVALENT_QUEUE_ARGS,
+        ) {
             return Err(mismatch(&k, &got, &have));
         }
         Ok(())
@@ -592,6 +570,21 @@ impl VHost {
             arguments: b.arguments,
         });
     }
+}
+
+/// The first inequivalent flag (name, received, current), else the first
+/// inequivalent argument among `keys`.
+fn inequivalent(
+    flags: &[(&str, bool, bool)],
+    got: &FieldTable,
+    have: &FieldTable,
+    keys: &[&str],
+) -> Option<(String, String, String)> {
+    flags
+        .iter()
+        .find(|(_, g, h)| g != h)
+        .map(|(n, g, h)| (n.to_string(), bool_text(*g).into(), bool_text(*h).into()))
+        .or_else(|| args_mismatch(got, have, keys))
 }
 
 /// First argument among `keys` whose value differs: (name, received, current).
