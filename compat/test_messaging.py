@@ -572,3 +572,30 @@ def test_confirm_on_tx_channel_is_406(amqp):
     ch.tx_select()
     with channel_error(406):
         ch.confirm_delivery()
+
+
+def test_direct_reply_to_rpc(amqp):
+    ch = amqp.channel()
+    server_q = amqp.queue_name()
+    ch.queue_declare(server_q)
+    replies = []
+    ch.basic_consume(
+        "amq.rabbitmq.reply-to",
+        lambda c, m, p, b: replies.append((p.correlation_id, b)),
+        auto_ack=True,
+    )
+    ch.basic_publish(
+        "",
+        server_q,
+        b"ping",
+        pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="42"),
+    )
+    server = amqp.channel()
+    method, props, body = get_one(server, server_q, auto_ack=True)
+    assert body == b"ping"
+    assert props.reply_to.startswith("amq.rabbitmq.reply-to.")
+    server.basic_publish("", props.reply_to, b"pong", pika.BasicProperties(correlation_id="42"))
+    deadline = time.time() + 5
+    while not replies and time.time() < deadline:
+        ch.connection.process_data_events(time_limit=0.1)
+    assert replies == [("42", b"pong")]

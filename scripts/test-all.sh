@@ -150,7 +150,7 @@ for i in "${!STEP_NAMES[@]}"; do
     printf '  %-18s %s\n' "${STEP_NAMES[$i]}" "${STEP_RESULTS[$i]}"
 done
 printf '  %-18s %s passed, %s failed, %s ignored\n' "cargo tests" "$cargo_passed" "$cargo_failed" "$cargo_ignored"
-printf '  %-18s %s passed, %s failed, %s skipped\n' "compat tests" "$py_passed" "$py_failed" "$py_skipped"
+printf '  %-18s %s passed, %s failed, %s skipped or xfailed\n' "compat tests" "$py_passed" "$py_failed" "$py_skipped"
 echo
 if [[ $FAILED -ne 0 ]]; then
     echo "RESULT: FAILED"

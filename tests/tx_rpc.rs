@@ -135,7 +135,6 @@ async fn confirm_and_tx_are_mutually_exclusive_406() {
 }
 
 #[tokio::test]
-#[ignore = "direct reply-to (amq.rabbitmq.reply-to) not implemented yet"]
 async fn direct_reply_to_rpc_round_trip() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -215,7 +214,6 @@ async fn direct_reply_to_rpc_round_trip() {
 }
 
 #[tokio::test]
-#[ignore = "direct reply-to (amq.rabbitmq.reply-to) not implemented yet"]
 async fn publishing_with_reply_to_pseudo_queue_without_consuming_is_406() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;

@@ -16,6 +16,8 @@ pub struct Broker {
     pub config: Config,
     pub vhosts: DashMap<String, Arc<VHost>>,
     pub store: Arc<dyn Store>,
+    /// Direct reply-to: routing token → the channel whose consumer gets replies.
+    pub reply_channels: DashMap<String, std::sync::Weak<crate::channel::handle::ChannelHandle>>,
     next_conn_id: AtomicU64,
     next_msg_id: AtomicU64,
 }
@@ -36,6 +38,7 @@ impl Broker {
             vhosts,
             next_msg_id: AtomicU64::new(store.max_message_id() + 1),
             store,
+            reply_channels: DashMap::new(),
             next_conn_id: AtomicU64::new(1),
         });
         broker.restore(recovered);

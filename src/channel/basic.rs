@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use super::handle::{Consumer, Unacked};
+use super::reply_to;
 use super::tx::TxCommit;
 use super::{delete_auto_queue, requeue_all, Channel, ConnCtx};
 use crate::broker::vhost::random_name;
@@ -37,6 +38,16 @@ impl Channel {
         body: Bytes,
         commit: Option<&Arc<TxCommit>>,
     ) -> AmqpResult<()> {
+        let mut header = header;
+        let reply = self.handle.delivery.lock().reply_consumer.clone();
+        if let Some(raw) = reply_to::rewrite_request(&mut header.properties, reply.as_ref())? {
+            header.raw_properties = raw;
+        }
+        if p.exchange.as_str().is_empty() {
+            if let Some(token) = p.routing_key.as_str().strip_prefix(reply_to::REPLY_PREFIX) {
+                return self.publish_reply(ctx, &p, token, &header, &body);
+            }
+        }
         let x = ctx.vhost.exchange(p.exchange.as_str())?;
         if x.internal {
             return Err(AmqpError::access_refused(format!(
@@ -63,25 +74,7 @@ impl Channel {
         );
         if queues.is_empty() {
             if p.mandatory {
-                let mut out = BytesMut::with_capacity(body.len() + 128);
-                encode::method(
-                    &mut out,
-                    self.id(),
-                    &AMQPClass::Basic(b::AMQPMethod::Return(b::Return {
-                        reply_code: codes::NO_ROUTE,
-                        reply_text: "NO_ROUTE".into(),
-                        exchange: p.exchange.clone(),
-                        routing_key: p.routing_key.clone(),
-                    })),
-                );
-                encode::content(
-                    &mut out,
-                    self.id(),
-                    &header.raw_properties,
-                    &body,
-                    self.handle.conn.frame_max(),
-                );
-                self.handle.conn.send(out.freeze());
+                self.send_return(&p, &header, &body);
             }
             if let Some(seq) = seq {
                 self.handle.confirms.lock().complete(seq, true);
@@ -152,6 +145,58 @@ impl Channel {
         Ok(())
     }
 
+    /// A reply to a direct reply-to request: straight to the requester's channel.
+    fn publish_reply(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        p: &b::Publish,
+        token: &str,
+        header: &ContentHeader,
+        body: &Bytes,
+    ) -> AmqpResult<()> {
+        let seq = {
+            let mut c = self.handle.confirms.lock();
+            c.enabled.then(|| c.register())
+        };
+        let target = ctx
+            .broker
+            .reply_channels
+            .get(token)
+            .and_then(|w| w.upgrade());
+        let delivered = target.is_some_and(|t| {
+            reply_to::deliver_reply(&t, p.routing_key.as_str(), &header.raw_properties, body)
+        });
+        if !delivered && p.mandatory {
+            self.send_return(p, header, body);
+        }
+        if let Some(seq) = seq {
+            self.handle.confirms.lock().complete(seq, true);
+        }
+        Ok(())
+    }
+
+    fn send_return(&self, p: &b::Publish, header: &ContentHeader, body: &Bytes) {
+        let mut out = BytesMut::with_capacity(body.len() + 128);
+        encode::method(
+            &mut out,
+            self.id(),
+            &AMQPClass::Basic(b::AMQPMethod::Return(b::Return {
+                reply_code: codes::NO_ROUTE,
+                reply_text: "NO_ROUTE".into(),
+                exchange: p.exchange.clone(),
+                routing_key: p.routing_key.clone(),
+            })),
+        );
+        encode::content(
+            &mut out,
+            self.id(),
+            &header.raw_properties,
+            body,
+            self.handle.conn.frame_max(),
+        );
+        self.handle.conn.send(out.freeze());
+    }
+
     pub(super) fn qos(&mut self, ctx: &mut ConnCtx<'_>, m: b::Qos) -> AmqpResult<()> {
         let queues: Vec<Arc<Queue>> = {
             let mut d = self.handle.delivery.lock();
@@ -172,6 +217,9 @@ impl Channel {
     }
 
     pub(super) fn consume(&mut self, ctx: &mut ConnCtx<'_>, m: b::Consume) -> AmqpResult<()> {
+        if m.queue.as_str() == reply_to::PSEUDO_QUEUE {
+            return self.consume_replies(ctx, m);
+        }
         let name = self.queue_name(m.queue.as_str())?;
         let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
         let tag = if m.consumer_tag.as_str().is_empty() {
@@ -216,7 +264,53 @@ impl Channel {
         Ok(())
     }
 
+    /// basic.consume on amq.rabbitmq.reply-to.
+    fn consume_replies(&mut self, ctx: &mut ConnCtx<'_>, m: b::Consume) -> AmqpResult<()> {
+        if !m.no_ack {
+            return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+        }
+        let tag = if m.consumer_tag.as_str().is_empty() {
+            random_name("amq.ctag-")
+        } else {
+            m.consumer_tag.as_str().to_string()
+        };
+        {
+            let mut d = self.handle.delivery.lock();
+            if d.reply_consumer.is_some() {
+                return Err(AmqpError::precondition("reply consumer already set"));
+            }
+            if d.consumers.contains_key(&tag) {
+                return Err(AmqpError::connection(
+                    codes::NOT_ALLOWED,
+                    format!("attempt to reuse consumer tag '{tag}'"),
+                ));
+            }
+            let token = random_name("");
+            ctx.broker
+                .reply_channels
+                .insert(token.clone(), Arc::downgrade(&self.handle));
+            d.reply_consumer = Some(reply_to::ReplyConsumer {
+                tag: tag.clone(),
+                token,
+            });
+        }
+        if !m.nowait {
+            self.reply(AMQPClass::Basic(b::AMQPMethod::ConsumeOk(b::ConsumeOk {
+                consumer_tag: short(&tag),
+            })));
+        }
+        Ok(())
+    }
+
     pub(super) fn cancel(&mut self, ctx: &mut ConnCtx<'_>, m: b::Cancel) -> AmqpResult<()> {
+        {
+            let mut d = self.handle.delivery.lock();
+            if d.reply_consumer.as_ref().map(|r| r.tag.as_str()) == Some(m.consumer_tag.as_str()) {
+                if let Some(r) = d.reply_consumer.take() {
+                    ctx.broker.reply_channels.remove(&r.token);
+                }
+            }
+        }
         let consumer = self
             .handle
             .delivery

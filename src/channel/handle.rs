@@ -145,6 +145,8 @@ pub struct DeliveryState {
     pub flow_active: bool,
     pub closed: bool,
     pub consumers: HashMap<String, Arc<Consumer>>,
+    /// The direct reply-to consumer of this channel, if any.
+    pub reply_consumer: Option<super::reply_to::ReplyConsumer>,
 }
 
 /// Publisher confirm bookkeeping for one channel.
@@ -245,6 +247,7 @@ impl ChannelHandle {
                 flow_active: true,
                 closed: false,
                 consumers: HashMap::new(),
+                reply_consumer: None,
             }),
             confirms: Mutex::new(ConfirmState::default()),
         }

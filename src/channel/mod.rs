@@ -6,6 +6,7 @@
 mod basic;
 mod definitions;
 pub mod handle;
+pub mod reply_to;
 mod tx;
 
 use amq_protocol::protocol::{
@@ -331,11 +332,14 @@ impl Channel {
 
     /// Close the channel: cancel its consumers (deleting auto-delete queues
     /// they leave empty) and return unacked deliveries to their queues.
-    pub fn teardown(&mut self, vhost: Option<&Arc<VHost>>) {
+    pub fn teardown(&mut self, ctx_broker: &Broker, vhost: Option<&Arc<VHost>>) {
         self.assembly = None;
         let (consumers, unacked) = {
             let mut d = self.handle.delivery.lock();
             d.closed = true;
+            if let Some(r) = d.reply_consumer.take() {
+                ctx_broker.reply_channels.remove(&r.token);
+            }
             (
                 std::mem::take(&mut d.consumers),
                 std::mem::take(&mut d.unacked),

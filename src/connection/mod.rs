@@ -240,7 +240,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             (Some(Slot::Closing), _) => Ok(()),
             (Some(Slot::Open(_)), AMQPClass::Channel(ch::AMQPMethod::Close(_))) => {
                 if let Some(Slot::Open(mut c)) = self.channels.remove(&channel) {
-                    c.teardown(self.vhost.as_ref());
+                    c.teardown(&self.broker, self.vhost.as_ref());
                 }
                 self.send_method(
                     channel,
@@ -325,7 +325,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 if let Some(Slot::Open(mut c)) = self.channels.insert(channel, Slot::Closing) {
                     // Confirms for publishes completed before the error still go out.
                     c.handle.flush_confirms();
-                    c.teardown(self.vhost.as_ref());
+                    c.teardown(&self.broker, self.vhost.as_ref());
                 }
                 self.send_method(
                     channel,
@@ -441,7 +441,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let vhost = self.vhost.take();
         for (_, slot) in self.channels.drain() {
             if let Slot::Open(mut c) = slot {
-                c.teardown(vhost.as_ref());
+                c.teardown(&self.broker, vhost.as_ref());
             }
         }
         if let Some(v) = vhost.as_ref() {
