@@ -16,6 +16,7 @@ restart the broker are skipped in that mode.
 """
 
 import ctypes
+import glob
 import os
 import re
 import select
@@ -45,6 +46,10 @@ def hopper_binary():
     if os.environ.get("CARGO_TARGET_DIR"):
         candidates.append(os.path.join(os.environ["CARGO_TARGET_DIR"], "debug", "hopper"))
     candidates.append(os.path.expanduser("~/.cache/hopper-target/debug/hopper"))
+    # builds made with an explicit --target <triple>
+    for base in list(candidates):
+        target_dir = os.path.dirname(os.path.dirname(base))
+        candidates.extend(sorted(glob.glob(os.path.join(target_dir, "*", "debug", "hopper"))))
     for path in candidates:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path

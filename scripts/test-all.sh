@@ -3,7 +3,7 @@
 #   1. system packages needed to build (clang/libclang for RocksDB's bindgen, g++, python venv)
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo test (all in the dev profile,
 #      so RocksDB is compiled once, into $CARGO_TARGET_DIR)
-#   3. cargo build --bin hopper, then the Python compatibility suite (compat/, pika)
+#   3. cargo build --all-targets (no-op after cargo test), then the Python compatibility suite (compat/, pika)
 #      against that binary, in a venv at $HOPPER_VENV (default ~/.cache/hopper-venv).
 # Every step runs even if an earlier one failed (except the compat suite, which needs
 # the binary); the script ends with a summary and exits non-zero if anything failed.
