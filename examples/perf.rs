@@ -60,6 +60,12 @@ struct Args {
     /// Keep whatever the queue holds (no purge at start).
     #[arg(long)]
     no_purge: bool,
+    /// Backlog mode: stop after publishing (e.g. to restart the broker before draining).
+    #[arg(long)]
+    publish_only: bool,
+    /// Drain this many messages from the queue as fast as possible, then exit.
+    #[arg(long, default_value_t = 0)]
+    drain: u64,
 }
 
 fn now_nanos() -> u64 {
@@ -89,6 +95,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.backlog > 0 {
         return backlog(&args, &setup).await;
+    }
+    if args.drain > 0 {
+        return drain(&args, &setup, args.drain).await;
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -283,6 +292,9 @@ async fn backlog(args: &Args, setup: &Connection) -> Result<(), Box<dyn std::err
         publish_secs,
         args.backlog as f64 / publish_secs
     );
+    if args.publish_only {
+        return Ok(());
+    }
     drain(args, setup, args.backlog).await
 }
 

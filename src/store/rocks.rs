@@ -97,12 +97,22 @@ impl RocksStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        let mut msg_opts = Options::default();
+        // Bounded memory and a short WAL to replay at boot: memtables are
+        // flushed well before RocksDB's 64 MiB-per-table defaults would.
+        opts.set_max_total_wal_size(64 * 1024 * 1024);
+        opts.set_db_write_buffer_size(64 * 1024 * 1024);
+        let small = |size: usize| {
+            let mut o = Options::default();
+            o.set_write_buffer_size(size);
+            o.set_max_write_buffer_number(2);
+            o
+        };
+        let mut msg_opts = small(32 * 1024 * 1024);
         msg_opts.set_compression_type(rocksdb::DBCompressionType::None);
         let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_DEFINITIONS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_DEFINITIONS, small(4 * 1024 * 1024)),
             ColumnFamilyDescriptor::new(CF_MESSAGES, msg_opts),
-            ColumnFamilyDescriptor::new(CF_INDEX, Options::default()),
+            ColumnFamilyDescriptor::new(CF_INDEX, small(8 * 1024 * 1024)),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             let text = e.to_string();
