@@ -1046,8 +1046,12 @@ async fn definitions_round_trip_kill9() {
         )
         .await;
         check_routing(&conn, &d, "before", true).await;
-        drop(conn);
+        let _ = conn.close(200, "bye".into()).await;
     }
+    // check_routing consumed what it published; those removals are written
+    // without an fsync of their own (a lost one is a redelivery, not a loss),
+    // so let them reach the store before the kill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     broker.kill9();
     broker.restart();
 

@@ -153,3 +153,42 @@ async fn deep_queue_reads_paged_out_messages_back_in_order() {
     assert!(get(&ch, &q, true).await.is_none());
     let _ = conn.close(200, "bye".into()).await;
 }
+
+/// Start the broker on `dir` and expect it to refuse: non-zero exit, no
+/// listening line, and an error naming the data directory.
+fn expect_refusal(dir: &std::path::Path) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hopper"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hopper");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(_status) = child.try_wait().expect("wait") {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("broker kept running on a corrupt store");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    assert!(!stdout.contains("listening"), "it started: {stdout}");
+    stderr
+}
+
+/// A store RocksDB cannot open is a clear error at start, never an empty broker.
+#[test]
+fn unreadable_store_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("CURRENT"), b"MANIFEST-999999\n").expect("write");
+    let err = expect_refusal(dir.path());
+    assert!(err.contains("data directory"), "{err}");
+}

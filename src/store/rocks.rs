@@ -97,6 +97,9 @@ impl RocksStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // A torn last record (crash mid-write: never confirmed) is dropped;
+        // corruption anywhere else refuses to open instead of losing data quietly.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         // Bounded memory and a short WAL to replay at boot: memtables are
         // flushed well before RocksDB's 64 MiB-per-table defaults would.
         opts.set_max_total_wal_size(64 * 1024 * 1024);
