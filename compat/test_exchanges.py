@@ -292,7 +292,6 @@ def test_exchange_to_exchange_binding(amqp):
         ch.basic_publish(src, "orders.new", b"x", mandatory=True)
 
 
-@pytest.mark.hopper_todo("alternate exchanges")
 def test_alternate_exchange_receives_unroutable(amqp):
     ch = amqp.channel(confirm=True)
     x, ae = amqp.exchange_name(), amqp.exchange_name()

@@ -238,7 +238,6 @@ def test_deleting_queue_cancels_its_consumers(amqp):
     assert ch.is_open
 
 
-@pytest.mark.hopper_todo("queue length limits")
 def test_max_length_drops_oldest(amqp):
     ch = amqp.channel(confirm=True)
     q = amqp.queue_name()

@@ -246,7 +246,6 @@ async fn expired_messages_are_dead_lettered_with_reason_expired() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn max_length_drops_from_the_head() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -263,7 +262,6 @@ async fn max_length_drops_from_the_head() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn max_length_reject_publish_nacks() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -365,7 +363,6 @@ async fn priority_queue_delivers_highest_priority_first() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn alternate_exchange_receives_unroutable_messages() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -435,4 +432,26 @@ async fn alternate_exchange_receives_unroutable_messages() {
     delete_exchange(&conn, &x).await;
     delete_exchange(&conn, &ae).await;
     let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn invalid_length_limit_arguments_are_406() {
+    let broker = Broker::start();
+    for bad in [
+        args(&[("x-max-length", AMQPValue::LongInt(-1))]),
+        args(&[("x-max-length", s("ten"))]),
+        args(&[("x-overflow", s("drop-tail"))]),
+    ] {
+        let (conn, ch) = connect_channel(&broker).await;
+        let name = unique("bad-limit");
+        assert_code(
+            within(
+                "queue.declare",
+                ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), bad),
+            )
+            .await,
+            406,
+        );
+        let _ = conn.close(200, "bye".into()).await;
+    }
 }

@@ -308,6 +308,7 @@ impl VHost {
             let (m, c) = (q.message_count(), q.consumer_count());
             return Ok((q, m, c));
         }
+        validate_queue_arguments(&spec.name, &self.name, &spec.arguments)?;
         let name = if spec.name.is_empty() {
             random_name("amq.gen-")
         } else {
@@ -478,6 +479,35 @@ impl VHost {
         Ok(())
     }
 
+    /// Route through `x`; when nothing matches, through its alternate exchange
+    /// (and that one's, never looping), as RabbitMQ does.
+    pub fn route_with_alternates(
+        &self,
+        x: &Arc<Exchange>,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> Vec<Arc<Queue>> {
+        let mut x = x.clone();
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            let queues = self.route(&x, routing_key, headers);
+            if !queues.is_empty() {
+                return queues;
+            }
+            let Some(ae) = x.alternate_exchange() else {
+                return queues;
+            };
+            if seen.contains(&ae) || ae == x.name {
+                return queues;
+            }
+            let Some(next) = self.exchanges.get(&ae).map(|e| e.clone()) else {
+                return queues;
+            };
+            seen.push(x.name.clone());
+            x = next;
+        }
+    }
+
     /// The queues a message goes to (deduplicated), following exchange-to-
     /// exchange bindings without looping. The default exchange routes to the
     /// queue named by the routing key.
@@ -570,6 +600,35 @@ impl VHost {
             arguments: b.arguments,
         });
     }
+}
+
+/// RabbitMQ's checks of the queue arguments Hopper acts on.
+fn validate_queue_arguments(queue: &str, vhost: &str, args: &FieldTable) -> AmqpResult<()> {
+    let invalid = |k: &str, why: String| {
+        AmqpError::precondition(format!(
+            "invalid arg '{k}' for queue '{queue}' in vhost '{vhost}': {why}"
+        ))
+    };
+    if let Some(v) = args.inner().get("x-max-length") {
+        if crate::queue::as_u64(v).is_none() {
+            return Err(invalid(
+                "x-max-length",
+                format!("{{value_negative_or_not_integer,{}}}", arg_text(Some(v))),
+            ));
+        }
+    }
+    if let Some(v) = args.inner().get("x-overflow") {
+        match crate::queue::as_text(v).as_deref() {
+            Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
+            _ => {
+                return Err(invalid(
+                    "x-overflow",
+                    format!("{{unknown_overflow_value,{}}}", arg_text(Some(v))),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The first inequivalent flag (name, received, current), else the first

@@ -67,7 +67,7 @@ impl Channel {
             let mut c = self.handle.confirms.lock();
             c.enabled.then(|| c.register())
         };
-        let queues = ctx.vhost.route(
+        let queues = ctx.vhost.route_with_alternates(
             &x,
             p.routing_key.as_str(),
             header.properties.headers().as_ref(),
@@ -89,29 +89,45 @@ impl Channel {
             header.raw_properties,
             body,
         ));
-        let stored: Vec<_> = if msg.is_persistent() {
+        let stores = |q: &Arc<Queue>| q.durable && q.exclusive_owner.is_none();
+        let persistent = msg.is_persistent();
+        // Persistent: queues hold the message back until the synced write
+        // returns; then it is delivered and confirmed, or withdrawn and nacked.
+        if persistent && queues.iter().any(stores) {
+            msg.mark_pending();
+        }
+        let mut accepted = Vec::with_capacity(queues.len());
+        let mut refused = false;
+        for q in queues {
+            if q.enqueue(msg.clone()) {
+                accepted.push(q);
+            } else {
+                refused = true;
+            }
+        }
+        let queues = accepted;
+        let stored: Vec<_> = if persistent {
             queues
                 .iter()
-                .filter(|q| q.durable && q.exclusive_owner.is_none())
+                .filter(|q| stores(q))
                 .map(|q| q.key())
                 .collect()
         } else {
             Vec::new()
         };
         if stored.is_empty() {
-            for q in &queues {
-                q.enqueue(msg.clone());
+            if !msg.is_deliverable() {
+                // Every durable queue refused it: nothing to write after all.
+                msg.mark_stored();
+                for q in &queues {
+                    q.kick();
+                }
             }
             if let Some(seq) = seq {
-                self.handle.confirms.lock().complete(seq, true);
+                // A queue that refused the message (full, reject-publish) nacks it.
+                self.handle.confirms.lock().complete(seq, !refused);
             }
             return Ok(());
-        }
-        // Persistent: queues hold the message back until the synced write
-        // returns; then it is delivered and confirmed, or withdrawn and nacked.
-        msg.mark_pending();
-        for q in &queues {
-            q.enqueue(msg.clone());
         }
         let handle = self.handle.clone();
         let m = msg.clone();
@@ -135,7 +151,7 @@ impl Channel {
                     }
                 }
                 if let Some(seq) = seq {
-                    handle.complete_confirm(seq, ok);
+                    handle.complete_confirm(seq, ok && !refused);
                 }
                 if let Some(c) = commit {
                     c.done(ok);

@@ -102,6 +102,14 @@ impl Exchange {
         }
     }
 
+    /// The `alternate-exchange` argument: where unroutable messages go.
+    pub fn alternate_exchange(&self) -> Option<String> {
+        self.arguments
+            .inner()
+            .get("alternate-exchange")
+            .and_then(crate::queue::as_text)
+    }
+
     /// Add a binding; false if the same one exists already.
     pub fn bind(&self, b: Binding) -> bool {
         let mut bs = self.bindings.write();

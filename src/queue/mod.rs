@@ -88,10 +88,65 @@ pub struct Queue {
     store: Arc<dyn Store>,
     /// Past this many bytes in memory, stored messages are paged out.
     memory_limit: usize,
+    limits: Limits,
     /// Set once deleted; read without the state lock (acks of deliveries that
     /// outlive their queue must not touch the store: the queue's entries are gone).
     gone: AtomicBool,
     state: Mutex<QueueState>,
+}
+
+/// What a full queue (`x-max-length`) does with one more message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop (or later dead-letter) the oldest ready message.
+    DropHead,
+    /// Refuse the new message; its publisher gets basic.nack.
+    RejectPublish,
+}
+
+/// Limits read from the queue's arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_length: Option<u64>,
+    pub overflow: Overflow,
+}
+
+impl Limits {
+    pub fn from_arguments(args: &FieldTable) -> Limits {
+        let max_length = args.inner().get("x-max-length").and_then(as_u64);
+        let overflow = match args.inner().get("x-overflow").and_then(as_text).as_deref() {
+            Some("reject-publish") | Some("reject-publish-dlx") => Overflow::RejectPublish,
+            _ => Overflow::DropHead,
+        };
+        Limits {
+            max_length,
+            overflow,
+        }
+    }
+}
+
+/// A non-negative integer argument of any AMQP integer type.
+pub fn as_u64(v: &amq_protocol::types::AMQPValue) -> Option<u64> {
+    use amq_protocol::types::AMQPValue as V;
+    match v {
+        V::ShortShortInt(x) => u64::try_from(*x).ok(),
+        V::ShortShortUInt(x) => Some(*x as u64),
+        V::ShortInt(x) => u64::try_from(*x).ok(),
+        V::ShortUInt(x) => Some(*x as u64),
+        V::LongInt(x) => u64::try_from(*x).ok(),
+        V::LongUInt(x) => Some(*x as u64),
+        V::LongLongInt(x) => u64::try_from(*x).ok(),
+        _ => None,
+    }
+}
+
+pub fn as_text(v: &amq_protocol::types::AMQPValue) -> Option<String> {
+    use amq_protocol::types::AMQPValue as V;
+    match v {
+        V::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        V::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
 }
 
 /// Bytes of messages a queue keeps in memory before paging stored ones out.
@@ -113,6 +168,7 @@ impl Queue {
         arguments: FieldTable,
         store: Arc<dyn Store>,
     ) -> Self {
+        let limits = Limits::from_arguments(&arguments);
         Queue {
             name,
             vhost,
@@ -122,6 +178,7 @@ impl Queue {
             arguments,
             store,
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            limits,
             gone: AtomicBool::new(false),
             state: Mutex::new(QueueState {
                 ready: VecDeque::new(),
@@ -163,10 +220,17 @@ impl Queue {
     }
 
     /// Append a message and deliver what can be delivered.
-    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) {
+    /// Returns false when the queue refused the message (deleted, or full
+    /// with `x-overflow = reject-publish`).
+    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> bool {
         let mut st = self.state.lock();
         if st.deleted {
-            return;
+            return false;
+        }
+        if let Some(max) = self.limits.max_length {
+            if self.limits.overflow == Overflow::RejectPublish && st.ready.len() as u64 >= max {
+                return false;
+            }
         }
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -178,6 +242,16 @@ impl Queue {
         st.mem_bytes += e.mem_bytes();
         st.ready.push_back(e);
         self.pump(&mut st);
+        if let Some(max) = self.limits.max_length {
+            while st.ready.len() as u64 > max {
+                let Some(old) = st.ready.pop_front() else {
+                    break;
+                };
+                st.mem_bytes -= old.mem_bytes();
+                self.settled(&old);
+            }
+        }
+        true
     }
 
     /// Append recovered messages (by id; bodies stay in the store until a
