@@ -260,7 +260,6 @@ def test_priority_queue_delivers_highest_first(amqp):
     assert bodies == [b"high", b"high2", b"mid", b"low", b"none"]
 
 
-@pytest.mark.hopper_todo("message TTL")
 def test_message_ttl_queue_argument(amqp):
     ch = amqp.channel(confirm=True)
     q = amqp.queue_name()
@@ -271,7 +270,6 @@ def test_message_ttl_queue_argument(amqp):
     assert message_count(ch, q) == 0
 
 
-@pytest.mark.hopper_todo("message TTL")
 def test_per_message_expiration(amqp):
     ch = amqp.channel(confirm=True)
     q = amqp.queue_name()
@@ -285,7 +283,6 @@ def test_per_message_expiration(amqp):
     assert ch.basic_get(q) == (None, None, None)
 
 
-@pytest.mark.hopper_todo("dead-lettering")
 def test_dead_letter_on_reject(amqp):
     ch = amqp.channel(confirm=True)
     dlx = amqp.exchange_name()

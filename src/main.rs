@@ -66,7 +66,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         writeln!(out, "hopper listening on {addr}")?;
         out.flush()?;
     }
+    let sweeper = tokio::spawn(hopper::queue::deadletter::sweeper(broker.clone()));
     hopper::server::run(listener, broker.clone(), shutdown_signal()).await;
+    sweeper.abort();
     broker.store.shutdown();
     Ok(())
 }

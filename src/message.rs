@@ -21,6 +21,8 @@ pub struct Message {
     pub properties: AMQPProperties,
     pub raw_properties: Bytes,
     pub body: Bytes,
+    /// Per-message TTL from the `expiration` property, in milliseconds.
+    pub ttl: Option<u64>,
     store_state: AtomicU8,
 }
 
@@ -40,8 +42,14 @@ impl Message {
             properties,
             raw_properties,
             body,
+            ttl: None,
             store_state: AtomicU8::new(READY),
         }
+    }
+
+    pub fn with_ttl(mut self, ttl: Option<u64>) -> Self {
+        self.ttl = ttl;
+        self
     }
 
     /// delivery-mode 2.

@@ -40,7 +40,6 @@ async fn declare_with(ch: &Channel, prefix: &str, arguments: FieldTable) -> Stri
 }
 
 #[tokio::test]
-#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn queue_message_ttl_expires_messages() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -61,7 +60,6 @@ async fn queue_message_ttl_expires_messages() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn per_message_expiration_expires_messages() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -83,7 +81,6 @@ async fn per_message_expiration_expires_messages() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn invalid_expiration_is_406() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -107,7 +104,6 @@ async fn invalid_expiration_is_406() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn invalid_ttl_argument_is_406() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -125,7 +121,6 @@ async fn invalid_ttl_argument_is_406() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn rejected_messages_are_dead_lettered_with_x_death() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -209,7 +204,6 @@ async fn rejected_messages_are_dead_lettered_with_x_death() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
 async fn expired_messages_are_dead_lettered_with_reason_expired() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -288,7 +282,7 @@ async fn max_length_reject_publish_nacks() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
+#[ignore = "issue 4: not implemented yet"]
 async fn unused_queue_expires() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -328,7 +322,7 @@ async fn unused_queue_expires() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: TTL, dead-lettering, length limits, priorities, AE not implemented yet"]
+#[ignore = "issue 4: not implemented yet"]
 async fn priority_queue_delivers_highest_priority_first() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -454,4 +448,83 @@ async fn invalid_length_limit_arguments_are_406() {
         );
         let _ = conn.close(200, "bye".into()).await;
     }
+}
+
+/// A message's expiry is stored with it: after a restart it still expires.
+#[tokio::test]
+async fn message_ttl_survives_restart() {
+    let mut broker = Broker::start();
+    if broker.is_external() {
+        return;
+    }
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = unique("ttl-durable");
+    within(
+        "queue.declare",
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args(&[("x-message-ttl", AMQPValue::LongInt(2500))]),
+        ),
+    )
+    .await
+    .expect("declare");
+    confirm_select(&ch).await;
+    let c = publish_confirmed(
+        &ch,
+        "",
+        &q,
+        b"short-lived",
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await;
+    assert!(c.is_ack());
+    let _ = conn.close(200, "bye".into()).await;
+    broker.kill9();
+    broker.restart();
+    let (conn, ch) = connect_channel(&broker).await;
+    assert_eq!(message_count(&ch, &q).await, 1, "expired too early");
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(
+        get(&ch, &q, true).await.is_none(),
+        "outlived its TTL after a restart"
+    );
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// Two queues dead-lettering expired messages into each other: the message
+/// is dropped when it comes round (no rejection in the cycle), never loops.
+#[tokio::test]
+async fn dead_letter_cycle_without_rejection_is_dropped() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let a = unique("cycle-a");
+    let b = unique("cycle-b");
+    for (q, next) in [(&a, &b), (&b, &a)] {
+        within(
+            "queue.declare",
+            ch.queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions::default(),
+                args(&[
+                    ("x-message-ttl", AMQPValue::LongInt(50)),
+                    ("x-dead-letter-exchange", s("")),
+                    ("x-dead-letter-routing-key", s(next)),
+                ]),
+            ),
+        )
+        .await
+        .expect("declare");
+    }
+    fill_queue(&conn, &a, &[b"round and round"]).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(message_count(&ch, &a).await, 0);
+    assert_eq!(message_count(&ch, &b).await, 0);
+    assert_broker_healthy(&broker).await;
+    delete_queue(&conn, &a).await;
+    delete_queue(&conn, &b).await;
+    let _ = conn.close(200, "bye".into()).await;
 }

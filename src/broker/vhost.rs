@@ -565,7 +565,7 @@ impl VHost {
         );
     }
 
-    pub fn restore_queue(&self, d: QueueDef, msgs: Vec<u64>) {
+    pub fn restore_queue(&self, d: QueueDef, msgs: Vec<(u64, u64)>) {
         let q = Arc::new(Queue::new(
             d.name.clone(),
             self.name.clone(),
@@ -615,6 +615,24 @@ fn validate_queue_arguments(queue: &str, vhost: &str, args: &FieldTable) -> Amqp
                 "x-max-length",
                 format!("{{value_negative_or_not_integer,{}}}", arg_text(Some(v))),
             ));
+        }
+    }
+    if let Some(v) = args.inner().get("x-message-ttl") {
+        if crate::queue::as_u64(v).is_none() {
+            return Err(invalid(
+                "x-message-ttl",
+                format!("{{value_negative_or_not_integer,{}}}", arg_text(Some(v))),
+            ));
+        }
+    }
+    for k in ["x-dead-letter-exchange", "x-dead-letter-routing-key"] {
+        if let Some(v) = args.inner().get(k) {
+            if crate::queue::as_text(v).is_none() {
+                return Err(invalid(
+                    k,
+                    format!("{{not_a_string,{}}}", arg_text(Some(v))),
+                ));
+            }
         }
     }
     if let Some(v) = args.inner().get("x-overflow") {

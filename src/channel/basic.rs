@@ -15,6 +15,7 @@ use crate::broker::vhost::random_name;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
 use crate::protocol::{codes, encode, short, ContentHeader};
+use crate::queue::deadletter;
 use crate::queue::Queue;
 
 impl Channel {
@@ -81,14 +82,23 @@ impl Channel {
             }
             return Ok(());
         }
-        let msg = Arc::new(Message::new(
-            ctx.broker.next_message_id(),
-            p.exchange.as_str().to_string(),
-            p.routing_key.as_str().to_string(),
-            header.properties,
-            header.raw_properties,
-            body,
-        ));
+        let ttl = match header.properties.expiration() {
+            None => None,
+            Some(e) => Some(e.as_str().parse::<u64>().map_err(|_| {
+                AmqpError::precondition(format!("invalid expiration '{}': {{error,no_integer}}", e))
+            })?),
+        };
+        let msg = Arc::new(
+            Message::new(
+                ctx.broker.next_message_id(),
+                p.exchange.as_str().to_string(),
+                p.routing_key.as_str().to_string(),
+                header.properties,
+                header.raw_properties,
+                body,
+            )
+            .with_ttl(ttl),
+        );
         let stores = |q: &Arc<Queue>| q.durable && q.exclusive_owner.is_none();
         let persistent = msg.is_persistent();
         // Persistent: queues hold the message back until the synced write
@@ -97,24 +107,24 @@ impl Channel {
             msg.mark_pending();
         }
         let mut accepted = Vec::with_capacity(queues.len());
+        let mut stored = Vec::new();
         let mut refused = false;
         for q in queues {
-            if q.enqueue(msg.clone()) {
-                accepted.push(q);
-            } else {
-                refused = true;
+            match q.enqueue(msg.clone()) {
+                Some(expires_at) => {
+                    if persistent && stores(&q) {
+                        stored.push((q.key(), expires_at));
+                    }
+                    accepted.push(q);
+                }
+                None => refused = true,
             }
         }
         let queues = accepted;
-        let stored: Vec<_> = if persistent {
-            queues
-                .iter()
-                .filter(|q| stores(q))
-                .map(|q| q.key())
-                .collect()
-        } else {
-            Vec::new()
-        };
+        for q in &queues {
+            // x-max-length may have dropped a head message to its dead-letter exchange.
+            deadletter::flush(ctx.broker, ctx.vhost, q);
+        }
         if stored.is_empty() {
             if !msg.is_deliverable() {
                 // Every durable queue refused it: nothing to write after all.
@@ -389,11 +399,17 @@ impl Channel {
         self.ack_now(tag, multiple)
     }
 
-    pub(super) fn reject(&mut self, tag: u64, multiple: bool, requeue: bool) -> AmqpResult<()> {
+    pub(super) fn reject(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> AmqpResult<()> {
         if self.tx_hold_settle(tag, multiple, Some(requeue)) {
             return Ok(());
         }
-        self.reject_now(tag, multiple, requeue)
+        self.reject_now(ctx, tag, multiple, requeue)
     }
 
     pub(super) fn ack_now(&mut self, tag: u64, multiple: bool) -> AmqpResult<()> {
@@ -410,7 +426,13 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn reject_now(&mut self, tag: u64, multiple: bool, requeue: bool) -> AmqpResult<()> {
+    pub(super) fn reject_now(
+        &mut self,
+        ctx: &mut ConnCtx<'_>,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> AmqpResult<()> {
         let taken = self.take_unacked(tag, multiple)?;
         let mut touched: HashMap<*const Queue, Arc<Queue>> = HashMap::new();
         for u in &taken {
@@ -422,8 +444,11 @@ impl Channel {
         if requeue {
             requeue_all(taken.into_iter().map(|u| (u.queue, u.entry)));
         } else {
-            for u in &taken {
-                u.queue.settled(&u.entry);
+            for u in taken {
+                u.queue.reject([u.entry]);
+            }
+            for q in touched.values() {
+                deadletter::flush(ctx.broker, ctx.vhost, q);
             }
         }
         self.kick_after_settle(touched);

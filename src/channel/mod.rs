@@ -143,8 +143,8 @@ impl Channel {
                 b::AMQPMethod::Cancel(m) => self.cancel(ctx, m),
                 b::AMQPMethod::Get(m) => self.get(ctx, m),
                 b::AMQPMethod::Ack(m) => self.ack(m.delivery_tag, m.multiple),
-                b::AMQPMethod::Reject(m) => self.reject(m.delivery_tag, false, m.requeue),
-                b::AMQPMethod::Nack(m) => self.reject(m.delivery_tag, m.multiple, m.requeue),
+                b::AMQPMethod::Reject(m) => self.reject(ctx, m.delivery_tag, false, m.requeue),
+                b::AMQPMethod::Nack(m) => self.reject(ctx, m.delivery_tag, m.multiple, m.requeue),
                 b::AMQPMethod::Recover(m) => {
                     if !m.requeue {
                         return Err(AmqpError::not_implemented("requeue=false"));

@@ -159,7 +159,7 @@ impl Channel {
                     tag,
                     multiple,
                     requeue,
-                } => self.reject_now(tag, multiple, requeue)?,
+                } => self.reject_now(ctx, tag, multiple, requeue)?,
             }
         }
         for (p, header, body) in publishes {

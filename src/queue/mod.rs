@@ -6,6 +6,8 @@
 //! This module never touches sockets: it hands encoded frames to the channel's
 //! connection writer.
 
+pub mod deadletter;
+
 use amq_protocol::types::FieldTable;
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -34,7 +36,20 @@ pub struct QueueEntry {
     /// Position in this queue; requeued entries go back by it.
     pub seq: u64,
     pub redelivered: bool,
+    /// When the message expires here (ms since the Unix epoch), 0 for never.
+    pub expires_at: u64,
 }
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a message is dead-lettered (the `reason` in `x-death`).
+pub type Reason = &'static str;
 
 impl QueueEntry {
     pub fn msg_id(&self) -> u64 {
@@ -66,6 +81,9 @@ const LOAD_BATCH: usize = 256;
 #[derive(Debug)]
 struct QueueState {
     ready: VecDeque<QueueEntry>,
+    /// Messages leaving for the dead-letter exchange, routed by whoever holds
+    /// the vhost next (a channel, or the expiry sweeper).
+    dead: Vec<(QueueEntry, Reason)>,
     /// Bytes of message bodies and properties held in memory by `ready`.
     mem_bytes: usize,
     next_seq: u64,
@@ -88,7 +106,7 @@ pub struct Queue {
     store: Arc<dyn Store>,
     /// Past this many bytes in memory, stored messages are paged out.
     memory_limit: usize,
-    limits: Limits,
+    pub limits: Limits,
     /// Set once deleted; read without the state lock (acks of deliveries that
     /// outlive their queue must not touch the store: the queue's entries are gone).
     gone: AtomicBool,
@@ -105,10 +123,15 @@ pub enum Overflow {
 }
 
 /// Limits read from the queue's arguments.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub max_length: Option<u64>,
     pub overflow: Overflow,
+    /// `x-message-ttl`, milliseconds.
+    pub message_ttl: Option<u64>,
+    /// `x-dead-letter-exchange` and `x-dead-letter-routing-key`.
+    pub dlx: Option<String>,
+    pub dlrk: Option<String>,
 }
 
 impl Limits {
@@ -118,9 +141,13 @@ impl Limits {
             Some("reject-publish") | Some("reject-publish-dlx") => Overflow::RejectPublish,
             _ => Overflow::DropHead,
         };
+        let text = |k: &str| args.inner().get(k).and_then(as_text);
         Limits {
             max_length,
             overflow,
+            message_ttl: args.inner().get("x-message-ttl").and_then(as_u64),
+            dlx: text("x-dead-letter-exchange"),
+            dlrk: text("x-dead-letter-routing-key"),
         }
     }
 }
@@ -182,6 +209,7 @@ impl Queue {
             gone: AtomicBool::new(false),
             state: Mutex::new(QueueState {
                 ready: VecDeque::new(),
+                dead: Vec::new(),
                 mem_bytes: 0,
                 next_seq: 1,
                 consumers: Vec::new(),
@@ -220,24 +248,30 @@ impl Queue {
     }
 
     /// Append a message and deliver what can be delivered.
-    /// Returns false when the queue refused the message (deleted, or full
-    /// with `x-overflow = reject-publish`).
-    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> bool {
+    /// Returns `None` when the queue refused the message (deleted, or full
+    /// with `x-overflow = reject-publish`), else its expiry here (0: never).
+    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> Option<u64> {
         let mut st = self.state.lock();
         if st.deleted {
-            return false;
+            return None;
         }
         if let Some(max) = self.limits.max_length {
             if self.limits.overflow == Overflow::RejectPublish && st.ready.len() as u64 >= max {
-                return false;
+                return None;
             }
         }
+        let ttl = match (self.limits.message_ttl, msg.ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let expires_at = ttl.map_or(0, |t| now_ms().saturating_add(t).max(1));
         let seq = st.next_seq;
         st.next_seq += 1;
         let e = QueueEntry {
             slot: Slot::Mem(msg),
             seq,
             redelivered: false,
+            expires_at,
         };
         st.mem_bytes += e.mem_bytes();
         st.ready.push_back(e);
@@ -248,23 +282,75 @@ impl Queue {
                     break;
                 };
                 st.mem_bytes -= old.mem_bytes();
-                self.settled(&old);
+                self.discard(&mut st, old, "maxlen");
             }
         }
-        true
+        Some(expires_at)
+    }
+
+    /// A message leaves the queue without being delivered: to the dead-letter
+    /// exchange when there is one.
+    fn discard(&self, st: &mut QueueState, e: QueueEntry, reason: Reason) {
+        if self.limits.dlx.is_some() {
+            // The store record goes once the dead-lettered copy is routed.
+            st.dead.push((e, reason));
+        } else {
+            self.settled(&e);
+        }
+    }
+
+    /// Drop (or dead-letter) expired messages at the head, as RabbitMQ does:
+    /// a message expires when it reaches the head, or when the sweeper looks.
+    fn expire_head(&self, st: &mut QueueState, now: u64) {
+        while let Some(head) = st.ready.front() {
+            if head.expires_at == 0 || head.expires_at >= now {
+                return;
+            }
+            let Some(e) = st.ready.pop_front() else {
+                return;
+            };
+            st.mem_bytes -= e.mem_bytes();
+            self.discard(st, e, "expired");
+        }
+    }
+
+    /// Run by the expiry sweeper; returns whether dead letters are waiting.
+    pub fn expire(&self) -> bool {
+        let mut st = self.state.lock();
+        self.expire_head(&mut st, now_ms());
+        !st.dead.is_empty()
+    }
+
+    /// Messages waiting to be dead-lettered.
+    pub fn take_dead(&self) -> Vec<(QueueEntry, Reason)> {
+        std::mem::take(&mut self.state.lock().dead)
+    }
+
+    /// Rejected or nacked deliveries (requeue=false): dead-letter them when the
+    /// queue has a dead-letter exchange, else they are gone.
+    pub fn reject(&self, entries: impl IntoIterator<Item = QueueEntry>) {
+        if self.limits.dlx.is_none() {
+            for e in entries {
+                self.settled(&e);
+            }
+            return;
+        }
+        let mut st = self.state.lock();
+        st.dead.extend(entries.into_iter().map(|e| (e, "rejected")));
     }
 
     /// Append recovered messages (by id; bodies stay in the store until a
     /// consumer reaches them). They may have been delivered before the restart.
-    pub fn recover(&self, ids: impl IntoIterator<Item = u64>) {
+    pub fn recover(&self, ids: impl IntoIterator<Item = (u64, u64)>) {
         let mut st = self.state.lock();
-        for id in ids {
+        for (id, expires_at) in ids {
             let seq = st.next_seq;
             st.next_seq += 1;
             st.ready.push_back(QueueEntry {
                 slot: Slot::Stored(id),
                 seq,
                 redelivered: true,
+                expires_at,
             });
         }
     }
@@ -378,7 +464,9 @@ impl Queue {
     }
 
     fn pump(self: &Arc<Self>, st: &mut QueueState) {
+        let now = now_ms();
         while !st.consumers.is_empty() {
+            self.expire_head(st, now);
             self.load_head(st);
             let bytes = match st.ready.front() {
                 Some(
@@ -408,6 +496,7 @@ impl Queue {
     /// basic.get: the head message, delivered on `channel`.
     pub fn get(self: &Arc<Self>, channel: &Arc<ChannelHandle>, no_ack: bool) -> bool {
         let mut st = self.state.lock();
+        self.expire_head(&mut st, now_ms());
         self.load_head(&mut st);
         match st.ready.front() {
             Some(QueueEntry {

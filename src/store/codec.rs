@@ -207,6 +207,20 @@ pub fn index_msg_id(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(a))
 }
 
+/// An index entry's value: the message's expiry in that queue (ms since the
+/// epoch), or nothing when it never expires.
+pub fn index_value(expires_at: u64) -> Vec<u8> {
+    if expires_at == 0 {
+        Vec::new()
+    } else {
+        expires_at.to_be_bytes().to_vec()
+    }
+}
+
+pub fn index_expiry(value: &[u8]) -> u64 {
+    Reader(value).u64().unwrap_or(0)
+}
+
 /// A stored message: exchange, routing key, raw properties, queue count, body.
 pub fn encode_message(
     exchange: &str,

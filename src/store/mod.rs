@@ -54,8 +54,9 @@ pub struct BindingDef {
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub exchanges: Vec<ExchangeDef>,
-    /// Each durable queue with the ids of its messages, in order.
-    pub queues: Vec<(QueueDef, Vec<u64>)>,
+    /// Each durable queue with its messages in order: (id, expires_at), where
+    /// expires_at is milliseconds since the Unix epoch, 0 for never.
+    pub queues: Vec<(QueueDef, Vec<(u64, u64)>)>,
     pub bindings: Vec<BindingDef>,
 }
 
@@ -80,7 +81,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn delete_binding(&self, def: &BindingDef) -> Result<(), StoreError>;
     /// Write a persistent message for these durable queues with a synced write,
     /// then call `done`. Writes from many publishers share one sync.
-    fn persist(&self, msg: Arc<Message>, queues: Vec<QueueKey>, done: Completion);
+    /// Each queue comes with the message's expiry there (ms since the epoch, 0: never).
+    fn persist(&self, msg: Arc<Message>, queues: Vec<(QueueKey, u64)>, done: Completion);
     /// A message left a queue for good; needs no sync (a lost removal is a
     /// redelivery after a crash, never a loss).
     fn remove(&self, queue: &QueueKey, msg_id: u64);
@@ -117,7 +119,7 @@ impl Store for NullStore {
     fn delete_binding(&self, _: &BindingDef) -> Result<(), StoreError> {
         Ok(())
     }
-    fn persist(&self, _: Arc<Message>, _: Vec<QueueKey>, done: Completion) {
+    fn persist(&self, _: Arc<Message>, _: Vec<(QueueKey, u64)>, done: Completion) {
         done(true)
     }
     fn remove(&self, _: &QueueKey, _: u64) {}

@@ -41,7 +41,7 @@ type DefinitionOp =
 enum Op {
     Persist {
         msg: Arc<Message>,
-        queues: Vec<QueueKey>,
+        queues: Vec<(QueueKey, u64)>,
         done: Completion,
     },
     Remove {
@@ -219,8 +219,12 @@ fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats:
                             &msg.body,
                         );
                         batch.put_cf(cf(&db, CF_MESSAGES)?, msg.id.to_be_bytes(), value);
-                        for q in &queues {
-                            batch.put_cf(cf(&db, CF_INDEX)?, codec::index_key(q, msg.id), []);
+                        for (q, expires_at) in &queues {
+                            batch.put_cf(
+                                cf(&db, CF_INDEX)?,
+                                codec::index_key(q, msg.id),
+                                codec::index_value(*expires_at),
+                            );
                         }
                         Ok(())
                     })();
@@ -382,7 +386,7 @@ impl Store for RocksStore {
         })
     }
 
-    fn persist(&self, msg: Arc<Message>, queues: Vec<QueueKey>, done: Completion) {
+    fn persist(&self, msg: Arc<Message>, queues: Vec<(QueueKey, u64)>, done: Completion) {
         let tx = self.tx.lock().clone();
         let Some(tx) = tx else {
             return done(false);
@@ -468,7 +472,7 @@ impl Store for RocksStore {
                 index,
                 IteratorMode::From(&prefix, rocksdb::Direction::Forward),
             ) {
-                let (k, _) = item.map_err(io)?;
+                let (k, v) = item.map_err(io)?;
                 if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
                     break;
                 }
@@ -476,7 +480,7 @@ impl Store for RocksStore {
                     continue;
                 };
                 *counts.entry(id).or_default() += 1;
-                msgs.push(id);
+                msgs.push((id, codec::index_expiry(&v)));
             }
             rec.queues.push((qd, msgs));
         }
@@ -549,6 +553,7 @@ mod tests {
     }
 
     fn persist(store: &RocksStore, m: Arc<Message>, queues: Vec<QueueKey>) -> bool {
+        let queues = queues.into_iter().map(|q| (q, 0)).collect();
         let (tx, rx) = mpsc::channel();
         let s2 = store.db.clone();
         let id = m.id;
@@ -594,7 +599,7 @@ mod tests {
         assert_eq!(rec.queues.len(), 1);
         assert_eq!(
             rec.queues[0].1,
-            vec![1, 3],
+            vec![(1, 0), (3, 0)],
             "ordered by id, removed one gone"
         );
         let loaded = store.load(&[1, 2, 3]).unwrap();
@@ -632,7 +637,7 @@ mod tests {
                         let tx = tx.clone();
                         store.persist(
                             msg(t * per + i + 1, "b"),
-                            vec![q("a")],
+                            vec![(q("a"), 0)],
                             Box::new(move |ok| tx.send(ok).unwrap()),
                         );
                     }
