@@ -282,7 +282,6 @@ async fn max_length_reject_publish_nacks() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: not implemented yet"]
 async fn unused_queue_expires() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;

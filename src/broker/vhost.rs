@@ -305,6 +305,7 @@ impl VHost {
     ) -> AmqpResult<(Arc<Queue>, u32, u32)> {
         if spec.passive {
             let q = self.queue(&spec.name, conn_id)?;
+            q.touch();
             let (m, c) = (q.message_count(), q.consumer_count());
             return Ok((q, m, c));
         }
@@ -320,6 +321,7 @@ impl VHost {
                 drop(e);
                 self.check_exclusive(&q, conn_id)?;
                 self.check_queue_equivalence(&q, &spec)?;
+                q.touch();
                 let (m, c) = (q.message_count(), q.consumer_count());
                 Ok((q, m, c))
             }
@@ -633,6 +635,17 @@ fn validate_queue_arguments(queue: &str, vhost: &str, args: &FieldTable) -> Amqp
                     format!("{{not_a_string,{}}}", arg_text(Some(v))),
                 ));
             }
+        }
+    }
+    if let Some(v) = args.inner().get("x-expires") {
+        if !crate::queue::as_u64(v).is_some_and(|ms| ms > 0) {
+            return Err(invalid(
+                "x-expires",
+                format!(
+                    "{{value_zero_or_not_positive_integer,{}}}",
+                    arg_text(Some(v))
+                ),
+            ));
         }
     }
     if let Some(v) = args.inner().get("x-overflow") {

@@ -283,9 +283,19 @@ pub async fn sweeper(broker: Arc<Broker>) {
         let vhosts: Vec<Arc<VHost>> = broker.vhosts.iter().map(|v| v.clone()).collect();
         for v in vhosts {
             let queues: Vec<Arc<Queue>> = v.queues.iter().map(|q| q.clone()).collect();
+            let now = now_ms();
             for q in queues {
                 if q.expire() {
                     flush(&broker, &v, &q);
+                }
+                if q.unused_expired(now) {
+                    tracing::info!(queue = %q.name, vhost = %v.name, "deleting queue unused for its x-expires");
+                    match v.remove_queue(&q) {
+                        Ok(d) => crate::channel::notify_cancelled(&d.consumers),
+                        Err(e) => {
+                            tracing::error!(queue = %q.name, error = %e, "cannot delete expired queue")
+                        }
+                    }
                 }
             }
         }

@@ -110,6 +110,8 @@ pub struct Queue {
     /// Set once deleted; read without the state lock (acks of deliveries that
     /// outlive their queue must not touch the store: the queue's entries are gone).
     gone: AtomicBool,
+    /// Last use (declare, basic.get, consumer coming or going), for `x-expires`.
+    last_used: std::sync::atomic::AtomicU64,
     state: Mutex<QueueState>,
 }
 
@@ -132,6 +134,8 @@ pub struct Limits {
     /// `x-dead-letter-exchange` and `x-dead-letter-routing-key`.
     pub dlx: Option<String>,
     pub dlrk: Option<String>,
+    /// `x-expires`: delete the queue after this many ms unused.
+    pub expires: Option<u64>,
 }
 
 impl Limits {
@@ -148,6 +152,7 @@ impl Limits {
             message_ttl: args.inner().get("x-message-ttl").and_then(as_u64),
             dlx: text("x-dead-letter-exchange"),
             dlrk: text("x-dead-letter-routing-key"),
+            expires: args.inner().get("x-expires").and_then(as_u64),
         }
     }
 }
@@ -207,6 +212,7 @@ impl Queue {
             memory_limit: DEFAULT_MEMORY_LIMIT,
             limits,
             gone: AtomicBool::new(false),
+            last_used: std::sync::atomic::AtomicU64::new(now_ms()),
             state: Mutex::new(QueueState {
                 ready: VecDeque::new(),
                 dead: Vec::new(),
@@ -312,6 +318,22 @@ impl Queue {
             st.mem_bytes -= e.mem_bytes();
             self.discard(st, e, "expired");
         }
+    }
+
+    /// Renew the `x-expires` lease.
+    pub fn touch(&self) {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether an `x-expires` queue has gone unused for its whole lease.
+    pub fn unused_expired(&self, now: u64) -> bool {
+        let Some(expires) = self.limits.expires else {
+            return false;
+        };
+        let st = self.state.lock();
+        st.consumers.is_empty()
+            && !st.deleted
+            && now.saturating_sub(self.last_used.load(Ordering::Relaxed)) >= expires
     }
 
     /// Run by the expiry sweeper; returns whether dead letters are waiting.
@@ -495,6 +517,7 @@ impl Queue {
 
     /// basic.get: the head message, delivered on `channel`.
     pub fn get(self: &Arc<Self>, channel: &Arc<ChannelHandle>, no_ack: bool) -> bool {
+        self.touch();
         let mut st = self.state.lock();
         self.expire_head(&mut st, now_ms());
         self.load_head(&mut st);
@@ -551,6 +574,7 @@ impl Queue {
     /// Register a consumer; fails when an exclusive consumer holds the queue,
     /// or when `consumer` is exclusive and there are others.
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> bool {
+        self.touch();
         let mut st = self.state.lock();
         if st.consumers.iter().any(|c| c.exclusive)
             || (consumer.exclusive && !st.consumers.is_empty())
@@ -566,6 +590,7 @@ impl Queue {
     /// Remove a consumer; returns true when an auto-delete queue lost its last
     /// consumer and should now be deleted.
     pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
+        self.touch();
         let mut st = self.state.lock();
         let before = st.consumers.len();
         st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
