@@ -638,7 +638,7 @@ fn validate_queue_arguments(queue: &str, vhost: &str, args: &FieldTable) -> Amqp
         }
     }
     if let Some(v) = args.inner().get("x-expires") {
-        if !crate::queue::as_u64(v).is_some_and(|ms| ms > 0) {
+        if crate::queue::as_u64(v).is_none_or(|ms| ms == 0) {
             return Err(invalid(
                 "x-expires",
                 format!(
