@@ -249,7 +249,6 @@ def test_max_length_drops_oldest(amqp):
     assert bodies == [b"m2", b"m3", b"m4"]
 
 
-@pytest.mark.hopper_todo("priority queues")
 def test_priority_queue_delivers_highest_first(amqp):
     ch = amqp.channel(confirm=True)
     q = amqp.queue_name()

@@ -321,7 +321,6 @@ async fn unused_queue_expires() {
 }
 
 #[tokio::test]
-#[ignore = "issue 4: not implemented yet"]
 async fn priority_queue_delivers_highest_priority_first() {
     let broker = Broker::start();
     let (conn, ch) = connect_channel(&broker).await;
@@ -525,5 +524,50 @@ async fn dead_letter_cycle_without_rejection_is_dropped() {
     assert_broker_healthy(&broker).await;
     delete_queue(&conn, &a).await;
     delete_queue(&conn, &b).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// Priorities are stored with persistent messages: after a crash the
+/// backlog comes back highest priority first, FIFO within a priority.
+#[tokio::test]
+async fn priorities_survive_restart_in_order() {
+    let mut broker = Broker::start();
+    if broker.is_external() {
+        return;
+    }
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = unique("prio-durable");
+    within(
+        "queue.declare",
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args(&[("x-max-priority", AMQPValue::LongInt(10))]),
+        ),
+    )
+    .await
+    .expect("declare");
+    confirm_select(&ch).await;
+    for (body, prio) in [("p1", 1u8), ("p5a", 5), ("p3", 3), ("p5b", 5), ("p0", 0)] {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_priority(prio);
+        assert!(publish_confirmed(&ch, "", &q, body.as_bytes(), props)
+            .await
+            .is_ack());
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    broker.kill9();
+    broker.restart();
+    let (conn, ch) = connect_channel(&broker).await;
+    let got: Vec<Vec<u8>> = drain(&ch, &q).await;
+    let want: Vec<Vec<u8>> = ["p5a", "p5b", "p3", "p1", "p0"]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    assert_eq!(got, want);
     let _ = conn.close(200, "bye".into()).await;
 }

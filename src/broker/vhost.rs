@@ -567,7 +567,7 @@ impl VHost {
         );
     }
 
-    pub fn restore_queue(&self, d: QueueDef, msgs: Vec<(u64, u64)>) {
+    pub fn restore_queue(&self, d: QueueDef, msgs: Vec<(u64, crate::store::IndexMeta)>) {
         let q = Arc::new(Queue::new(
             d.name.clone(),
             self.name.clone(),
@@ -635,6 +635,14 @@ fn validate_queue_arguments(queue: &str, vhost: &str, args: &FieldTable) -> Amqp
                     format!("{{not_a_string,{}}}", arg_text(Some(v))),
                 ));
             }
+        }
+    }
+    if let Some(v) = args.inner().get("x-max-priority") {
+        if crate::queue::as_u64(v).is_none_or(|p| p > 255) {
+            return Err(invalid(
+                "x-max-priority",
+                format!("{{value_out_of_range,{}}}", arg_text(Some(v))),
+            ));
         }
     }
     if let Some(v) = args.inner().get("x-expires") {

@@ -111,9 +111,9 @@ impl Channel {
         let mut refused = false;
         for q in queues {
             match q.enqueue(msg.clone()) {
-                Some(expires_at) => {
+                Some(meta) => {
                     if persistent && stores(&q) {
-                        stored.push((q.key(), expires_at));
+                        stored.push((q.key(), meta));
                     }
                     accepted.push(q);
                 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use super::{now_ms, Queue, QueueEntry, Slot};
 use crate::broker::{Broker, VHost};
 use crate::message::Message;
-use crate::store::QueueKey;
+use crate::store::{IndexMeta, QueueKey};
 
 /// Route every waiting dead letter of `q`.
 pub fn flush(broker: &Broker, vhost: &VHost, q: &Arc<Queue>) {
@@ -95,11 +95,11 @@ fn publish(
         copy.mark_pending();
     }
     let mut accepted = Vec::new();
-    let mut stored: Vec<(QueueKey, u64)> = Vec::new();
+    let mut stored: Vec<(QueueKey, IndexMeta)> = Vec::new();
     for t in targets {
-        if let Some(expires_at) = t.enqueue(copy.clone()) {
+        if let Some(meta) = t.enqueue(copy.clone()) {
             if persistent && stores(&t) {
-                stored.push((t.key(), expires_at));
+                stored.push((t.key(), meta));
             }
             accepted.push(t);
         }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::channel::handle::{ChannelHandle, Consumer, Unacked};
 use crate::message::Message;
 use crate::protocol::encode;
-use crate::store::{QueueKey, Store};
+use crate::store::{IndexMeta, QueueKey, Store};
 
 /// Where an entry's message is: in memory, or only in the store (deep queues
 /// and recovered backlogs keep just the id, and load the body when a consumer
@@ -38,6 +38,22 @@ pub struct QueueEntry {
     pub redelivered: bool,
     /// When the message expires here (ms since the Unix epoch), 0 for never.
     pub expires_at: u64,
+    /// Priority here (0 unless the queue has `x-max-priority`).
+    pub priority: u8,
+}
+
+impl QueueEntry {
+    /// Order in a queue: higher priority first, then publish order.
+    fn order(&self) -> (std::cmp::Reverse<u8>, u64) {
+        (std::cmp::Reverse(self.priority), self.seq)
+    }
+
+    pub fn meta(&self) -> IndexMeta {
+        IndexMeta {
+            expires_at: self.expires_at,
+            priority: self.priority,
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -136,6 +152,8 @@ pub struct Limits {
     pub dlrk: Option<String>,
     /// `x-expires`: delete the queue after this many ms unused.
     pub expires: Option<u64>,
+    /// `x-max-priority`: deliver higher `priority` messages first.
+    pub max_priority: Option<u8>,
 }
 
 impl Limits {
@@ -153,6 +171,11 @@ impl Limits {
             dlx: text("x-dead-letter-exchange"),
             dlrk: text("x-dead-letter-routing-key"),
             expires: args.inner().get("x-expires").and_then(as_u64),
+            max_priority: args
+                .inner()
+                .get("x-max-priority")
+                .and_then(as_u64)
+                .map(|p| p.min(255) as u8),
         }
     }
 }
@@ -255,8 +278,8 @@ impl Queue {
 
     /// Append a message and deliver what can be delivered.
     /// Returns `None` when the queue refused the message (deleted, or full
-    /// with `x-overflow = reject-publish`), else its expiry here (0: never).
-    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> Option<u64> {
+    /// with `x-overflow = reject-publish`), else what its index entry records.
+    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> Option<IndexMeta> {
         let mut st = self.state.lock();
         if st.deleted {
             return None;
@@ -271,6 +294,10 @@ impl Queue {
             (a, b) => a.or(b),
         };
         let expires_at = ttl.map_or(0, |t| now_ms().saturating_add(t).max(1));
+        let priority = match self.limits.max_priority {
+            Some(max) => msg.properties.priority().unwrap_or(0).min(max),
+            None => 0,
+        };
         let seq = st.next_seq;
         st.next_seq += 1;
         let e = QueueEntry {
@@ -278,9 +305,16 @@ impl Queue {
             seq,
             redelivered: false,
             expires_at,
+            priority,
         };
+        let meta = e.meta();
         st.mem_bytes += e.mem_bytes();
-        st.ready.push_back(e);
+        if priority == 0 {
+            st.ready.push_back(e);
+        } else {
+            let at = st.ready.partition_point(|x| x.order() < e.order());
+            st.ready.insert(at, e);
+        }
         self.pump(&mut st);
         if let Some(max) = self.limits.max_length {
             while st.ready.len() as u64 > max {
@@ -291,7 +325,7 @@ impl Queue {
                 self.discard(&mut st, old, "maxlen");
             }
         }
-        Some(expires_at)
+        Some(meta)
     }
 
     /// A message leaves the queue without being delivered: to the dead-letter
@@ -363,17 +397,21 @@ impl Queue {
 
     /// Append recovered messages (by id; bodies stay in the store until a
     /// consumer reaches them). They may have been delivered before the restart.
-    pub fn recover(&self, ids: impl IntoIterator<Item = (u64, u64)>) {
+    pub fn recover(&self, ids: impl IntoIterator<Item = (u64, IndexMeta)>) {
         let mut st = self.state.lock();
-        for (id, expires_at) in ids {
+        for (id, meta) in ids {
             let seq = st.next_seq;
             st.next_seq += 1;
             st.ready.push_back(QueueEntry {
                 slot: Slot::Stored(id),
                 seq,
                 redelivered: true,
-                expires_at,
+                expires_at: meta.expires_at,
+                priority: meta.priority,
             });
+        }
+        if self.limits.max_priority.is_some() {
+            st.ready.make_contiguous().sort_by_key(|e| e.order());
         }
     }
 
@@ -386,7 +424,7 @@ impl Queue {
         for mut e in entries {
             e.redelivered = true;
             st.mem_bytes += e.mem_bytes();
-            let at = st.ready.partition_point(|x| x.seq < e.seq);
+            let at = st.ready.partition_point(|x| x.order() < e.order());
             st.ready.insert(at, e);
         }
         self.pump(&mut st);

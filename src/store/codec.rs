@@ -5,7 +5,7 @@
 use amq_protocol::frame::WriteContext;
 use amq_protocol::types::{generation::gen_field_table, parsing::parse_field_table, FieldTable};
 
-use super::{BindingDef, ExchangeDef, QueueDef, QueueKey};
+use super::{BindingDef, ExchangeDef, IndexMeta, QueueDef, QueueKey};
 
 pub const EXCHANGE: u8 = b'x';
 pub const QUEUE: u8 = b'q';
@@ -208,17 +208,22 @@ pub fn index_msg_id(key: &[u8]) -> Option<u64> {
 }
 
 /// An index entry's value: the message's expiry in that queue (ms since the
-/// epoch), or nothing when it never expires.
-pub fn index_value(expires_at: u64) -> Vec<u8> {
-    if expires_at == 0 {
-        Vec::new()
-    } else {
-        expires_at.to_be_bytes().to_vec()
+/// epoch) and its priority there; nothing when both are zero.
+pub fn index_value(meta: IndexMeta) -> Vec<u8> {
+    if meta == IndexMeta::default() {
+        return Vec::new();
     }
+    let mut v = meta.expires_at.to_be_bytes().to_vec();
+    v.push(meta.priority);
+    v
 }
 
-pub fn index_expiry(value: &[u8]) -> u64 {
-    Reader(value).u64().unwrap_or(0)
+pub fn index_meta(value: &[u8]) -> IndexMeta {
+    let mut r = Reader(value);
+    IndexMeta {
+        expires_at: r.u64().unwrap_or(0),
+        priority: r.u8().unwrap_or(0),
+    }
 }
 
 /// A stored message: exchange, routing key, raw properties, queue count, body.

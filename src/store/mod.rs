@@ -50,13 +50,22 @@ pub struct BindingDef {
     pub arguments: FieldTable,
 }
 
+/// What an index entry records besides the message id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexMeta {
+    /// Expiry in that queue, ms since the Unix epoch; 0 for never.
+    pub expires_at: u64,
+    /// Priority in that queue (0 unless it has `x-max-priority`).
+    pub priority: u8,
+}
+
 /// Everything read back at boot.
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub exchanges: Vec<ExchangeDef>,
     /// Each durable queue with its messages in order: (id, expires_at), where
     /// expires_at is milliseconds since the Unix epoch, 0 for never.
-    pub queues: Vec<(QueueDef, Vec<(u64, u64)>)>,
+    pub queues: Vec<(QueueDef, Vec<(u64, IndexMeta)>)>,
     pub bindings: Vec<BindingDef>,
 }
 
@@ -82,7 +91,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Write a persistent message for these durable queues with a synced write,
     /// then call `done`. Writes from many publishers share one sync.
     /// Each queue comes with the message's expiry there (ms since the epoch, 0: never).
-    fn persist(&self, msg: Arc<Message>, queues: Vec<(QueueKey, u64)>, done: Completion);
+    fn persist(&self, msg: Arc<Message>, queues: Vec<(QueueKey, IndexMeta)>, done: Completion);
     /// A message left a queue for good; needs no sync (a lost removal is a
     /// redelivery after a crash, never a loss).
     fn remove(&self, queue: &QueueKey, msg_id: u64);
@@ -119,7 +128,7 @@ impl Store for NullStore {
     fn delete_binding(&self, _: &BindingDef) -> Result<(), StoreError> {
         Ok(())
     }
-    fn persist(&self, _: Arc<Message>, _: Vec<(QueueKey, u64)>, done: Completion) {
+    fn persist(&self, _: Arc<Message>, _: Vec<(QueueKey, IndexMeta)>, done: Completion) {
         done(true)
     }
     fn remove(&self, _: &QueueKey, _: u64) {}

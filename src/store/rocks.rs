@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use super::codec;
 use super::{
-    BindingDef, Completion, ExchangeDef, QueueDef, QueueKey, Recovered, Store, StoreError,
+    BindingDef, Completion, ExchangeDef, IndexMeta, QueueDef, QueueKey, Recovered, Store,
+    StoreError,
 };
 use crate::message::Message;
 
@@ -41,7 +42,7 @@ type DefinitionOp =
 enum Op {
     Persist {
         msg: Arc<Message>,
-        queues: Vec<(QueueKey, u64)>,
+        queues: Vec<(QueueKey, IndexMeta)>,
         done: Completion,
     },
     Remove {
@@ -219,11 +220,11 @@ fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats:
                             &msg.body,
                         );
                         batch.put_cf(cf(&db, CF_MESSAGES)?, msg.id.to_be_bytes(), value);
-                        for (q, expires_at) in &queues {
+                        for (q, meta) in &queues {
                             batch.put_cf(
                                 cf(&db, CF_INDEX)?,
                                 codec::index_key(q, msg.id),
-                                codec::index_value(*expires_at),
+                                codec::index_value(*meta),
                             );
                         }
                         Ok(())
@@ -386,7 +387,7 @@ impl Store for RocksStore {
         })
     }
 
-    fn persist(&self, msg: Arc<Message>, queues: Vec<(QueueKey, u64)>, done: Completion) {
+    fn persist(&self, msg: Arc<Message>, queues: Vec<(QueueKey, IndexMeta)>, done: Completion) {
         let tx = self.tx.lock().clone();
         let Some(tx) = tx else {
             return done(false);
@@ -480,7 +481,7 @@ impl Store for RocksStore {
                     continue;
                 };
                 *counts.entry(id).or_default() += 1;
-                msgs.push((id, codec::index_expiry(&v)));
+                msgs.push((id, codec::index_meta(&v)));
             }
             rec.queues.push((qd, msgs));
         }
@@ -553,7 +554,10 @@ mod tests {
     }
 
     fn persist(store: &RocksStore, m: Arc<Message>, queues: Vec<QueueKey>) -> bool {
-        let queues = queues.into_iter().map(|q| (q, 0)).collect();
+        let queues = queues
+            .into_iter()
+            .map(|q| (q, IndexMeta::default()))
+            .collect();
         let (tx, rx) = mpsc::channel();
         let s2 = store.db.clone();
         let id = m.id;
@@ -599,7 +603,7 @@ mod tests {
         assert_eq!(rec.queues.len(), 1);
         assert_eq!(
             rec.queues[0].1,
-            vec![(1, 0), (3, 0)],
+            vec![(1, IndexMeta::default()), (3, IndexMeta::default())],
             "ordered by id, removed one gone"
         );
         let loaded = store.load(&[1, 2, 3]).unwrap();
@@ -637,7 +641,7 @@ mod tests {
                         let tx = tx.clone();
                         store.persist(
                             msg(t * per + i + 1, "b"),
-                            vec![(q("a"), 0)],
+                            vec![(q("a"), IndexMeta::default())],
                             Box::new(move |ok| tx.send(ok).unwrap()),
                         );
                     }
