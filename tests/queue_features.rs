@@ -571,3 +571,95 @@ async fn priorities_survive_restart_in_order() {
     assert_eq!(got, want);
     let _ = conn.close(200, "bye".into()).await;
 }
+
+async fn consumer_with(
+    ch: &Channel,
+    q: &str,
+    no_ack: bool,
+    arguments: FieldTable,
+) -> lapin::Consumer {
+    within(
+        "basic.consume",
+        ch.basic_consume(
+            q.into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack,
+                ..Default::default()
+            },
+            arguments,
+        ),
+    )
+    .await
+    .expect("consume")
+}
+
+/// With x-single-active-consumer only the oldest consumer receives; the next
+/// one takes over when it cancels.
+#[tokio::test]
+async fn single_active_consumer_takes_over_on_cancel() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_with(
+        &ch,
+        "sac",
+        args(&[("x-single-active-consumer", AMQPValue::Boolean(true))]),
+    )
+    .await;
+    let ch1 = conn.create_channel().await.expect("channel");
+    let ch2 = conn.create_channel().await.expect("channel");
+    let mut first = consumer_with(&ch1, &q, true, FieldTable::default()).await;
+    let mut second = consumer_with(&ch2, &q, true, FieldTable::default()).await;
+    fill_queue(&conn, &q, &[b"1", b"2", b"3"]).await;
+    for want in [b"1", b"2", b"3"] {
+        assert_eq!(next_delivery(&mut first).await.data, want);
+    }
+    assert_no_delivery(&mut second, Duration::from_millis(200)).await;
+    within("cancel", ch1.basic_cancel(first.tag(), Default::default()))
+        .await
+        .expect("cancel");
+    fill_queue(&conn, &q, &[b"4"]).await;
+    assert_eq!(next_delivery(&mut second).await.data, b"4");
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// Consumers with a higher x-priority get messages while they have credit;
+/// lower ones get what they cannot take.
+#[tokio::test]
+async fn higher_priority_consumer_is_served_first() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "cprio").await;
+    let low_ch = conn.create_channel().await.expect("channel");
+    let high_ch = conn.create_channel().await.expect("channel");
+    within("qos", high_ch.basic_qos(2, Default::default()))
+        .await
+        .expect("qos");
+    let mut low = consumer_with(
+        &low_ch,
+        &q,
+        false,
+        args(&[("x-priority", AMQPValue::LongInt(1))]),
+    )
+    .await;
+    let mut high = consumer_with(
+        &high_ch,
+        &q,
+        false,
+        args(&[("x-priority", AMQPValue::LongInt(10))]),
+    )
+    .await;
+    fill_queue(&conn, &q, &[b"a", b"b"]).await;
+    assert_eq!(next_delivery(&mut high).await.data, b"a");
+    assert_eq!(next_delivery(&mut high).await.data, b"b");
+    assert_no_delivery(&mut low, Duration::from_millis(200)).await;
+    fill_queue(&conn, &q, &[b"c"]).await;
+    assert_eq!(
+        next_delivery(&mut low).await.data,
+        b"c",
+        "high is at its prefetch limit"
+    );
+    delete_queue(&conn, &q).await;
+    let _ = conn.close(200, "bye".into()).await;
+}

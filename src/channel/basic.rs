@@ -18,6 +18,21 @@ use crate::protocol::{codes, encode, short, ContentHeader};
 use crate::queue::deadletter;
 use crate::queue::Queue;
 
+/// An `x-priority` consumer argument of any integer type.
+fn consumer_priority(v: &amq_protocol::types::AMQPValue) -> Option<i64> {
+    use amq_protocol::types::AMQPValue as V;
+    Some(match v {
+        V::ShortShortInt(x) => *x as i64,
+        V::ShortShortUInt(x) => *x as i64,
+        V::ShortInt(x) => *x as i64,
+        V::ShortUInt(x) => *x as i64,
+        V::LongInt(x) => *x as i64,
+        V::LongUInt(x) => *x as i64,
+        V::LongLongInt(x) => *x,
+        _ => return None,
+    })
+}
+
 impl Channel {
     /// Resolve a queue name, "" meaning the last queue declared on this channel.
     pub(super) fn queue_name(&self, name: &str) -> AmqpResult<String> {
@@ -268,6 +283,12 @@ impl Channel {
                 no_ack: m.no_ack,
                 exclusive: m.exclusive,
                 prefetch: d.prefetch_consumer,
+                priority: m
+                    .arguments
+                    .inner()
+                    .get("x-priority")
+                    .and_then(consumer_priority)
+                    .unwrap_or(0),
                 unacked: AtomicU32::new(0),
             });
             d.consumers.insert(tag.clone(), c.clone());

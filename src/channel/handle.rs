@@ -286,6 +286,8 @@ pub struct Consumer {
     pub exclusive: bool,
     /// Per-consumer prefetch (0 = unlimited).
     pub prefetch: u16,
+    /// `x-priority` consumer argument: higher gets messages first.
+    pub priority: i64,
     pub unacked: AtomicU32,
 }
 

@@ -154,6 +154,8 @@ pub struct Limits {
     pub expires: Option<u64>,
     /// `x-max-priority`: deliver higher `priority` messages first.
     pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`.
+    pub single_active: bool,
 }
 
 impl Limits {
@@ -176,6 +178,10 @@ impl Limits {
                 .get("x-max-priority")
                 .and_then(as_u64)
                 .map(|p| p.min(255) as u8),
+            single_active: matches!(
+                args.inner().get("x-single-active-consumer"),
+                Some(amq_protocol::types::AMQPValue::Boolean(true))
+            ),
         }
     }
 }
@@ -536,16 +542,33 @@ impl Queue {
                 ) if m.is_deliverable() => head.mem_bytes(),
                 _ => break,
             };
-            let n = st.consumers.len();
+            // Consumers are kept by priority, highest first: try each group of
+            // equal priority in turn, round-robin within it. With a single
+            // active consumer only the first (oldest) one receives.
+            let n = if self.limits.single_active {
+                1
+            } else {
+                st.consumers.len()
+            };
             let mut delivered = false;
-            for i in 0..n {
-                let idx = (st.rr + i) % n;
-                if st.consumers[idx].try_deliver(self, &mut st.ready) {
-                    st.rr = (idx + 1) % n;
-                    st.mem_bytes -= bytes;
-                    delivered = true;
-                    break;
+            let mut start = 0;
+            while start < n && !delivered {
+                let prio = st.consumers[start].priority;
+                let mut end = start + 1;
+                while end < n && st.consumers[end].priority == prio {
+                    end += 1;
                 }
+                let len = end - start;
+                for i in 0..len {
+                    let idx = start + (st.rr + i) % len;
+                    if st.consumers[idx].try_deliver(self, &mut st.ready) {
+                        st.rr = (idx - start + 1) % len;
+                        st.mem_bytes -= bytes;
+                        delivered = true;
+                        break;
+                    }
+                }
+                start = end;
             }
             if !delivered {
                 break;
@@ -619,7 +642,12 @@ impl Queue {
         {
             return false;
         }
-        st.consumers.push(consumer);
+        // Highest priority first; among equals, oldest first (the single
+        // active consumer is the oldest of the highest priority).
+        let at = st
+            .consumers
+            .partition_point(|c| c.priority >= consumer.priority);
+        st.consumers.insert(at, consumer);
         st.had_consumer = true;
         // No delivery yet: consume-ok must reach the client first (the caller kicks).
         true
