@@ -20,17 +20,7 @@ use crate::queue::Queue;
 
 /// An `x-priority` consumer argument of any integer type.
 fn consumer_priority(v: &amq_protocol::types::AMQPValue) -> Option<i64> {
-    use amq_protocol::types::AMQPValue as V;
-    Some(match v {
-        V::ShortShortInt(x) => *x as i64,
-        V::ShortShortUInt(x) => *x as i64,
-        V::ShortInt(x) => *x as i64,
-        V::ShortUInt(x) => *x as i64,
-        V::LongInt(x) => *x as i64,
-        V::LongUInt(x) => *x as i64,
-        V::LongLongInt(x) => *x,
-        _ => return None,
-    })
+    crate::exchange::headers::as_i128(v).and_then(|x| i64::try_from(x).ok())
 }
 
 impl Channel {

@@ -37,7 +37,8 @@ pub fn matches(binding: &FieldTable, headers: Option<&FieldTable>) -> bool {
     }
 }
 
-fn as_i128(v: &AMQPValue) -> Option<i128> {
+/// An integer of any AMQP integer type.
+pub fn as_i128(v: &AMQPValue) -> Option<i128> {
     Some(match v {
         AMQPValue::ShortShortInt(x) => *x as i128,
         AMQPValue::ShortShortUInt(x) => *x as i128,

@@ -188,17 +188,7 @@ impl Limits {
 
 /// A non-negative integer argument of any AMQP integer type.
 pub fn as_u64(v: &amq_protocol::types::AMQPValue) -> Option<u64> {
-    use amq_protocol::types::AMQPValue as V;
-    match v {
-        V::ShortShortInt(x) => u64::try_from(*x).ok(),
-        V::ShortShortUInt(x) => Some(*x as u64),
-        V::ShortInt(x) => u64::try_from(*x).ok(),
-        V::ShortUInt(x) => Some(*x as u64),
-        V::LongInt(x) => u64::try_from(*x).ok(),
-        V::LongUInt(x) => Some(*x as u64),
-        V::LongLongInt(x) => u64::try_from(*x).ok(),
-        _ => None,
-    }
+    crate::exchange::headers::as_i128(v).and_then(|x| u64::try_from(x).ok())
 }
 
 pub fn as_text(v: &amq_protocol::types::AMQPValue) -> Option<String> {
