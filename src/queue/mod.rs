@@ -317,7 +317,7 @@ impl Queue {
                 let Some(old) = st.ready.pop_front() else {
                     break;
                 };
-                st.mem_bytes -= old.mem_bytes();
+                st.mem_bytes = st.mem_bytes.saturating_sub(old.mem_bytes());
                 self.discard(&mut st, old, "maxlen");
             }
         }
@@ -345,7 +345,7 @@ impl Queue {
             let Some(e) = st.ready.pop_front() else {
                 return;
             };
-            st.mem_bytes -= e.mem_bytes();
+            st.mem_bytes = st.mem_bytes.saturating_sub(e.mem_bytes());
             self.discard(st, e, "expired");
         }
     }
@@ -454,7 +454,7 @@ impl Queue {
             }
             let freed = m.body.len() + m.raw_properties.len();
             e.slot = Slot::Stored(m.id);
-            st.mem_bytes -= freed;
+            st.mem_bytes = st.mem_bytes.saturating_sub(freed);
         }
     }
 
@@ -513,7 +513,7 @@ impl Queue {
         let mut st = self.state.lock();
         if let Some(at) = st.ready.iter().position(|e| e.msg_id() == msg_id) {
             if let Some(e) = st.ready.remove(at) {
-                st.mem_bytes -= e.mem_bytes();
+                st.mem_bytes = st.mem_bytes.saturating_sub(e.mem_bytes());
             }
         }
         self.pump(&mut st);
@@ -553,7 +553,7 @@ impl Queue {
                     let idx = start + (st.rr + i) % len;
                     if st.consumers[idx].try_deliver(self, &mut st.ready) {
                         st.rr = (idx - start + 1) % len;
-                        st.mem_bytes -= bytes;
+                        st.mem_bytes = st.mem_bytes.saturating_sub(bytes);
                         delivered = true;
                         break;
                     }
@@ -581,7 +581,7 @@ impl Queue {
         let Some(entry) = st.ready.pop_front() else {
             return false;
         };
-        st.mem_bytes -= entry.mem_bytes();
+        st.mem_bytes = st.mem_bytes.saturating_sub(entry.mem_bytes());
         let remaining = st.ready.len() as u32;
         let Slot::Mem(msg) = &entry.slot else {
             return false;
