@@ -18,6 +18,7 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod batch;
 pub mod broker;
 pub mod channel;
 pub mod config;

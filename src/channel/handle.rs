@@ -253,16 +253,12 @@ impl ChannelHandle {
         }
     }
 
-    /// Complete a publish (from any task) and send what that releases.
-    pub fn complete_confirm(&self, seq: u64, ok: bool) {
-        let mut out = BytesMut::new();
-        {
-            let mut c = self.confirms.lock();
-            c.complete(seq, ok);
-            c.flush(self.id, &mut out);
-        }
-        if !out.is_empty() {
-            self.conn.send(out.freeze());
+    /// Complete a publish (from any task) and send what that releases: at
+    /// the end of the store's batch when inside one, else now.
+    pub fn complete_confirm(self: &Arc<Self>, seq: u64, ok: bool) {
+        self.confirms.lock().complete(seq, ok);
+        if !crate::batch::defer(self.clone()) {
+            self.flush_confirms();
         }
     }
 
@@ -273,6 +269,12 @@ impl ChannelHandle {
         if !out.is_empty() {
             self.conn.send(out.freeze());
         }
+    }
+}
+
+impl crate::batch::Flush for ChannelHandle {
+    fn flush(&self) {
+        self.flush_confirms();
     }
 }
 

@@ -272,9 +272,12 @@ fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats:
         if let Err(e) = &result {
             tracing::error!(error = %e, messages = completions.len(), "store write failed; publishes will be nacked");
         }
-        for done in completions {
-            done(ok);
-        }
+        // One ack per channel for the whole batch, not one per message.
+        crate::batch::run(|| {
+            for done in completions {
+                done(ok);
+            }
+        });
         if let Some((op, reply)) = definition {
             let mut batch = WriteBatch::default();
             let r = op(&db, &mut refs.lock(), &mut batch)
