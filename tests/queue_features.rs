@@ -663,3 +663,39 @@ async fn higher_priority_consumer_is_served_first() {
     delete_queue(&conn, &q).await;
     let _ = conn.close(200, "bye".into()).await;
 }
+
+#[tokio::test]
+async fn max_length_bytes_drops_from_the_head_and_rejects() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_with(
+        &ch,
+        "maxbytes",
+        args(&[("x-max-length-bytes", AMQPValue::LongInt(10))]),
+    )
+    .await;
+    fill_queue(&conn, &q, &[b"aaaa", b"bbbb", b"cccc"]).await;
+    assert_eq!(
+        drain(&ch, &q).await,
+        vec![b"bbbb".to_vec(), b"cccc".to_vec()]
+    );
+
+    let r = declare_with(
+        &ch,
+        "maxbytes-reject",
+        args(&[
+            ("x-max-length-bytes", AMQPValue::LongInt(5)),
+            ("x-overflow", s("reject-publish")),
+        ]),
+    )
+    .await;
+    confirm_select(&ch).await;
+    let c1 = publish_confirmed(&ch, "", &r, b"aaaa", BasicProperties::default()).await;
+    assert!(c1.is_ack());
+    let c2 = publish_confirmed(&ch, "", &r, b"bb", BasicProperties::default()).await;
+    assert!(c2.is_nack(), "over the byte limit must be nacked: {c2:?}");
+    assert_eq!(drain(&ch, &r).await, vec![b"aaaa".to_vec()]);
+    delete_queue(&conn, &q).await;
+    delete_queue(&conn, &r).await;
+    let _ = conn.close(200, "bye".into()).await;
+}

@@ -611,12 +611,14 @@ fn validate_queue_arguments(queue: &str, vhost: &str, args: &FieldTable) -> Amqp
             "invalid arg '{k}' for queue '{queue}' in vhost '{vhost}': {why}"
         ))
     };
-    if let Some(v) = args.inner().get("x-max-length") {
-        if crate::queue::as_u64(v).is_none() {
-            return Err(invalid(
-                "x-max-length",
-                format!("{{value_negative_or_not_integer,{}}}", arg_text(Some(v))),
-            ));
+    for k in ["x-max-length", "x-max-length-bytes"] {
+        if let Some(v) = args.inner().get(k) {
+            if crate::queue::as_u64(v).is_none() {
+                return Err(invalid(
+                    k,
+                    format!("{{value_negative_or_not_integer,{}}}", arg_text(Some(v))),
+                ));
+            }
         }
     }
     if let Some(v) = args.inner().get("x-message-ttl") {

@@ -299,7 +299,7 @@ impl Consumer {
     pub fn try_deliver(
         self: &Arc<Self>,
         queue: &Arc<Queue>,
-        ready: &mut std::collections::VecDeque<QueueEntry>,
+        ready: &mut crate::queue::Ready,
     ) -> bool {
         let mut st = self.channel.delivery.lock();
         if st.closed || !st.flow_active {

@@ -40,6 +40,8 @@ pub struct QueueEntry {
     pub expires_at: u64,
     /// Priority here (0 unless the queue has `x-max-priority`).
     pub priority: u8,
+    /// Body size, for `x-max-length-bytes`.
+    pub size: u32,
 }
 
 impl QueueEntry {
@@ -52,6 +54,7 @@ impl QueueEntry {
         IndexMeta {
             expires_at: self.expires_at,
             priority: self.priority,
+            size: self.size,
         }
     }
 }
@@ -91,12 +94,67 @@ impl QueueEntry {
     }
 }
 
+/// The ready messages of a queue, with their total body size kept current
+/// (for `x-max-length-bytes`). Reads go through `Deref`; every change goes
+/// through a method that keeps `bytes` right.
+#[derive(Debug, Default)]
+pub struct Ready {
+    q: VecDeque<QueueEntry>,
+    bytes: u64,
+}
+
+impl std::ops::Deref for Ready {
+    type Target = VecDeque<QueueEntry>;
+    fn deref(&self) -> &VecDeque<QueueEntry> {
+        &self.q
+    }
+}
+
+impl Ready {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    fn push_back(&mut self, e: QueueEntry) {
+        self.bytes += e.size as u64;
+        self.q.push_back(e);
+    }
+    fn insert(&mut self, at: usize, e: QueueEntry) {
+        self.bytes += e.size as u64;
+        self.q.insert(at, e);
+    }
+    pub fn pop_front(&mut self) -> Option<QueueEntry> {
+        let e = self.q.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(e.size as u64);
+        Some(e)
+    }
+    fn remove(&mut self, at: usize) -> Option<QueueEntry> {
+        let e = self.q.remove(at)?;
+        self.bytes = self.bytes.saturating_sub(e.size as u64);
+        Some(e)
+    }
+    fn retain(&mut self, keep: impl FnMut(&QueueEntry) -> bool) {
+        self.q.retain(keep);
+        self.bytes = self.q.iter().map(|e| e.size as u64).sum();
+    }
+    fn take(&mut self) -> VecDeque<QueueEntry> {
+        self.bytes = 0;
+        std::mem::take(&mut self.q)
+    }
+    fn get_mut(&mut self, i: usize) -> Option<&mut QueueEntry> {
+        // Only the slot changes through this: sizes stay.
+        self.q.get_mut(i)
+    }
+    fn sort_by_order(&mut self) {
+        self.q.make_contiguous().sort_by_key(|e| e.order());
+    }
+}
+
 /// How many stored messages to read back at once when a consumer reaches them.
 const LOAD_BATCH: usize = 256;
 
 #[derive(Debug)]
 struct QueueState {
-    ready: VecDeque<QueueEntry>,
+    ready: Ready,
     /// Messages leaving for the dead-letter exchange, routed by whoever holds
     /// the vhost next (a channel, or the expiry sweeper).
     dead: Vec<(QueueEntry, Reason)>,
@@ -154,6 +212,8 @@ pub struct Limits {
     pub expires: Option<u64>,
     /// `x-max-priority`: deliver higher `priority` messages first.
     pub max_priority: Option<u8>,
+    /// `x-max-length-bytes`: total body bytes of ready messages.
+    pub max_length_bytes: Option<u64>,
     /// `x-single-active-consumer`.
     pub single_active: bool,
 }
@@ -173,6 +233,7 @@ impl Limits {
             dlx: text("x-dead-letter-exchange"),
             dlrk: text("x-dead-letter-routing-key"),
             expires: args.inner().get("x-expires").and_then(as_u64),
+            max_length_bytes: args.inner().get("x-max-length-bytes").and_then(as_u64),
             max_priority: args
                 .inner()
                 .get("x-max-priority")
@@ -233,7 +294,7 @@ impl Queue {
             gone: AtomicBool::new(false),
             last_used: std::sync::atomic::AtomicU64::new(now_ms()),
             state: Mutex::new(QueueState {
-                ready: VecDeque::new(),
+                ready: Ready::default(),
                 dead: Vec::new(),
                 mem_bytes: 0,
                 next_seq: 1,
@@ -280,10 +341,10 @@ impl Queue {
         if st.deleted {
             return None;
         }
-        if let Some(max) = self.limits.max_length {
-            if self.limits.overflow == Overflow::RejectPublish && st.ready.len() as u64 >= max {
-                return None;
-            }
+        if self.limits.overflow == Overflow::RejectPublish
+            && self.over_limit(&st.ready, 1, msg.body.len() as u64)
+        {
+            return None;
         }
         let ttl = match (self.limits.message_ttl, msg.ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -296,8 +357,10 @@ impl Queue {
         };
         let seq = st.next_seq;
         st.next_seq += 1;
+        let size = msg.body.len() as u32;
         let e = QueueEntry {
             slot: Slot::Mem(msg),
+            size,
             seq,
             redelivered: false,
             expires_at,
@@ -312,16 +375,26 @@ impl Queue {
             st.ready.insert(at, e);
         }
         self.pump(&mut st);
-        if let Some(max) = self.limits.max_length {
-            while st.ready.len() as u64 > max {
-                let Some(old) = st.ready.pop_front() else {
-                    break;
-                };
-                st.mem_bytes = st.mem_bytes.saturating_sub(old.mem_bytes());
-                self.discard(&mut st, old, "maxlen");
-            }
+        while self.over_limit(&st.ready, 0, 0) {
+            let Some(old) = st.ready.pop_front() else {
+                break;
+            };
+            st.mem_bytes = st.mem_bytes.saturating_sub(old.mem_bytes());
+            self.discard(&mut st, old, "maxlen");
         }
         Some(meta)
+    }
+
+    /// Whether `ready` plus `more` messages of `more_bytes` would exceed
+    /// `x-max-length` or `x-max-length-bytes`.
+    fn over_limit(&self, ready: &Ready, more: u64, more_bytes: u64) -> bool {
+        self.limits
+            .max_length
+            .is_some_and(|max| ready.len() as u64 + more > max)
+            || self
+                .limits
+                .max_length_bytes
+                .is_some_and(|max| ready.bytes() + more_bytes > max)
     }
 
     /// A message leaves the queue without being delivered: to the dead-letter
@@ -400,6 +473,7 @@ impl Queue {
             st.next_seq += 1;
             st.ready.push_back(QueueEntry {
                 slot: Slot::Stored(id),
+                size: meta.size,
                 seq,
                 redelivered: true,
                 expires_at: meta.expires_at,
@@ -407,7 +481,7 @@ impl Queue {
             });
         }
         if self.limits.max_priority.is_some() {
-            st.ready.make_contiguous().sort_by_key(|e| e.order());
+            st.ready.sort_by_order();
         }
     }
 
@@ -443,7 +517,7 @@ impl Queue {
         let mut i = st.ready.len();
         while i > keep_at_head && st.mem_bytes > self.memory_limit / 2 {
             i -= 1;
-            let e = &mut st.ready[i];
+            let Some(e) = st.ready.get_mut(i) else { break };
             let Slot::Mem(m) = &e.slot else { break };
             if !(self.durable
                 && self.exclusive_owner.is_none()
@@ -484,7 +558,7 @@ impl Queue {
             };
             let mut missing = Vec::new();
             for (i, m) in loaded.into_iter().enumerate() {
-                let e = &mut st.ready[i];
+                let Some(e) = st.ready.get_mut(i) else { break };
                 match m {
                     Some(m) => {
                         st.mem_bytes += m.body.len() + m.raw_properties.len();
@@ -665,7 +739,7 @@ impl Queue {
         let mut st = self.state.lock();
         let n = st.ready.len() as u32;
         let key = self.key();
-        for e in std::mem::take(&mut st.ready) {
+        for e in st.ready.take() {
             if self.stores(&e) {
                 self.store.remove(&key, e.msg_id());
             }
@@ -680,7 +754,7 @@ impl Queue {
         st.deleted = true;
         self.gone.store(true, Ordering::Release);
         let messages = st.ready.len() as u32;
-        st.ready.clear();
+        st.ready.take();
         st.mem_bytes = 0;
         Deleted {
             messages,

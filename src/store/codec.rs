@@ -215,6 +215,7 @@ pub fn index_value(meta: IndexMeta) -> Vec<u8> {
     }
     let mut v = meta.expires_at.to_be_bytes().to_vec();
     v.push(meta.priority);
+    v.extend_from_slice(&meta.size.to_be_bytes());
     v
 }
 
@@ -223,6 +224,7 @@ pub fn index_meta(value: &[u8]) -> IndexMeta {
     IndexMeta {
         expires_at: r.u64().unwrap_or(0),
         priority: r.u8().unwrap_or(0),
+        size: r.u32().unwrap_or(0),
     }
 }
 

@@ -57,6 +57,8 @@ pub struct IndexMeta {
     pub expires_at: u64,
     /// Priority in that queue (0 unless it has `x-max-priority`).
     pub priority: u8,
+    /// Body size, so length limits in bytes hold after a restart.
+    pub size: u32,
 }
 
 /// Everything read back at boot.
