@@ -599,3 +599,17 @@ def test_direct_reply_to_rpc(amqp):
     while not replies and time.time() < deadline:
         ch.connection.process_data_events(time_limit=0.1)
     assert replies == [("42", b"pong")]
+
+
+def test_exchange_deduplication_confirms_but_drops_duplicates(amqp):
+    if amqp.broker.external:
+        pytest.skip("RabbitMQ needs its deduplication plugin for this")
+    ch = amqp.channel(confirm=True)
+    x, q = amqp.exchange_name(), amqp.queue_name()
+    ch.exchange_declare(x, "direct", arguments={"x-message-deduplication": True, "x-cache-size": 10})
+    ch.queue_declare(q)
+    ch.queue_bind(q, x, "k")
+    props = pika.BasicProperties(message_id="order-42")
+    ch.basic_publish(x, "k", b"once", props)
+    ch.basic_publish(x, "k", b"once", props)  # confirmed, not routed
+    assert message_count(ch, q) == 1

@@ -65,6 +65,14 @@ impl Broker {
         for b in rec.bindings {
             vhost(&b.vhost).restore_binding(b);
         }
+        let now = crate::queue::now_ms();
+        for d in rec.dedup {
+            if let Some(x) = vhost(&d.vhost).exchanges.get(&d.exchange) {
+                if let Some(cache) = &x.dedup {
+                    cache.restore(d.key, d.expires_at, now);
+                }
+            }
+        }
         if queues > 0 {
             tracing::info!(queues, messages, "recovered durable queues");
         }

@@ -13,10 +13,11 @@ use super::tx::TxCommit;
 use super::{delete_auto_queue, requeue_all, Channel, ConnCtx};
 use crate::broker::vhost::random_name;
 use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::{dedup, Exchange};
 use crate::message::Message;
 use crate::protocol::{codes, encode, short, ContentHeader};
-use crate::queue::deadletter;
 use crate::queue::Queue;
+use crate::queue::{deadletter, Enqueued};
 
 /// An `x-priority` consumer argument of any integer type.
 fn consumer_priority(v: &amq_protocol::types::AMQPValue) -> Option<i64> {
@@ -73,6 +74,13 @@ impl Channel {
             let mut c = self.handle.confirms.lock();
             c.enabled.then(|| c.register())
         };
+        if self.is_duplicate(ctx, &x, &header) {
+            // Confirmed, not routed: the producer's retry is absorbed.
+            if let Some(seq) = seq {
+                self.handle.confirms.lock().complete(seq, true);
+            }
+            return Ok(());
+        }
         let queues = ctx.vhost.route_with_alternates(
             &x,
             p.routing_key.as_str(),
@@ -116,13 +124,14 @@ impl Channel {
         let mut refused = false;
         for q in queues {
             match q.enqueue(msg.clone()) {
-                Some(meta) => {
+                Enqueued::Accepted(meta) => {
                     if persistent && stores(&q) {
                         stored.push((q.key(), meta));
                     }
                     accepted.push(q);
                 }
-                None => refused = true,
+                Enqueued::Refused => refused = true,
+                Enqueued::Duplicate => {}
             }
         }
         let queues = accepted;
@@ -174,6 +183,39 @@ impl Channel {
             }),
         );
         Ok(())
+    }
+
+    /// Exchange-level deduplication: true when the exchange has seen this
+    /// message's key. New keys of a durable exchange are written to the store.
+    fn is_duplicate(&self, ctx: &ConnCtx<'_>, x: &Exchange, header: &ContentHeader) -> bool {
+        let Some(cache) = &x.dedup else {
+            return false;
+        };
+        let Some(key) = dedup::message_key(cache.header.as_deref(), &header.properties) else {
+            return false;
+        };
+        match cache.check(&key, crate::queue::now_ms()) {
+            dedup::Seen::Duplicate => true,
+            dedup::Seen::New {
+                expires_at,
+                evicted,
+            } => {
+                if x.durable {
+                    for old in evicted {
+                        ctx.broker
+                            .store
+                            .forget_dedup(&ctx.vhost.name, &x.name, &old);
+                    }
+                    ctx.broker.store.remember_dedup(crate::store::DedupDef {
+                        vhost: ctx.vhost.name.clone(),
+                        exchange: x.name.clone(),
+                        key,
+                        expires_at,
+                    });
+                }
+                false
+            }
+        }
     }
 
     /// A reply to a direct reply-to request: straight to the requester's channel.

@@ -1,6 +1,7 @@
 //! Exchanges and routing. `route` appends the queues a message goes to; it never
 //! enqueues anything itself.
 
+pub mod dedup;
 pub mod headers;
 pub mod topic;
 
@@ -79,6 +80,8 @@ pub struct Exchange {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+    /// `x-message-deduplication`: recently seen keys.
+    pub dedup: Option<dedup::DedupCache>,
     bindings: RwLock<Bindings>,
 }
 
@@ -97,6 +100,7 @@ impl Exchange {
             durable,
             auto_delete,
             internal,
+            dedup: dedup::DedupCache::from_arguments(&arguments),
             arguments,
             bindings: RwLock::new(Bindings::default()),
         }

@@ -97,7 +97,7 @@ fn publish(
     let mut accepted = Vec::new();
     let mut stored: Vec<(QueueKey, IndexMeta)> = Vec::new();
     for t in targets {
-        if let Some(meta) = t.enqueue(copy.clone()) {
+        if let super::Enqueued::Accepted(meta) = t.enqueue(copy.clone()) {
             if persistent && stores(&t) {
                 stored.push((t.key(), meta));
             }

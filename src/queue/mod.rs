@@ -42,6 +42,27 @@ pub struct QueueEntry {
     pub priority: u8,
     /// Body size, for `x-max-length-bytes`.
     pub size: u32,
+    /// Deduplication key, in a queue with `x-message-deduplication`.
+    pub dedup_key: Option<Arc<str>>,
+}
+
+/// What `Queue::enqueue` did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// In the queue; its index entry records this.
+    Accepted(IndexMeta),
+    /// Refused (queue deleted, or full with reject-publish): nack.
+    Refused,
+    /// A message with the same deduplication key is in the queue: dropped,
+    /// but confirmed.
+    Duplicate,
+}
+
+/// Queue-level deduplication: the keys of the messages in the queue.
+#[derive(Debug)]
+struct QueueDedup {
+    header: Option<String>,
+    keys: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 impl QueueEntry {
@@ -184,6 +205,7 @@ pub struct Queue {
     /// Set once deleted; read without the state lock (acks of deliveries that
     /// outlive their queue must not touch the store: the queue's entries are gone).
     gone: AtomicBool,
+    dedup: Option<QueueDedup>,
     /// Last use (declare, basic.get, consumer coming or going), for `x-expires`.
     last_used: std::sync::atomic::AtomicU64,
     state: Mutex<QueueState>,
@@ -281,6 +303,10 @@ impl Queue {
         store: Arc<dyn Store>,
     ) -> Self {
         let limits = Limits::from_arguments(&arguments);
+        let dedup = crate::exchange::dedup::enabled(&arguments).then(|| QueueDedup {
+            header: crate::exchange::dedup::key_header(&arguments),
+            keys: Mutex::new(Default::default()),
+        });
         Queue {
             name,
             vhost,
@@ -292,6 +318,7 @@ impl Queue {
             memory_limit: DEFAULT_MEMORY_LIMIT,
             limits,
             gone: AtomicBool::new(false),
+            dedup,
             last_used: std::sync::atomic::AtomicU64::new(now_ms()),
             state: Mutex::new(QueueState {
                 ready: Ready::default(),
@@ -334,17 +361,27 @@ impl Queue {
     }
 
     /// Append a message and deliver what can be delivered.
-    /// Returns `None` when the queue refused the message (deleted, or full
-    /// with `x-overflow = reject-publish`), else what its index entry records.
-    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> Option<IndexMeta> {
+    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
         let mut st = self.state.lock();
         if st.deleted {
-            return None;
+            return Enqueued::Refused;
         }
         if self.limits.overflow == Overflow::RejectPublish
             && self.over_limit(&st.ready, 1, msg.body.len() as u64)
         {
-            return None;
+            return Enqueued::Refused;
+        }
+        let mut dedup_key = None;
+        if let Some(d) = &self.dedup {
+            if let Some(k) =
+                crate::exchange::dedup::message_key(d.header.as_deref(), &msg.properties)
+            {
+                let k: Arc<str> = Arc::from(k);
+                if !d.keys.lock().insert(k.clone()) {
+                    return Enqueued::Duplicate;
+                }
+                dedup_key = Some(k);
+            }
         }
         let ttl = match (self.limits.message_ttl, msg.ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -360,6 +397,7 @@ impl Queue {
         let size = msg.body.len() as u32;
         let e = QueueEntry {
             slot: Slot::Mem(msg),
+            dedup_key,
             size,
             seq,
             redelivered: false,
@@ -382,7 +420,7 @@ impl Queue {
             st.mem_bytes = st.mem_bytes.saturating_sub(old.mem_bytes());
             self.discard(&mut st, old, "maxlen");
         }
-        Some(meta)
+        Enqueued::Accepted(meta)
     }
 
     /// Whether `ready` plus `more` messages of `more_bytes` would exceed
@@ -473,6 +511,7 @@ impl Queue {
             st.next_seq += 1;
             st.ready.push_back(QueueEntry {
                 slot: Slot::Stored(id),
+                dedup_key: None,
                 size: meta.size,
                 seq,
                 redelivered: true,
@@ -482,6 +521,31 @@ impl Queue {
         }
         if self.limits.max_priority.is_some() {
             st.ready.sort_by_order();
+        }
+        if let Some(d) = &self.dedup {
+            // Rebuild the keys of the messages in the queue (only deduplicating
+            // queues read their messages back at boot).
+            let ids: Vec<u64> = st.ready.iter().map(|e| e.msg_id()).collect();
+            let mut keys = d.keys.lock();
+            for (chunk_no, chunk) in ids.chunks(LOAD_BATCH).enumerate() {
+                let Ok(loaded) = self.store.load(chunk) else {
+                    tracing::error!(queue = %self.name, "cannot read messages back to rebuild deduplication keys");
+                    break;
+                };
+                for (i, m) in loaded.into_iter().enumerate() {
+                    let Some(m) = m else { continue };
+                    let Some(k) =
+                        crate::exchange::dedup::message_key(d.header.as_deref(), &m.properties)
+                    else {
+                        continue;
+                    };
+                    let k: Arc<str> = Arc::from(k);
+                    keys.insert(k.clone());
+                    if let Some(e) = st.ready.get_mut(chunk_no * LOAD_BATCH + i) {
+                        e.dedup_key = Some(k);
+                    }
+                }
+            }
         }
     }
 
@@ -577,6 +641,9 @@ impl Queue {
 
     /// A message left this queue for good (acked, rejected, delivered no-ack).
     pub fn settled(&self, entry: &QueueEntry) {
+        if let (Some(d), Some(k)) = (&self.dedup, &entry.dedup_key) {
+            d.keys.lock().remove(k);
+        }
         if self.stores(entry) && !self.gone.load(Ordering::Acquire) {
             self.store.remove(&self.key(), entry.msg_id());
         }
@@ -742,6 +809,9 @@ impl Queue {
         for e in st.ready.take() {
             if self.stores(&e) {
                 self.store.remove(&key, e.msg_id());
+            }
+            if let (Some(d), Some(k)) = (&self.dedup, &e.dedup_key) {
+                d.keys.lock().remove(k);
             }
         }
         st.mem_bytes = 0;

@@ -207,6 +207,33 @@ pub fn index_msg_id(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(a))
 }
 
+/// Key of a remembered deduplication key: vhost, exchange, key.
+pub fn dedup_key(vhost: &str, exchange: &str, key: &str) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.str8(vhost).str8(exchange).bytes32(key.as_bytes());
+    w.0
+}
+
+/// Prefix of an exchange's remembered keys.
+pub fn dedup_prefix(vhost: &str, exchange: &str) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.str8(vhost).str8(exchange);
+    w.0
+}
+
+pub fn decode_dedup(key: &[u8], value: &[u8]) -> Option<super::DedupDef> {
+    let mut r = Reader(key);
+    let vhost = r.str8()?;
+    let exchange = r.str8()?;
+    let k = String::from_utf8(r.bytes32()?.to_vec()).ok()?;
+    Some(super::DedupDef {
+        vhost,
+        exchange,
+        key: k,
+        expires_at: Reader(value).u64().unwrap_or(0),
+    })
+}
+
 /// An index entry's value: the message's expiry in that queue (ms since the
 /// epoch) and its priority there; nothing when both are zero.
 pub fn index_value(meta: IndexMeta) -> Vec<u8> {

@@ -61,6 +61,16 @@ pub struct IndexMeta {
     pub size: u32,
 }
 
+/// A deduplication key remembered by a durable exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DedupDef {
+    pub vhost: String,
+    pub exchange: String,
+    pub key: String,
+    /// ms since the Unix epoch, 0 for never.
+    pub expires_at: u64,
+}
+
 /// Everything read back at boot.
 #[derive(Debug, Default)]
 pub struct Recovered {
@@ -69,6 +79,7 @@ pub struct Recovered {
     /// expires_at is milliseconds since the Unix epoch, 0 for never.
     pub queues: Vec<(QueueDef, Vec<(u64, IndexMeta)>)>,
     pub bindings: Vec<BindingDef>,
+    pub dedup: Vec<DedupDef>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +114,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn recover(&self) -> Result<Recovered, StoreError>;
     /// The highest message id in the store, so new ids continue above it.
     fn max_message_id(&self) -> u64;
+    /// Remember a deduplication key (written with the next synced batch, so
+    /// before the confirm of the message that carried it).
+    fn remember_dedup(&self, _def: DedupDef) {}
+    /// Forget a key evicted from an exchange's cache.
+    fn forget_dedup(&self, _vhost: &str, _exchange: &str, _key: &str) {}
     /// Finish pending writes and stop; later writes fail.
     fn shutdown(&self) {}
 }

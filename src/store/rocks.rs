@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use super::codec;
 use super::{
-    BindingDef, Completion, ExchangeDef, IndexMeta, QueueDef, QueueKey, Recovered, Store,
+    BindingDef, Completion, DedupDef, ExchangeDef, IndexMeta, QueueDef, QueueKey, Recovered, Store,
     StoreError,
 };
 use crate::message::Message;
@@ -30,6 +30,7 @@ use crate::message::Message;
 const CF_DEFINITIONS: &str = "definitions";
 const CF_MESSAGES: &str = "messages";
 const CF_INDEX: &str = "index";
+const CF_DEDUP: &str = "dedup";
 /// Most operations folded into one write.
 const MAX_BATCH_OPS: usize = 8192;
 
@@ -48,6 +49,11 @@ enum Op {
     Remove {
         queue: QueueKey,
         msg_id: u64,
+    },
+    /// Remember (expiry) or forget (None) a deduplication key; unsynced.
+    Dedup {
+        key: Vec<u8>,
+        expires_at: Option<u64>,
     },
     /// A definition change, written and synced on its own; the caller waits.
     Definition {
@@ -117,6 +123,7 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_DEFINITIONS, small(4 * 1024 * 1024)),
             ColumnFamilyDescriptor::new(CF_MESSAGES, msg_opts),
             ColumnFamilyDescriptor::new(CF_INDEX, small(8 * 1024 * 1024)),
+            ColumnFamilyDescriptor::new(CF_DEDUP, small(4 * 1024 * 1024)),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             let text = e.to_string();
@@ -245,6 +252,11 @@ fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats:
                         tracing::error!(error = %e, "store removal failed");
                     }
                 }
+                Op::Dedup { key, expires_at } => match (cf(&db, CF_DEDUP), expires_at) {
+                    (Ok(c), Some(exp)) => batch.put_cf(c, key, exp.to_be_bytes()),
+                    (Ok(c), None) => batch.delete_cf(c, key),
+                    (Err(e), _) => tracing::error!(error = %e, "dedup write failed"),
+                },
                 Op::Definition { op, reply } => {
                     // Written after what came before it, on its own.
                     definition = Some((op, reply));
@@ -305,6 +317,19 @@ impl Store for RocksStore {
         self.definition(move |db, _, b| {
             let defs = cf(db, CF_DEFINITIONS)?;
             b.delete_cf(defs, k);
+            // Its remembered deduplication keys go with it.
+            let dedup = cf(db, CF_DEDUP)?;
+            let prefix = codec::dedup_prefix(&vhost, &name);
+            for item in db.iterator_cf(
+                dedup,
+                IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+            ) {
+                let (key, _) = item.map_err(io)?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                b.delete_cf(dedup, key);
+            }
             // Its bindings go with it.
             for item in db.iterator_cf(
                 defs,
@@ -403,6 +428,20 @@ impl Store for RocksStore {
         }
     }
 
+    fn remember_dedup(&self, def: DedupDef) {
+        self.submit(Op::Dedup {
+            key: codec::dedup_key(&def.vhost, &def.exchange, &def.key),
+            expires_at: Some(def.expires_at),
+        });
+    }
+
+    fn forget_dedup(&self, vhost: &str, exchange: &str, key: &str) {
+        self.submit(Op::Dedup {
+            key: codec::dedup_key(vhost, exchange, key),
+            expires_at: None,
+        });
+    }
+
     fn remove(&self, queue: &QueueKey, msg_id: u64) {
         self.submit(Op::Remove {
             queue: queue.clone(),
@@ -487,6 +526,18 @@ impl Store for RocksStore {
                 msgs.push((id, codec::index_meta(&v)));
             }
             rec.queues.push((qd, msgs));
+        }
+        let dedup = cf(db, CF_DEDUP)?;
+        for item in db.iterator_cf(dedup, IteratorMode::Start) {
+            let (k, v) = item.map_err(io)?;
+            match codec::decode_dedup(&k, &v) {
+                Some(d) => rec.dedup.push(d),
+                None => {
+                    return Err(StoreError::Corrupt(
+                        "undecodable deduplication record".into(),
+                    ))
+                }
+            }
         }
         let mut refs = self.refs.lock();
         for (id, n) in counts {
