@@ -699,3 +699,43 @@ async fn max_length_bytes_drops_from_the_head_and_rejects() {
     delete_queue(&conn, &r).await;
     let _ = conn.close(200, "bye".into()).await;
 }
+
+#[tokio::test]
+async fn reject_publish_dlx_nacks_and_dead_letters() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let dlq = declare_queue(&ch, "rpdlx-dead").await;
+    let q = declare_with(
+        &ch,
+        "rpdlx",
+        args(&[
+            ("x-max-length", AMQPValue::LongInt(1)),
+            ("x-overflow", s("reject-publish-dlx")),
+            ("x-dead-letter-exchange", s("")),
+            ("x-dead-letter-routing-key", s(&dlq)),
+        ]),
+    )
+    .await;
+    confirm_select(&ch).await;
+    assert!(
+        publish_confirmed(&ch, "", &q, b"1", BasicProperties::default())
+            .await
+            .is_ack()
+    );
+    let c2 = publish_confirmed(&ch, "", &q, b"2", BasicProperties::default()).await;
+    assert!(c2.is_nack(), "{c2:?}");
+    assert_eq!(drain(&ch, &q).await, vec![b"1".to_vec()]);
+    let dead = within("dead letter", async {
+        loop {
+            if let Some(m) = get(&ch, &dlq, true).await {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(dead.delivery.data, b"2");
+    delete_queue(&conn, &q).await;
+    delete_queue(&conn, &dlq).await;
+    let _ = conn.close(200, "bye".into()).await;
+}

@@ -130,7 +130,11 @@ impl Channel {
                     }
                     accepted.push(q);
                 }
-                Enqueued::Refused => refused = true,
+                Enqueued::Refused => {
+                    refused = true;
+                    // reject-publish-dlx dead-letters what it refuses.
+                    deadletter::flush(ctx.broker, ctx.vhost, &q);
+                }
                 Enqueued::Duplicate => {}
             }
         }

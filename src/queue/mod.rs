@@ -46,6 +46,10 @@ pub struct QueueEntry {
     pub dedup_key: Option<Arc<str>>,
 }
 
+/// The `seq` of an entry that was refused at the door (reject-publish-dlx):
+/// it never had a place in the queue, nor an index entry in the store.
+const NEVER_ENQUEUED: u64 = u64::MAX;
+
 /// What `Queue::enqueue` did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -218,6 +222,8 @@ pub enum Overflow {
     DropHead,
     /// Refuse the new message; its publisher gets basic.nack.
     RejectPublish,
+    /// Refuse it (nack) and dead-letter it.
+    RejectPublishDlx,
 }
 
 /// Limits read from the queue's arguments.
@@ -244,7 +250,8 @@ impl Limits {
     pub fn from_arguments(args: &FieldTable) -> Limits {
         let max_length = args.inner().get("x-max-length").and_then(as_u64);
         let overflow = match args.inner().get("x-overflow").and_then(as_text).as_deref() {
-            Some("reject-publish") | Some("reject-publish-dlx") => Overflow::RejectPublish,
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
             _ => Overflow::DropHead,
         };
         let text = |k: &str| args.inner().get(k).and_then(as_text);
@@ -342,6 +349,9 @@ impl Queue {
 
     /// Whether this entry's message lives in the store.
     fn stores(&self, e: &QueueEntry) -> bool {
+        if e.seq == NEVER_ENQUEUED {
+            return false;
+        }
         match &e.slot {
             Slot::Mem(m) => self.durable && self.exclusive_owner.is_none() && m.is_persistent(),
             Slot::Stored(_) => true,
@@ -366,9 +376,24 @@ impl Queue {
         if st.deleted {
             return Enqueued::Refused;
         }
-        if self.limits.overflow == Overflow::RejectPublish
+        if self.limits.overflow != Overflow::DropHead
             && self.over_limit(&st.ready, 1, msg.body.len() as u64)
         {
+            if self.limits.overflow == Overflow::RejectPublishDlx && self.limits.dlx.is_some() {
+                let size = msg.body.len() as u32;
+                st.dead.push((
+                    QueueEntry {
+                        slot: Slot::Mem(msg),
+                        seq: NEVER_ENQUEUED,
+                        redelivered: false,
+                        expires_at: 0,
+                        priority: 0,
+                        size,
+                        dedup_key: None,
+                    },
+                    "maxlen",
+                ));
+            }
             return Enqueued::Refused;
         }
         let mut dedup_key = None;
