@@ -323,3 +323,75 @@ def test_consume_from_missing_queue_is_404(amqp):
     with channel_error(404):
         ch.basic_consume(amqp.queue_name(), lambda *a: None)
     assert_connection_usable(amqp.conn)
+
+
+def test_max_length_bytes_drops_oldest(amqp):
+    ch = amqp.channel(confirm=True)
+    q = amqp.queue_name()
+    ch.queue_declare(q, arguments={"x-max-length-bytes": 10})
+    for body in (b"aaaa", b"bbbb", b"cccc"):
+        ch.basic_publish("", q, body)
+    bodies = []
+    while True:
+        method, _p, body = ch.basic_get(q, auto_ack=True)
+        if method is None:
+            break
+        bodies.append(body)
+    assert bodies == [b"bbbb", b"cccc"]
+
+
+def test_reject_publish_dlx_nacks_and_dead_letters(amqp):
+    ch = amqp.channel(confirm=True)
+    q, dlq = amqp.queue_name(), amqp.queue_name()
+    ch.queue_declare(dlq)
+    ch.queue_declare(q, arguments={
+        "x-max-length": 1,
+        "x-overflow": "reject-publish-dlx",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dlq,
+    })
+    ch.basic_publish("", q, b"kept")
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", q, b"refused")
+    assert wait_until(ch.connection, lambda: message_count(ch, dlq) == 1)
+    assert message_count(ch, q) == 1
+
+
+def test_queue_expires_when_unused(amqp):
+    ch = amqp.channel()
+    q = amqp.queue_name()
+    ch.queue_declare(q, arguments={"x-expires": 300})
+    time.sleep(1.0)
+    with channel_error(404):
+        ch.queue_declare(q, passive=True)
+
+
+def test_single_active_consumer(amqp):
+    ch = amqp.channel()
+    q = amqp.queue_name()
+    ch.queue_declare(q, arguments={"x-single-active-consumer": True})
+    got = {"first": [], "second": []}
+    tag1 = ch.basic_consume(q, lambda c, m, p, b: got["first"].append(b), auto_ack=True)
+    ch.basic_consume(q, lambda c, m, p, b: got["second"].append(b), auto_ack=True)
+    for i in range(3):
+        ch.basic_publish("", q, b"%d" % i)
+    assert wait_until(ch.connection, lambda: len(got["first"]) == 3)
+    ch.basic_cancel(tag1)
+    ch.basic_publish("", q, b"3")
+    assert wait_until(ch.connection, lambda: got["second"] == [b"3"])
+    assert got["second"] == [b"3"]
+
+
+def test_consumer_priority(amqp):
+    ch = amqp.channel()
+    q = amqp.queue_name()
+    ch.queue_declare(q)
+    got = {"low": [], "high": []}
+    ch.basic_consume(q, lambda c, m, p, b: got["low"].append(b), auto_ack=True,
+                     arguments={"x-priority": 1})
+    ch.basic_consume(q, lambda c, m, p, b: got["high"].append(b), auto_ack=True,
+                     arguments={"x-priority": 10})
+    for i in range(5):
+        ch.basic_publish("", q, b"%d" % i)
+    assert wait_until(ch.connection, lambda: len(got["high"]) == 5)
+    assert got["low"] == []
