@@ -68,6 +68,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let sweeper = tokio::spawn(hopper::queue::deadletter::sweeper(broker.clone()));
     hopper::server::run(listener, broker.clone(), shutdown_signal()).await;
+    // Stop accepting (done), close clients with 320, let their pending work
+    // reach the store, then finish and sync every store write.
+    broker
+        .close_connections(std::time::Duration::from_secs(5))
+        .await;
     sweeper.abort();
     broker.store.shutdown();
     Ok(())

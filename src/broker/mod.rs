@@ -20,6 +20,10 @@ pub struct Broker {
     pub reply_channels: DashMap<String, std::sync::Weak<crate::channel::handle::ChannelHandle>>,
     next_conn_id: AtomicU64,
     next_msg_id: AtomicU64,
+    /// Flips to true when the broker shuts down: connections close with 320.
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// Connections still being served.
+    live_connections: std::sync::atomic::AtomicUsize,
 }
 
 impl Broker {
@@ -39,6 +43,8 @@ impl Broker {
             next_msg_id: AtomicU64::new(store.max_message_id() + 1),
             store,
             reply_channels: DashMap::new(),
+            shutdown: tokio::sync::watch::channel(false).0,
+            live_connections: std::sync::atomic::AtomicUsize::new(0),
             next_conn_id: AtomicU64::new(1),
         });
         broker.restore(recovered);
@@ -76,6 +82,30 @@ impl Broker {
         if queues > 0 {
             tracing::info!(queues, messages, "recovered durable queues");
         }
+    }
+
+    /// Ask every connection to close (320 CONNECTION_FORCED) and wait up to
+    /// `grace` for them to finish, so their pending work reaches the store.
+    pub async fn close_connections(&self, grace: std::time::Duration) {
+        self.shutdown.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.live_connections.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn connection_started(&self) {
+        self.live_connections.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn connection_ended(&self) {
+        self.live_connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

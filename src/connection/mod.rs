@@ -59,6 +59,7 @@ pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    broker.connection_started();
     let (rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     let id = broker.next_connection_id();
@@ -85,9 +86,11 @@ where
     tracing::debug!(conn = id, peer = %peer, ?end, "connection ended");
     c.teardown();
     handle.control(Outbound::Close);
+    let broker = c.broker.clone();
     drop(c);
     drop(handle);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    broker.connection_ended();
 }
 
 impl<R: AsyncRead + Unpin> Connection<R> {
@@ -132,6 +135,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     }
 
     async fn main_loop(&mut self) -> End {
+        let mut shutdown = self.broker.shutdown_signal();
         loop {
             loop {
                 match read_frame(&mut self.buf, self.frame_max) {
@@ -148,10 +152,28 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
             }
             self.flush_confirms();
-            match self.fill(self.heartbeat_deadline()).await {
-                Ok(true) => {}
-                Ok(false) => return End::Gone,
-                Err(end) => return end,
+            let deadline = self.heartbeat_deadline();
+            let down = *shutdown.borrow_and_update();
+            let filled = if down {
+                None
+            } else {
+                tokio::select! {
+                    r = self.fill(deadline) => Some(r),
+                    _ = shutdown.changed() => None,
+                }
+            };
+            match filled {
+                Some(Ok(true)) => {}
+                Some(Ok(false)) => return End::Gone,
+                Some(Err(end)) => return end,
+                None => {
+                    return self
+                        .close_with(AmqpError::connection(
+                            codes::CONNECTION_FORCED,
+                            "broker shutdown",
+                        ))
+                        .await
+                }
             }
         }
     }

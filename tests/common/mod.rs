@@ -186,6 +186,39 @@ impl Broker {
         }
     }
 
+    /// SIGTERM the broker and wait (up to 15 s) for it to exit; returns
+    /// whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        assert!(
+            !self.external,
+            "terminate is impossible on an external broker"
+        );
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start the broker again on the same data directory after `terminate`.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "broker still running");
+        self.spawn();
+    }
+
     /// SIGKILL the broker (if running) and start it again on the same data
     /// directory. The new process listens on a new free port: call `uri()` again.
     pub fn restart(&mut self) {
