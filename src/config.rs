@@ -34,6 +34,13 @@ pub struct Config {
     pub vhosts: Vec<String>,
     #[serde(default)]
     pub users: Vec<User>,
+    /// Users who may only connect from a loopback address.
+    #[serde(default = "default_loopback_users")]
+    pub loopback_users: Vec<String>,
+}
+
+fn default_loopback_users() -> Vec<String> {
+    vec!["guest".to_string()]
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +51,11 @@ pub struct Limits {
     pub heartbeat: u16,
     pub max_message_size: u64,
     pub handshake_timeout: u64,
+    /// 0 means unlimited for the limits below.
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_queues: usize,
+    pub max_consumers_per_channel: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +66,10 @@ impl Default for Limits {
             heartbeat: 60,
             max_message_size: 16 * 1024 * 1024,
             handshake_timeout: 10,
+            max_connections: 0,
+            max_connections_per_user: 0,
+            max_queues: 0,
+            max_consumers_per_channel: 0,
         }
     }
 }

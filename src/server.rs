@@ -13,6 +13,12 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Futu
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let max = broker.config.limits.max_connections;
+                    if max > 0 && broker.live_connection_count() >= max {
+                        tracing::warn!(peer = %peer, max, "connection limit reached; refusing connection");
+                        drop(stream);
+                        continue;
+                    }
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "set_nodelay failed");
                     }

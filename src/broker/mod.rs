@@ -24,6 +24,8 @@ pub struct Broker {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Connections still being served.
     live_connections: std::sync::atomic::AtomicUsize,
+    /// Open connections per user.
+    user_connections: DashMap<String, usize>,
 }
 
 impl Broker {
@@ -45,6 +47,7 @@ impl Broker {
             reply_channels: DashMap::new(),
             shutdown: tokio::sync::watch::channel(false).0,
             live_connections: std::sync::atomic::AtomicUsize::new(0),
+            user_connections: DashMap::new(),
             next_conn_id: AtomicU64::new(1),
         });
         broker.restore(recovered);
@@ -102,6 +105,27 @@ impl Broker {
 
     pub fn connection_started(&self) {
         self.live_connections.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn live_connection_count(&self) -> usize {
+        self.live_connections.load(Ordering::Acquire)
+    }
+
+    /// Count a user's open connection; false when over their limit.
+    pub fn user_connected(&self, user: &str) -> bool {
+        let max = self.config.limits.max_connections_per_user;
+        let mut n = self.user_connections.entry(user.to_string()).or_insert(0);
+        if max > 0 && *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn user_disconnected(&self, user: &str) {
+        if let Some(mut n) = self.user_connections.get_mut(user) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     pub fn connection_ended(&self) {

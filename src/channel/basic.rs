@@ -306,6 +306,13 @@ impl Channel {
         };
         let consumer = {
             let mut d = self.handle.delivery.lock();
+            let max = ctx.broker.config.limits.max_consumers_per_channel;
+            if max > 0 && d.consumers.len() >= max {
+                return Err(AmqpError::connection(
+                    codes::NOT_ALLOWED,
+                    format!("reached maximum ({max}) of consumers per channel"),
+                ));
+            }
             if d.consumers.contains_key(&tag) {
                 return Err(AmqpError::connection(
                     codes::NOT_ALLOWED,

@@ -98,6 +98,17 @@ impl Channel {
         } else {
             m.queue.as_str().to_string()
         };
+        let max = ctx.broker.config.limits.max_queues;
+        if max > 0
+            && !m.passive
+            && (m.queue.as_str().is_empty() || !ctx.vhost.queues.contains_key(m.queue.as_str()))
+            && ctx.vhost.queues.len() >= max
+        {
+            return Err(AmqpError::precondition(format!(
+                "cannot declare queue '{}': queue limit in vhost '{}' ({max}) is reached",
+                m.queue, ctx.vhost.name
+            )));
+        }
         let (q, messages, consumers) = ctx.vhost.declare_queue(
             QueueSpec {
                 name,

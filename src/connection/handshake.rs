@@ -171,6 +171,16 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 .caused_by(10, 11),
             ));
         }
+        if self.broker.config.loopback_users.contains(&user) && !self.peer.ip().is_loopback() {
+            tracing::warn!(conn = self.handle.id, peer = %self.peer, user = %user, "login refused: user may only connect via localhost");
+            return Err(Step::Refuse(
+                AmqpError::connection(
+                    codes::ACCESS_REFUSED,
+                    format!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."),
+                )
+                .caused_by(10, 11),
+            ));
+        }
         self.user = user;
         self.handle
             .set_cancel_notify(client_cancel_notify(&start_ok.client_properties));
@@ -233,6 +243,19 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 .caused_by(10, 40),
             ));
         }
+        if !self.broker.user_connected(&self.user) {
+            return Err(Step::Refuse(
+                AmqpError::connection(
+                    codes::NOT_ALLOWED,
+                    format!(
+                        "Connection refused for user '{}': user connection limit ({}) is reached",
+                        self.user, self.broker.config.limits.max_connections_per_user
+                    ),
+                )
+                .caused_by(10, 40),
+            ));
+        }
+        self.user_counted = true;
         self.vhost = Some(vhost);
         self.send_method(
             0,

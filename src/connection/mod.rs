@@ -52,6 +52,8 @@ pub struct Connection<R> {
     exclusive_queues: Vec<Arc<Queue>>,
     /// Channels with publisher confirms to flush after this read burst.
     confirm_dirty: Vec<u16>,
+    /// Counted against the user's connection limit.
+    user_counted: bool,
 }
 
 /// Serve one accepted socket until it closes.
@@ -81,10 +83,14 @@ where
         channels: HashMap::new(),
         exclusive_queues: Vec::new(),
         confirm_dirty: Vec::new(),
+        user_counted: false,
     };
     let end = c.run().await;
     tracing::debug!(conn = id, peer = %peer, ?end, "connection ended");
     c.teardown();
+    if c.user_counted {
+        c.broker.user_disconnected(&c.user);
+    }
     handle.control(Outbound::Close);
     let broker = c.broker.clone();
     drop(c);

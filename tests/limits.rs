@@ -1,0 +1,122 @@
+//! Configured limits: each gives a clear AMQP error (or a refused socket),
+//! and the broker keeps serving everyone else.
+
+mod common;
+
+use common::*;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+
+/// Start a broker whose config is the default one with `limits` lines replaced.
+fn broker_with(limits: &[(&str, &str)]) -> (Broker, tempfile::NamedTempFile) {
+    let mut text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/broker.toml"))
+            .expect("read conf/broker.toml");
+    for (key, value) in limits {
+        let old = format!("{key} = 0");
+        assert!(text.contains(&old), "{old} not in the default config");
+        text = text.replace(&old, &format!("{key} = {value}"));
+    }
+    let file = tempfile::NamedTempFile::new().expect("temp config");
+    std::fs::write(file.path(), text).expect("write config");
+    let path = file.path().to_string_lossy().into_owned();
+    (Broker::start_with_args(&["--config", &path]), file)
+}
+
+#[tokio::test]
+async fn per_user_connection_limit_is_530() {
+    if std::env::var(EXTERNAL_ENV).is_ok() {
+        return;
+    }
+    let (broker, _cfg) = broker_with(&[("max_connections_per_user", "2")]);
+    let a = connect(&broker).await;
+    let b = connect(&broker).await;
+    let third = connect_uri(&broker.uri()).await;
+    let err = third.err().expect("a third connection must be refused");
+    assert_eq!(reply_code(&err), Some(530), "{err:?}");
+    drop(b);
+    let _ = a.close(200, "bye".into()).await;
+    // A slot frees up when a connection closes.
+    within("reconnect", async {
+        loop {
+            if let Ok(c) = connect_uri(&broker.uri()).await {
+                let _ = c.close(200, "bye".into()).await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn total_connection_limit_refuses_the_socket() {
+    if std::env::var(EXTERNAL_ENV).is_ok() {
+        return;
+    }
+    let (broker, _cfg) = broker_with(&[("max_connections", "1")]);
+    let a = connect(&broker).await;
+    assert!(connect_uri(&broker.uri()).await.is_err());
+    let _ = a.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn queue_limit_is_406_and_the_connection_survives() {
+    if std::env::var(EXTERNAL_ENV).is_ok() {
+        return;
+    }
+    let (broker, _cfg) = broker_with(&[("max_queues", "2")]);
+    let (conn, ch) = connect_channel(&broker).await;
+    let q1 = declare_queue(&ch, "lim").await;
+    let _q2 = declare_queue(&ch, "lim").await;
+    // Redeclaring an existing queue is fine.
+    within(
+        "redeclare",
+        ch.queue_declare(
+            q1.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("redeclare");
+    let res = within(
+        "third queue",
+        ch.queue_declare(
+            unique("lim").as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    assert_code(res, 406);
+    assert!(
+        conn.create_channel().await.is_ok(),
+        "the connection must survive"
+    );
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn consumers_per_channel_limit_is_530() {
+    if std::env::var(EXTERNAL_ENV).is_ok() {
+        return;
+    }
+    let (broker, _cfg) = broker_with(&[("max_consumers_per_channel", "1")]);
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_queue(&ch, "lim-consumers").await;
+    let _c = consume(&ch, &q, true).await;
+    let res = within(
+        "second consumer",
+        ch.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    assert_code(res, 530);
+    drop(conn);
+    assert_broker_healthy(&broker).await;
+}
