@@ -32,7 +32,9 @@ async fn per_user_connection_limit_is_530() {
     let a = connect(&broker).await;
     let b = connect(&broker).await;
     let third = connect_uri(&broker.uri()).await;
-    let err = third.err().expect("a third connection must be refused");
+    let Err(err) = third else {
+        panic!("a third connection must be refused");
+    };
     assert_eq!(reply_code(&err), Some(530), "{err:?}");
     drop(b);
     let _ = a.close(200, "bye".into()).await;
