@@ -56,6 +56,9 @@ pub struct Limits {
     pub max_connections_per_user: usize,
     pub max_queues: usize,
     pub max_consumers_per_channel: usize,
+    /// Memory alarm: bytes of message bodies held in queue memory above which
+    /// publishing connections are blocked (0: off).
+    pub memory_high_watermark: usize,
 }
 
 impl Default for Limits {
@@ -70,6 +73,7 @@ impl Default for Limits {
             max_connections_per_user: 0,
             max_queues: 0,
             max_consumers_per_channel: 0,
+            memory_high_watermark: 1024 * 1024 * 1024,
         }
     }
 }

@@ -7,20 +7,17 @@ use common::*;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
-/// Start a broker whose config is the default one with `limits` lines replaced.
+/// Start a broker whose config is the default one with `limits` set.
 fn broker_with(limits: &[(&str, &str)]) -> (Broker, tempfile::NamedTempFile) {
-    let mut text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/broker.toml"))
-            .expect("read conf/broker.toml");
-    for (key, value) in limits {
-        let old = format!("{key} = 0");
-        assert!(text.contains(&old), "{old} not in the default config");
-        text = text.replace(&old, &format!("{key} = {value}"));
-    }
-    let file = tempfile::NamedTempFile::new().expect("temp config");
-    std::fs::write(file.path(), text).expect("write config");
-    let path = file.path().to_string_lossy().into_owned();
-    (Broker::start_with_args(&["--config", &path]), file)
+    let pairs: Vec<(String, String)> = limits
+        .iter()
+        .map(|(k, v)| (format!("{k} = 0"), format!("{k} = {v}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    broker_with_text(&refs)
 }
 
 #[tokio::test]
@@ -121,4 +118,74 @@ async fn consumers_per_channel_limit_is_530() {
     assert_code(res, 530);
     drop(conn);
     assert_broker_healthy(&broker).await;
+}
+
+/// Past the memory high watermark a publishing connection is no longer read
+/// (its publishes wait), while consumers on other connections drain; once
+/// below the mark it is unblocked and its publishes go through.
+#[tokio::test]
+async fn memory_alarm_blocks_publishers_until_consumers_drain() {
+    if std::env::var(EXTERNAL_ENV).is_ok() {
+        return;
+    }
+    let (broker, _cfg) = broker_with_text(&[(
+        "memory_high_watermark = 1073741824",
+        "memory_high_watermark = 100000",
+    )]);
+    let (pconn, pch) = connect_channel(&broker).await;
+    let q = declare_queue(&pch, "alarm").await;
+    confirm_select(&pch).await;
+    let body = vec![b'x'; 1024];
+    for _ in 0..150 {
+        let c = publish_confirmed(&pch, "", &q, &body, lapin::BasicProperties::default()).await;
+        assert!(c.is_ack());
+    }
+    // The sweeper notices within 100 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // lapin honours connection.blocked: the publish itself waits.
+    let (pch2, q2) = (pch.clone(), q.clone());
+    let mut task = tokio::spawn(async move {
+        let confirm = pch2
+            .basic_publish(
+                "".into(),
+                q2.as_str().into(),
+                Default::default(),
+                b"after the alarm",
+                lapin::BasicProperties::default(),
+            )
+            .await?;
+        confirm.await
+    });
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(800), &mut task)
+            .await
+            .is_err(),
+        "a blocked publisher must not get through"
+    );
+    // A consumer on another connection drains the queue; the alarm clears.
+    let (cconn, cch) = connect_channel(&broker).await;
+    let drained = drain(&cch, &q).await;
+    assert!(drained.len() >= 150, "{}", drained.len());
+    let confirm = within("confirm after unblock", task)
+        .await
+        .expect("join")
+        .expect("confirm");
+    assert!(confirm.is_ack());
+    let _ = cconn.close(200, "bye".into()).await;
+    let _ = pconn.close(200, "bye".into()).await;
+}
+
+/// Like `broker_with`, replacing arbitrary text of the default config.
+fn broker_with_text(replace: &[(&str, &str)]) -> (Broker, tempfile::NamedTempFile) {
+    let mut text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/broker.toml"))
+            .expect("read conf/broker.toml");
+    for (old, new) in replace {
+        assert!(text.contains(old), "{old} not in the default config");
+        text = text.replace(old, new);
+    }
+    let file = tempfile::NamedTempFile::new().expect("temp config");
+    std::fs::write(file.path(), text).expect("write config");
+    let path = file.path().to_string_lossy().into_owned();
+    (Broker::start_with_args(&["--config", &path]), file)
 }

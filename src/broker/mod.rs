@@ -26,6 +26,8 @@ pub struct Broker {
     live_connections: std::sync::atomic::AtomicUsize,
     /// Open connections per user.
     user_connections: DashMap<String, usize>,
+    /// The memory alarm: true while publishers are blocked.
+    alarm: tokio::sync::watch::Sender<bool>,
 }
 
 impl Broker {
@@ -48,6 +50,7 @@ impl Broker {
             shutdown: tokio::sync::watch::channel(false).0,
             live_connections: std::sync::atomic::AtomicUsize::new(0),
             user_connections: DashMap::new(),
+            alarm: tokio::sync::watch::channel(false).0,
             next_conn_id: AtomicU64::new(1),
         });
         broker.restore(recovered);
@@ -105,6 +108,32 @@ impl Broker {
 
     pub fn connection_started(&self) {
         self.live_connections.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn alarm(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.alarm.subscribe()
+    }
+
+    /// Re-evaluate the memory alarm from what the queues hold now.
+    pub fn check_memory(&self) {
+        let limit = self.config.limits.memory_high_watermark;
+        if limit == 0 {
+            return;
+        }
+        let used: usize = self
+            .vhosts
+            .iter()
+            .map(|v| v.queues.iter().map(|q| q.memory()).sum::<usize>())
+            .sum();
+        let on = used > limit;
+        if *self.alarm.borrow() != on {
+            if on {
+                tracing::warn!(used, limit, "memory alarm: blocking publishers");
+            } else {
+                tracing::info!(used, limit, "memory alarm cleared: unblocking publishers");
+            }
+            self.alarm.send_replace(on);
+        }
     }
 
     pub fn live_connection_count(&self) -> usize {

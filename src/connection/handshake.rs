@@ -81,13 +81,10 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
     }
 }
 
-fn client_cancel_notify(props: &FieldTable) -> bool {
+fn client_capability(props: &FieldTable, name: &str) -> bool {
     match props.inner().get("capabilities") {
         Some(AMQPValue::FieldTable(caps)) => {
-            matches!(
-                caps.inner().get("consumer_cancel_notify"),
-                Some(AMQPValue::Boolean(true))
-            )
+            matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
         }
         _ => false,
     }
@@ -182,8 +179,11 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             ));
         }
         self.user = user;
-        self.handle
-            .set_cancel_notify(client_cancel_notify(&start_ok.client_properties));
+        self.handle.set_cancel_notify(client_capability(
+            &start_ok.client_properties,
+            "consumer_cancel_notify",
+        ));
+        self.blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
 
         let limits = &self.broker.config.limits;
         let (frame_max, channel_max, heartbeat) =

@@ -54,6 +54,10 @@ pub struct Connection<R> {
     confirm_dirty: Vec<u16>,
     /// Counted against the user's connection limit.
     user_counted: bool,
+    /// The client understands connection.blocked / unblocked.
+    blocked_notify: bool,
+    /// This connection has published: the memory alarm blocks it.
+    published: bool,
 }
 
 /// Serve one accepted socket until it closes.
@@ -84,6 +88,8 @@ where
         exclusive_queues: Vec::new(),
         confirm_dirty: Vec::new(),
         user_counted: false,
+        blocked_notify: false,
+        published: false,
     };
     let end = c.run().await;
     tracing::debug!(conn = id, peer = %peer, ?end, "connection ended");
@@ -142,6 +148,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
 
     async fn main_loop(&mut self) -> End {
         let mut shutdown = self.broker.shutdown_signal();
+        let mut alarm = self.broker.alarm();
         loop {
             loop {
                 match read_frame(&mut self.buf, self.frame_max) {
@@ -158,6 +165,17 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
             }
             self.flush_confirms();
+            if self.published
+                && *alarm.borrow_and_update()
+                && self.wait_out_alarm(&mut alarm, &mut shutdown).await
+            {
+                return self
+                    .close_with(AmqpError::connection(
+                        codes::CONNECTION_FORCED,
+                        "broker shutdown",
+                    ))
+                    .await;
+            }
             let deadline = self.heartbeat_deadline();
             let down = *shutdown.borrow_and_update();
             let filled = if down {
@@ -166,6 +184,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 tokio::select! {
                     r = self.fill(deadline) => Some(r),
                     _ = shutdown.changed() => None,
+                    // A publisher stops being read as soon as the alarm goes
+                    // off, not only after its next publish.
+                    _ = alarm.changed(), if self.published => continue,
                 }
             };
             match filled {
@@ -182,6 +203,42 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
             }
         }
+    }
+
+    /// The memory alarm is on and this connection publishes: tell the client
+    /// (if it understands) and stop reading until the alarm clears. Returns
+    /// true if the broker shuts down meanwhile.
+    async fn wait_out_alarm(
+        &mut self,
+        alarm: &mut tokio::sync::watch::Receiver<bool>,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        tracing::info!(conn = self.handle.id, peer = %self.peer, "blocking publisher: memory alarm");
+        if self.blocked_notify {
+            self.send_method(
+                0,
+                AMQPClass::Connection(conn::AMQPMethod::Blocked(conn::Blocked {
+                    reason: "low on memory".into(),
+                })),
+            );
+        }
+        loop {
+            if !*alarm.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                r = alarm.changed() => if r.is_err() { break },
+                _ = shutdown.changed() => return true,
+            }
+        }
+        if self.blocked_notify {
+            self.send_method(
+                0,
+                AMQPClass::Connection(conn::AMQPMethod::Unblocked(conn::Unblocked {})),
+            );
+        }
+        tracing::info!(conn = self.handle.id, peer = %self.peer, "unblocking publisher");
+        false
     }
 
     fn closing_done(&self) -> bool {
@@ -297,6 +354,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 );
                 let r = c.handle_method(&mut ctx, m);
                 if is_publish {
+                    self.published = true;
                     self.mark_confirm(channel);
                 }
                 self.channel_result(channel, r)

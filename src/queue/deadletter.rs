@@ -280,6 +280,7 @@ pub async fn sweeper(broker: Arc<Broker>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        broker.check_memory();
         let vhosts: Vec<Arc<VHost>> = broker.vhosts.iter().map(|v| v.clone()).collect();
         for v in vhosts {
             let queues: Vec<Arc<Queue>> = v.queues.iter().map(|q| q.clone()).collect();

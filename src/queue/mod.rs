@@ -358,6 +358,11 @@ impl Queue {
         }
     }
 
+    /// Bytes of messages this queue holds in memory.
+    pub fn memory(&self) -> usize {
+        self.state.lock().mem_bytes
+    }
+
     pub fn message_count(&self) -> u32 {
         self.state.lock().ready.len() as u32
     }
