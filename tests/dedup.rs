@@ -149,20 +149,12 @@ async fn queue_refuses_a_key_it_holds_until_the_message_leaves() {
         return;
     }
     let (conn, ch) = connect_channel(&broker).await;
-    let q = unique("dedup-queue");
-    within(
-        "queue.declare",
-        ch.queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args(&[("x-message-deduplication", AMQPValue::Boolean(true))]),
-        ),
+    let q = declare_durable_queue(
+        &ch,
+        "dedup-queue",
+        args(&[("x-message-deduplication", AMQPValue::Boolean(true))]),
     )
-    .await
-    .expect("queue.declare");
+    .await;
     confirm_select(&ch).await;
     for _ in 0..2 {
         assert!(publish_confirmed(&ch, "", &q, b"job-1", with_id("job-1"))

@@ -456,20 +456,12 @@ async fn message_ttl_survives_restart() {
         return;
     }
     let (conn, ch) = connect_channel(&broker).await;
-    let q = unique("ttl-durable");
-    within(
-        "queue.declare",
-        ch.queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args(&[("x-message-ttl", AMQPValue::LongInt(2500))]),
-        ),
+    let q = declare_durable_queue(
+        &ch,
+        "ttl-durable",
+        args(&[("x-message-ttl", AMQPValue::LongInt(2500))]),
     )
-    .await
-    .expect("declare");
+    .await;
     confirm_select(&ch).await;
     let c = publish_confirmed(
         &ch,
@@ -536,20 +528,12 @@ async fn priorities_survive_restart_in_order() {
         return;
     }
     let (conn, ch) = connect_channel(&broker).await;
-    let q = unique("prio-durable");
-    within(
-        "queue.declare",
-        ch.queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args(&[("x-max-priority", AMQPValue::LongInt(10))]),
-        ),
+    let q = declare_durable_queue(
+        &ch,
+        "prio-durable",
+        args(&[("x-max-priority", AMQPValue::LongInt(10))]),
     )
-    .await
-    .expect("declare");
+    .await;
     confirm_select(&ch).await;
     for (body, prio) in [("p1", 1u8), ("p5a", 5), ("p3", 3), ("p5b", 5), ("p0", 0)] {
         let props = BasicProperties::default()

@@ -6,7 +6,6 @@ mod common;
 
 use common::raw::RawClient;
 use common::*;
-use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
@@ -17,20 +16,7 @@ async fn sigterm_closes_clients_with_320_and_keeps_confirmed_messages() {
         return;
     }
     let (conn, ch) = connect_channel(&broker).await;
-    let q = unique("shutdown");
-    within(
-        "queue.declare",
-        ch.queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("declare");
+    let q = declare_durable_queue(&ch, "shutdown", FieldTable::default()).await;
     confirm_select(&ch).await;
     for i in 0..50 {
         let body = format!("m{i}");

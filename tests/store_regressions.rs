@@ -3,9 +3,7 @@
 mod common;
 
 use common::*;
-use lapin::options::{
-    BasicAckOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
@@ -14,21 +12,7 @@ fn persistent() -> BasicProperties {
 }
 
 async fn durable_queue(ch: &lapin::Channel, prefix: &str) -> String {
-    let name = unique(prefix);
-    within(
-        "queue.declare",
-        ch.queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("queue.declare");
-    name
+    declare_durable_queue(ch, prefix, FieldTable::default()).await
 }
 
 /// A message fanned out to two durable queues is stored once. Deleting one

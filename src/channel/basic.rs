@@ -46,9 +46,11 @@ impl Channel {
         commit: Option<&Arc<TxCommit>>,
     ) -> AmqpResult<()> {
         let mut header = header;
-        let reply = self.handle.delivery.lock().reply_consumer.clone();
-        if let Some(raw) = reply_to::rewrite_request(&mut header.properties, reply.as_ref())? {
-            header.raw_properties = raw;
+        // Only requests addressed to the pseudo-queue look at the reply consumer.
+        if reply_to::is_request(&header.properties) {
+            let reply = self.handle.delivery.lock().reply_consumer.clone();
+            header.raw_properties =
+                reply_to::rewrite_request(&mut header.properties, reply.as_ref())?;
         }
         if p.exchange.as_str().is_empty() {
             if let Some(token) = p.routing_key.as_str().strip_prefix(reply_to::REPLY_PREFIX) {

@@ -24,15 +24,17 @@ pub struct ReplyConsumer {
     pub token: String,
 }
 
-/// Rewrite `reply_to = amq.rabbitmq.reply-to` into the channel's reply
-/// address; returns new raw property bytes when a rewrite happened.
+/// Whether a publish is a direct reply-to request (`reply_to` is the pseudo-queue).
+pub fn is_request(props: &AMQPProperties) -> bool {
+    props.reply_to().as_ref().map(|r| r.as_str()) == Some(PSEUDO_QUEUE)
+}
+
+/// Rewrite a request's `reply_to` into the channel's reply address; returns
+/// the new raw property bytes.
 pub fn rewrite_request(
     props: &mut AMQPProperties,
     reply: Option<&ReplyConsumer>,
-) -> AmqpResult<Option<Bytes>> {
-    if props.reply_to().as_ref().map(|r| r.as_str()) != Some(PSEUDO_QUEUE) {
-        return Ok(None);
-    }
+) -> AmqpResult<Bytes> {
     let Some(reply) = reply else {
         return Err(AmqpError::precondition(
             "fast reply consumer does not exist",
@@ -45,7 +47,7 @@ pub fn rewrite_request(
         .map(|ctx| ctx.into_inner().0)
         .map_err(|e| AmqpError::precondition(format!("cannot encode properties: {e:?}")))?;
     *props = new;
-    Ok(Some(Bytes::from(raw)))
+    Ok(Bytes::from(raw))
 }
 
 /// Deliver a reply straight to the requesting channel's reply consumer.

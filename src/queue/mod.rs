@@ -203,6 +203,8 @@ pub struct Queue {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     store: Arc<dyn Store>,
+    /// (vhost, name), built once: acks of stored messages need it.
+    store_key: QueueKey,
     /// Past this many bytes in memory, stored messages are paged out.
     memory_limit: usize,
     pub limits: Limits,
@@ -314,7 +316,12 @@ impl Queue {
             header: crate::exchange::dedup::key_header(&arguments),
             keys: Mutex::new(Default::default()),
         });
+        let store_key = QueueKey {
+            vhost: vhost.clone(),
+            name: name.clone(),
+        };
         Queue {
+            store_key,
             name,
             vhost,
             durable,
@@ -341,10 +348,7 @@ impl Queue {
     }
 
     pub fn key(&self) -> QueueKey {
-        QueueKey {
-            vhost: self.vhost.clone(),
-            name: self.name.clone(),
-        }
+        self.store_key.clone()
     }
 
     /// Whether this entry's message lives in the store.
@@ -675,7 +679,7 @@ impl Queue {
             d.keys.lock().remove(k);
         }
         if self.stores(entry) && !self.gone.load(Ordering::Acquire) {
-            self.store.remove(&self.key(), entry.msg_id());
+            self.store.remove(&self.store_key, entry.msg_id());
         }
     }
 
@@ -835,10 +839,10 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
         let n = st.ready.len() as u32;
-        let key = self.key();
+        let key = &self.store_key;
         for e in st.ready.take() {
             if self.stores(&e) {
-                self.store.remove(&key, e.msg_id());
+                self.store.remove(key, e.msg_id());
             }
             if let (Some(d), Some(k)) = (&self.dedup, &e.dedup_key) {
                 d.keys.lock().remove(k);

@@ -388,6 +388,25 @@ pub async fn declare_queue(ch: &Channel, prefix: &str) -> String {
     name
 }
 
+/// Declare a fresh durable queue with `arguments` and a unique name.
+pub async fn declare_durable_queue(ch: &Channel, prefix: &str, arguments: FieldTable) -> String {
+    let name = unique(prefix);
+    within(
+        "queue.declare",
+        ch.queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare durable {name}: {e:?}"));
+    name
+}
+
 /// Delete a queue, ignoring errors (cleanup).
 pub async fn delete_queue(conn: &Connection, name: &str) {
     if let Ok(ch) = conn.create_channel().await {
