@@ -144,6 +144,9 @@ impl Channel {
         for q in &queues {
             // x-max-length may have dropped a head message to its dead-letter exchange.
             deadletter::flush(ctx.broker, ctx.vhost, q);
+            if q.in_flow() && !ctx.flow.iter().any(|f| Arc::ptr_eq(f, q)) {
+                ctx.flow.push(q.clone());
+            }
         }
         if stored.is_empty() {
             if !msg.is_deliverable() {

@@ -31,6 +31,9 @@ pub struct ConnCtx<'a> {
     pub user: &'a str,
     /// Exclusive queues declared on this connection, deleted when it closes.
     pub exclusive_queues: &'a mut Vec<Arc<Queue>>,
+    /// Queues published to that are under flow control: the connection
+    /// pauses reading after this burst (see `Queue::in_flow`).
+    pub flow: &'a mut Vec<Arc<Queue>>,
 }
 
 /// A publish waiting for its content header and body.

@@ -58,7 +58,19 @@ pub struct Connection<R> {
     blocked_notify: bool,
     /// This connection has published: the memory alarm blocks it.
     published: bool,
+    /// How much free buffer space the next read asks for: grows while reads
+    /// fill it (a busy publisher), shrinks back when they don't, so an idle
+    /// connection holds a few KiB instead of a large read buffer.
+    read_hint: usize,
+    /// Queues this read burst published to that asked for flow control.
+    flow: Vec<Arc<Queue>>,
 }
+
+/// Smallest and largest read reservation (see `Connection::read_hint`).
+const READ_MIN: usize = 4 * 1024;
+const READ_MAX: usize = 128 * 1024;
+/// A read burst with this many frames yields to other tasks before reading more.
+const YIELD_AFTER_FRAMES: usize = 64;
 
 /// Serve one accepted socket until it closes.
 pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>)
@@ -77,7 +89,7 @@ where
         broker,
         handle: handle.clone(),
         reader: rd,
-        buf: BytesMut::with_capacity(64 * 1024),
+        buf: BytesMut::with_capacity(READ_MIN),
         peer,
         user: String::new(),
         vhost: None,
@@ -90,6 +102,8 @@ where
         user_counted: false,
         blocked_notify: false,
         published: false,
+        read_hint: READ_MIN,
+        flow: Vec::new(),
     };
     let end = c.run().await;
     tracing::debug!(conn = id, peer = %peer, ?end, "connection ended");
@@ -120,6 +134,11 @@ impl<R: AsyncRead + Unpin> Connection<R> {
 
     /// Read more bytes, with a deadline. `Ok(false)` on end of stream.
     async fn fill(&mut self, deadline: Option<Duration>) -> Result<bool, End> {
+        if self.buf.capacity() - self.buf.len() < self.read_hint / 2 {
+            self.buf.reserve(self.read_hint);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let before = self.buf.len();
         let read = self.reader.read_buf(&mut self.buf);
         let n = match deadline {
             Some(d) => match tokio::time::timeout(d, read).await {
@@ -133,7 +152,17 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         };
         match n {
             Ok(0) => Ok(false),
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                let got = self.buf.len() - before;
+                self.read_hint = if got >= room {
+                    (self.read_hint * 2).min(READ_MAX)
+                } else if got < self.read_hint / 4 {
+                    (self.read_hint / 2).max(READ_MIN)
+                } else {
+                    self.read_hint
+                };
+                Ok(true)
+            }
             Err(e) => {
                 tracing::debug!(conn = self.handle.id, error = %e, "read failed");
                 Err(End::Gone)
@@ -150,9 +179,11 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let mut shutdown = self.broker.shutdown_signal();
         let mut alarm = self.broker.alarm();
         loop {
+            let mut frames = 0usize;
             loop {
                 match read_frame(&mut self.buf, self.frame_max) {
                     Ok(Some(frame)) => {
+                        frames += 1;
                         if let Err(e) = self.handle_frame(frame) {
                             return self.close_with(e).await;
                         }
@@ -165,6 +196,16 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
             }
             self.flush_confirms();
+            self.flow_wait().await;
+            if frames >= YIELD_AFTER_FRAMES {
+                // A publisher whose socket always has data would otherwise
+                // run until tokio's coop budget runs out (128 reads: hundreds
+                // of thousands of small frames). Meanwhile the writer tasks it
+                // woke (consumers' deliveries) sit in this worker's LIFO slot,
+                // which other workers cannot steal: deliveries stalled for
+                // seconds. Yielding after each big burst lets them run.
+                tokio::task::yield_now().await;
+            }
             if self.published
                 && *alarm.borrow_and_update()
                 && self.wait_out_alarm(&mut alarm, &mut shutdown).await
@@ -239,6 +280,25 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         }
         tracing::info!(conn = self.handle.id, peer = %self.peer, "unblocking publisher");
         false
+    }
+
+    /// Pause before reading more when this burst published into queues under
+    /// flow control, so their consumers get a turn. Bounded: a queue whose
+    /// consumers are slow (or on this very connection) costs a publisher at
+    /// most `FLOW_WAIT` per read burst.
+    async fn flow_wait(&mut self) {
+        const FLOW_WAIT: Duration = Duration::from_millis(10);
+        if self.flow.is_empty() {
+            return;
+        }
+        let start = tokio::time::Instant::now();
+        for q in std::mem::take(&mut self.flow) {
+            let left = FLOW_WAIT.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            q.flow_wait(left).await;
+        }
     }
 
     fn closing_done(&self) -> bool {
@@ -347,6 +407,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     conn: &self.handle,
                     user: &self.user,
                     exclusive_queues: &mut self.exclusive_queues,
+                    flow: &mut self.flow,
                 };
                 let is_publish = matches!(
                     m,
@@ -387,6 +448,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             conn: &self.handle,
             user: &self.user,
             exclusive_queues: &mut self.exclusive_queues,
+            flow: &mut self.flow,
         };
         let r = match frame {
             Frame::Header(_, h) => c.handle_header(&mut ctx, *h),

@@ -18,7 +18,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
     mut rx: UnboundedReceiver<Outbound>,
     flow: Arc<WriteFlow>,
 ) {
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // Grows with the first bursts; an idle connection keeps only what it used.
+    let mut buf: Vec<u8> = Vec::new();
     let mut heartbeat: Option<Duration> = None;
     loop {
         let first = match heartbeat {
@@ -68,7 +69,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             buf.clear();
             flow.written(counted);
             if buf.capacity() > 4 * BURST {
-                buf = Vec::with_capacity(64 * 1024);
+                buf = Vec::new();
             }
         }
         if closing {

@@ -214,8 +214,22 @@ pub struct Queue {
     dedup: Option<QueueDedup>,
     /// Last use (declare, basic.get, consumer coming or going), for `x-expires`.
     last_used: std::sync::atomic::AtomicU64,
+    /// Flow control: set while consumers are attached but the ready backlog
+    /// is past `FLOW_HIGH`; publishers pause (bounded) until it drains below
+    /// `FLOW_LOW` (see `connection`'s flow wait).
+    flow: AtomicBool,
+    flow_cleared: tokio::sync::Notify,
     state: Mutex<QueueState>,
 }
+
+/// Ready messages past which a queue with consumers asks its publishers to
+/// pause, and the level at which it lets them go again. Without this, N
+/// publishers with confirm windows outrun one consumer with a prefetch window
+/// of the same size N to 1 (the tokio scheduler is fair per connection, not
+/// per queue), and the backlog pages out to disk. RabbitMQ's credit flow
+/// does the same job.
+pub const FLOW_HIGH: usize = 2000;
+pub const FLOW_LOW: usize = 1000;
 
 /// What a full queue (`x-max-length`) does with one more message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,6 +348,8 @@ impl Queue {
             gone: AtomicBool::new(false),
             dedup,
             last_used: std::sync::atomic::AtomicU64::new(now_ms()),
+            flow: AtomicBool::new(false),
+            flow_cleared: tokio::sync::Notify::new(),
             state: Mutex::new(QueueState {
                 ready: Ready::default(),
                 dead: Vec::new(),
@@ -447,6 +463,9 @@ impl Queue {
             st.ready.insert(at, e);
         }
         self.pump(&mut st);
+        if st.ready.len() > FLOW_HIGH && !st.consumers.is_empty() {
+            self.flow.store(true, Ordering::Release);
+        }
         while self.over_limit(&st.ready, 0, 0) {
             let Some(old) = st.ready.pop_front() else {
                 break;
@@ -739,6 +758,29 @@ impl Queue {
                 break;
             }
         }
+        if st.ready.len() <= FLOW_LOW || st.consumers.is_empty() {
+            self.clear_flow();
+        }
+    }
+
+    /// Whether publishers to this queue should pause (see `FLOW_HIGH`).
+    pub fn in_flow(&self) -> bool {
+        self.flow.load(Ordering::Acquire)
+    }
+
+    /// Wait until the queue leaves flow control or `max` passes.
+    pub async fn flow_wait(&self, max: std::time::Duration) {
+        let cleared = self.flow_cleared.notified();
+        if !self.in_flow() {
+            return;
+        }
+        let _ = tokio::time::timeout(max, cleared).await;
+    }
+
+    fn clear_flow(&self) {
+        if self.flow.swap(false, Ordering::AcqRel) {
+            self.flow_cleared.notify_waiters();
+        }
     }
 
     /// basic.get: the head message, delivered on `channel`.
@@ -828,6 +870,9 @@ impl Queue {
         if st.consumers.len() != before && st.rr >= st.consumers.len() {
             st.rr = 0;
         }
+        if st.consumers.is_empty() {
+            self.clear_flow();
+        }
         self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }
 
@@ -849,6 +894,7 @@ impl Queue {
             }
         }
         st.mem_bytes = 0;
+        self.clear_flow();
         n
     }
 
@@ -860,6 +906,7 @@ impl Queue {
         let messages = st.ready.len() as u32;
         st.ready.take();
         st.mem_bytes = 0;
+        self.clear_flow();
         Deleted {
             messages,
             consumers: std::mem::take(&mut st.consumers),
