@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, VHost};
-use crate::channel::handle::{ConnHandle, Outbound, WriteFlow};
+use crate::channel::handle::{ConnHandle, Outbound, WriteFlow, READ_PAUSE};
 use crate::channel::{notify_cancelled, Channel, ConnCtx};
 use crate::error::AmqpError;
 use crate::protocol::{codes, encode, read_frame, Frame, FrameError};
@@ -149,10 +149,16 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     async fn main_loop(&mut self) -> End {
         let mut shutdown = self.broker.shutdown_signal();
         let mut alarm = self.broker.alarm();
+        // When the last whole frame arrived. The heartbeat deadline runs from
+        // here, not from the last byte: a client trickling a byte at a time
+        // into a frame it never finishes is never silent, yet must not hold
+        // the connection forever. (RabbitMQ counts any byte as liveness.)
+        let mut last_frame = tokio::time::Instant::now();
         loop {
             loop {
                 match read_frame(&mut self.buf, self.frame_max) {
                     Ok(Some(frame)) => {
+                        last_frame = tokio::time::Instant::now();
                         if let Err(e) = self.handle_frame(frame) {
                             return self.close_with(e).await;
                         }
@@ -165,18 +171,38 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
             }
             self.flush_confirms();
-            if self.published
-                && *alarm.borrow_and_update()
-                && self.wait_out_alarm(&mut alarm, &mut shutdown).await
-            {
-                return self
-                    .close_with(AmqpError::connection(
-                        codes::CONNECTION_FORCED,
-                        "broker shutdown",
-                    ))
-                    .await;
+            if self.published && *alarm.borrow_and_update() {
+                if self.wait_out_alarm(&mut alarm, &mut shutdown).await {
+                    return self
+                        .close_with(AmqpError::connection(
+                            codes::CONNECTION_FORCED,
+                            "broker shutdown",
+                        ))
+                        .await;
+                }
+                // We did not read meanwhile: the client was not silent.
+                last_frame = tokio::time::Instant::now();
             }
-            let deadline = self.heartbeat_deadline();
+            if self.handle.flow.pending() > READ_PAUSE {
+                // The client does not read its replies: stop reading its
+                // requests until the writer catches up.
+                tokio::select! {
+                    _ = self.handle.flow.wait_drained() => {}
+                    _ = shutdown.changed() => {}
+                }
+                last_frame = tokio::time::Instant::now();
+            }
+            let deadline = match self.heartbeat_deadline() {
+                Some(d) => {
+                    let left = d.saturating_sub(last_frame.elapsed());
+                    if left.is_zero() {
+                        tracing::warn!(conn = self.handle.id, peer = %self.peer, "no whole frame from client within {d:?}, closing");
+                        return End::Closed;
+                    }
+                    Some(left)
+                }
+                None => None,
+            };
             let down = *shutdown.borrow_and_update();
             let filled = if down {
                 None
@@ -370,9 +396,12 @@ impl<R: AsyncRead + Unpin> Connection<R> {
 
     fn content_frame(&mut self, channel: u16, frame: Frame) -> Result<(), AmqpError> {
         let Some(slot) = self.channels.get_mut(&channel) else {
+            // RabbitMQ 3.10 refuses content before any method on a channel it
+            // has not seen as UNEXPECTED_FRAME, like content without a method
+            // on an open channel, not as "expected 'channel.open'".
             return Err(AmqpError::connection(
-                codes::CHANNEL_ERROR,
-                format!("expected 'channel.open' on channel {channel}"),
+                codes::UNEXPECTED_FRAME,
+                format!("expected method frame, got non method frame instead (channel {channel} is not open)"),
             ));
         };
         let Slot::Open(c) = slot else {
@@ -455,10 +484,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 "unexpected connection method after the handshake",
             )
             .caused_by(class_id, method_id)),
-            _ => Err(
-                AmqpError::connection(codes::COMMAND_INVALID, "channel method on channel 0")
-                    .caused_by(class_id, method_id),
-            ),
+            // RabbitMQ 3.10: CHANNEL_ERROR "unexpected method in connection
+            // state running" (not COMMAND_INVALID).
+            _ => Err(AmqpError::connection(
+                codes::CHANNEL_ERROR,
+                "unexpected method in connection state running (channel method on channel 0)",
+            )
+            .caused_by(class_id, method_id)),
         }
     }
 
