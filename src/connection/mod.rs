@@ -56,7 +56,7 @@ pub struct Connection<R> {
     user_counted: bool,
     /// The client understands connection.blocked / unblocked.
     blocked_notify: bool,
-    /// This connection has published: the memory alarm blocks it.
+    /// This connection has published: resource alarms block it.
     published: bool,
 }
 
@@ -231,7 +231,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         }
     }
 
-    /// The memory alarm is on and this connection publishes: tell the client
+    /// A resource alarm is on and this connection publishes: tell the client
     /// (if it understands) and stop reading until the alarm clears. Returns
     /// true if the broker shuts down meanwhile.
     async fn wait_out_alarm(
@@ -239,12 +239,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         alarm: &mut tokio::sync::watch::Receiver<bool>,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> bool {
-        tracing::info!(conn = self.handle.id, peer = %self.peer, "blocking publisher: memory alarm");
+        let reason = self.broker.alarms().reason();
+        tracing::info!(conn = self.handle.id, peer = %self.peer, reason, "blocking publisher: resource alarm");
         if self.blocked_notify {
             self.send_method(
                 0,
                 AMQPClass::Connection(conn::AMQPMethod::Blocked(conn::Blocked {
-                    reason: "low on memory".into(),
+                    reason: reason.into(),
                 })),
             );
         }
