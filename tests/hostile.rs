@@ -772,6 +772,110 @@ async fn garbage_before_the_protocol_header_gets_the_header_and_eof() {
     by.finish().await;
 }
 
+// ------------------------------------------------------- during the handshake
+
+#[tokio::test]
+async fn bad_frames_during_the_handshake_close_the_connection() {
+    let broker = Broker::start();
+    let by = Bystander::start(&broker).await;
+    let big_start_ok = {
+        // Client properties of ~5000 bytes: over the 4096-byte frame limit
+        // in force until tune-ok.
+        let mut props = FieldTable::default();
+        props.insert(
+            "padding".into(),
+            lapin::types::AMQPValue::LongString("x".repeat(5000).into()),
+        );
+        raw::method_frame(
+            0,
+            &AMQPClass::Connection(proto::connection::AMQPMethod::StartOk(
+                proto::connection::StartOk {
+                    client_properties: props,
+                    mechanism: "PLAIN".into(),
+                    response: "\0guest\0guest".into(),
+                    locale: "en_US".into(),
+                },
+            )),
+        )
+    };
+    let mut bad_end = start_ok_bytes();
+    let last = bad_end.len() - 1;
+    bad_end[last] = 0;
+    // (what is sent instead of start-ok, the code RabbitMQ 3.10 logs)
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("HTTP", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 501),
+        ("start-ok over 4096 bytes", big_start_ok, 501),
+        (
+            "size 200000",
+            header_only(raw::FRAME_METHOD, 0, 200_000),
+            501,
+        ),
+        ("bad frame end", bad_end, 501),
+        (
+            "channel.open on 1",
+            raw::method_frame(1, &raw::channel_open()),
+            505,
+        ),
+        (
+            "heartbeat on 1",
+            raw::frame(raw::FRAME_HEARTBEAT, 1, &[]),
+            505,
+        ),
+        ("content header on 0", raw::header_frame(0, 3), 505),
+        (
+            "queue.declare on 0",
+            raw::method_frame(0, &declare("q", false)),
+            504,
+        ),
+        ("tune-ok before start-ok", tune_ok_bytes(0), 504),
+    ];
+    let mut tasks = Vec::new();
+    for (name, bytes, code) in cases {
+        let addr = broker.addr();
+        tasks.push(tokio::spawn(async move {
+            let mut c = RawClient::connect(addr).await;
+            c.send(raw::PROTOCOL_HEADER).await;
+            c.expect_method(0).await;
+            c.send(&bytes).await;
+            // RabbitMQ sends nothing before connection.open: it logs the
+            // code, waits 3 s (so failed handshakes cannot be retried in a
+            // tight loop) and drops the socket. We send connection.close
+            // with that code; either way the socket must close.
+            if let Some(close) = c.close_or_drop().await {
+                assert_eq!(close.code, code, "{name}: {close:?}");
+            }
+            c.expect_closed(CLOSE_TIMEOUT).await;
+        }));
+    }
+    // connection.open before tune-ok.
+    let addr = broker.addr();
+    tasks.push(tokio::spawn(async move {
+        let mut c = RawClient::connect(addr).await;
+        c.start_and_tune_begin(raw::Auth::Plain("guest", "guest"))
+            .await;
+        c.expect_method(0).await;
+        c.send_method(
+            0,
+            &AMQPClass::Connection(proto::connection::AMQPMethod::Open(
+                proto::connection::Open {
+                    virtual_host: "/".into(),
+                },
+            )),
+        )
+        .await;
+        if let Some(close) = c.close_or_drop().await {
+            assert_eq!(close.code, 504, "open before tune-ok: {close:?}");
+        }
+        c.expect_closed(CLOSE_TIMEOUT).await;
+    }));
+    for t in tasks {
+        within_for(CLOSE_TIMEOUT * 2, "a bad handshake", t)
+            .await
+            .expect("task");
+    }
+    by.finish().await;
+}
+
 // --------------------------------------------------------------- slowloris
 
 /// Write one byte every `every` (from `bytes`, then heartbeat frames forever)

@@ -81,7 +81,10 @@ where
         peer,
         user: String::new(),
         vhost: None,
-        frame_max,
+        // Until tune-ok the client may send frames of at most 4096 bytes (the
+        // spec's frame-min-size, RabbitMQ's limit too): an unauthenticated
+        // peer cannot make us buffer more.
+        frame_max: handshake::FRAME_MIN_SIZE,
         channel_max: 0,
         heartbeat: 0,
         channels: HashMap::new(),
