@@ -194,6 +194,7 @@ async fn expect_close(c: &mut RawClient, code: u16) -> raw::CloseInfo {
 fn proto_name(code: u16) -> &'static str {
     match code {
         501 => "FRAME_ERROR",
+        403 => "ACCESS_REFUSED",
         503 => "COMMAND_INVALID",
         504 => "CHANNEL_ERROR",
         505 => "UNEXPECTED_FRAME",
@@ -769,6 +770,107 @@ async fn garbage_before_the_protocol_header_gets_the_header_and_eof() {
         assert_eq!(&reply[..], raw::PROTOCOL_HEADER, "for {garbage:?}");
         c.expect_closed(WAIT).await;
     }
+    by.finish().await;
+}
+
+// ------------------------------------------------------------ deep tables
+
+/// A field table nesting `depth` levels (tables in tables, or arrays in
+/// arrays inside one table), as wire bytes with its length prefix.
+fn nested_table(depth: usize, arrays: bool) -> Vec<u8> {
+    let inner = if arrays { b'A' } else { b'F' };
+    let mut value = 0u32.to_be_bytes().to_vec();
+    for level in 1..depth {
+        let outer_is_table = level == depth - 1 || !arrays;
+        let mut entry = if outer_is_table {
+            vec![1, b'k']
+        } else {
+            Vec::new()
+        };
+        entry.push(inner);
+        entry.extend_from_slice(&value);
+        value = (entry.len() as u32).to_be_bytes().to_vec();
+        value.extend(entry);
+    }
+    value
+}
+
+/// Field tables nested thousands deep used to overflow the parser's stack
+/// and abort the whole broker. RabbitMQ (Erlang) parses any depth and
+/// accepts them; we refuse past 64 levels with FRAME_ERROR, like any frame
+/// we cannot decode.
+#[tokio::test]
+async fn deeply_nested_field_tables_are_501_and_the_broker_survives() {
+    let broker = Broker::start();
+    skip_if_external!(broker);
+    let by = Bystander::start(&broker).await;
+    let mut frames = Vec::new();
+    for (depth, arrays) in [(65, false), (15_000, false), (20_000, true)] {
+        // queue.declare "deep" with nested arguments.
+        let mut p = Vec::new();
+        p.extend_from_slice(&50u16.to_be_bytes());
+        p.extend_from_slice(&10u16.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 4]);
+        p.extend_from_slice(b"deep");
+        p.push(0);
+        p.extend(nested_table(depth, arrays));
+        frames.push((
+            "queue.declare",
+            raw::frame(raw::FRAME_METHOD, 1, &p),
+            (50, 10),
+        ));
+    }
+    // basic.publish, then a content header whose headers nest 15000 deep.
+    let mut h = Vec::new();
+    h.extend_from_slice(&60u16.to_be_bytes());
+    h.extend_from_slice(&0u16.to_be_bytes());
+    h.extend_from_slice(&3u64.to_be_bytes());
+    h.extend_from_slice(&0x2000u16.to_be_bytes());
+    h.extend(nested_table(15_000, false));
+    let mut publish = raw::method_frame(1, &raw::basic_publish("", "nowhere"));
+    publish.extend(raw::frame(raw::FRAME_HEADER, 1, &h));
+    frames.push(("content header", publish, (0, 0)));
+    for (what, bytes, ids) in frames {
+        let mut c = opened(&broker).await;
+        c.send(&bytes).await;
+        let close = expect_close(&mut c, 501).await;
+        assert_eq!((close.class_id, close.method_id), ids, "{what}: {close:?}");
+    }
+    // Before login: client properties nested 500 deep (3.5 KiB, under the
+    // 4096-byte limit of the handshake), and an AMQPLAIN response likewise.
+    let mut start_ok = Vec::new();
+    start_ok.extend_from_slice(&10u16.to_be_bytes());
+    start_ok.extend_from_slice(&11u16.to_be_bytes());
+    start_ok.extend(nested_table(500, false));
+    start_ok.extend_from_slice(&[5]);
+    start_ok.extend_from_slice(b"PLAIN");
+    start_ok.extend_from_slice(&12u32.to_be_bytes());
+    start_ok.extend_from_slice(b"\0guest\0guest");
+    start_ok.extend_from_slice(&[5]);
+    start_ok.extend_from_slice(b"en_US");
+    let mut c = RawClient::connect(broker.addr()).await;
+    c.send(raw::PROTOCOL_HEADER).await;
+    c.expect_method(0).await;
+    c.send(&raw::frame(raw::FRAME_METHOD, 0, &start_ok)).await;
+    let close = expect_close(&mut c, 501).await;
+    assert_eq!((close.class_id, close.method_id), (10, 11), "{close:?}");
+    let response = nested_table(500, false)[4..].to_vec();
+    let mut c = RawClient::connect(broker.addr()).await;
+    c.send(raw::PROTOCOL_HEADER).await;
+    c.expect_method(0).await;
+    c.send_method(
+        0,
+        &AMQPClass::Connection(proto::connection::AMQPMethod::StartOk(
+            proto::connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "AMQPLAIN".into(),
+                response: response.into(),
+                locale: "en_US".into(),
+            },
+        )),
+    )
+    .await;
+    expect_close(&mut c, 403).await;
     by.finish().await;
 }
 

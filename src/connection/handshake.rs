@@ -67,6 +67,10 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
             // A field table without its length prefix.
             let mut framed = (response.len() as u32).to_be_bytes().to_vec();
             framed.extend_from_slice(response);
+            // The parser recurses per nesting level: bound it first.
+            if !crate::protocol::tables::table_ok(&framed) {
+                return None;
+            }
             let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
             let text = |k: &str| match table.inner().get(k)? {
                 AMQPValue::LongString(s) => {
