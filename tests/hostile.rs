@@ -397,9 +397,10 @@ async fn size_fields_up_to_4_gib_are_501_without_allocation() {
     }
     if let (Some((_, peak0)), Some((_, peak1))) = (before, memory_kib(&broker)) {
         // 20 connections announced up to 4 GiB each: had any of it been
-        // reserved, peak virtual memory would have grown by gigabytes.
+        // reserved, peak virtual memory would have grown by tens of GiB.
+        // (New threads' malloc arenas reserve 64 MiB each: leave room.)
         assert!(
-            peak1 - peak0 < 512 * 1024,
+            peak1 - peak0 < 2 * 1024 * 1024,
             "peak virtual memory grew from {peak0} KiB to {peak1} KiB"
         );
     }
@@ -548,31 +549,39 @@ async fn flood_of_channel_open_is_530_past_channel_max_with_bounded_memory() {
     let by = Bystander::start(&broker).await;
     let before = memory_kib(&broker);
     let c = RawClient::open(broker.addr()).await;
-    let mut batch = Vec::new();
-    for ch in 1..=5000u16 {
-        batch.extend(raw::method_frame(ch, &raw::channel_open()));
-    }
+    let frames = |chs: std::ops::RangeInclusive<u16>| -> Vec<u8> {
+        chs.flat_map(|ch| raw::method_frame(ch, &raw::channel_open()))
+            .collect()
+    };
+    let (first, rest) = (frames(1..=2047), frames(2048..=5000));
     let (mut rd, mut wr) = c.into_stream().into_split();
+    let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
     // Written from another task: the broker may stop reading before all of
     // it is in, and must not deadlock us.
     let writer = tokio::spawn(async move {
-        let _ = wr.write_all(&batch).await;
+        let _ = wr.write_all(&first).await;
+        let _ = go_rx.await;
+        let _ = wr.write_all(&rest).await;
         wr
     });
     let mut reader = FrameReader::default();
-    let mut opened = 0;
-    let close = loop {
-        let f = within("a reply", reader.next(&mut rd))
+    for i in 0..2047 {
+        let f = within("open-ok", reader.next(&mut rd))
             .await
             .expect("frame");
-        match f.ids() {
-            Some((20, 11)) => opened += 1,
-            Some((10, 50)) => break f.method(),
-            other => panic!("unexpected {other:?}"),
-        }
-    };
-    assert_eq!(opened, 2047);
-    match close {
+        assert_eq!(f.ids(), Some((20, 11)), "reply {i}");
+    }
+    if let (Some((rss0, _)), Some((rss1, _))) = (before, memory_kib(&broker)) {
+        eprintln!("2047 open channels: broker RSS {rss0} -> {rss1} KiB");
+        assert!(
+            rss1.saturating_sub(rss0) < 64 * 1024,
+            "RSS grew from {rss0} KiB to {rss1} KiB"
+        );
+    }
+    let _ = go.send(());
+    // RabbitMQ and we both refuse the channel past channel_max (2047).
+    let f = within("close", reader.next(&mut rd)).await.expect("frame");
+    match f.method() {
         Some(AMQPClass::Connection(proto::connection::AMQPMethod::Close(close))) => {
             assert_eq!(close.reply_code, 530, "{close:?}");
         }
@@ -588,12 +597,6 @@ async fn flood_of_channel_open_is_530_past_channel_max_with_bounded_memory() {
         ))
         .await;
     within("EOF", reader.until_eof(&mut rd)).await;
-    if let (Some((rss0, _)), Some((rss1, _))) = (before, memory_kib(&broker)) {
-        assert!(
-            rss1.saturating_sub(rss0) < 64 * 1024,
-            "RSS grew from {rss0} KiB to {rss1} KiB"
-        );
-    }
     by.finish().await;
 }
 
