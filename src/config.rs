@@ -59,6 +59,9 @@ pub struct Limits {
     /// Memory alarm: bytes of message bodies held in queue memory above which
     /// publishing connections are blocked (0: off).
     pub memory_high_watermark: usize,
+    /// Disk alarm: free bytes on the data directory's filesystem below which
+    /// publishing connections are blocked (0: off).
+    pub disk_free_limit: u64,
 }
 
 impl Default for Limits {
@@ -74,6 +77,7 @@ impl Default for Limits {
             max_queues: 0,
             max_consumers_per_channel: 0,
             memory_high_watermark: 1024 * 1024 * 1024,
+            disk_free_limit: 50_000_000,
         }
     }
 }

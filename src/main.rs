@@ -67,6 +67,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         out.flush()?;
     }
     let sweeper = tokio::spawn(hopper::queue::deadletter::sweeper(broker.clone()));
+    let disk_watch = tokio::spawn(hopper::broker::disk::watch(broker.clone()));
     hopper::server::run(listener, broker.clone(), shutdown_signal()).await;
     // Stop accepting (done), close clients with 320, let their pending work
     // reach the store, then finish and sync every store write.
@@ -74,6 +75,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .close_connections(std::time::Duration::from_secs(5))
         .await;
     sweeper.abort();
+    disk_watch.abort();
     broker.store.shutdown();
     Ok(())
 }

@@ -189,3 +189,76 @@ fn broker_with_text(replace: &[(&str, &str)]) -> (Broker, tempfile::NamedTempFil
     let path = file.path().to_string_lossy().into_owned();
     (Broker::start_with_args(&["--config", &path]), file)
 }
+
+/// With `disk_free_limit` above any disk's size the disk alarm is on from
+/// the start: a publishing connection gets connection.blocked and its
+/// publishes are not processed, while a consumer on another connection
+/// drains a queue filled before (in a run without the limit). The clearing
+/// path is driven with fake readings in `broker::disk`'s unit tests.
+#[tokio::test]
+async fn disk_alarm_blocks_publishers_while_consumers_drain() {
+    if std::env::var(EXTERNAL_ENV).is_ok() {
+        return;
+    }
+    let (mut broker, cfg) =
+        broker_with_text(&[("disk_free_limit = 50000000", "disk_free_limit = 0")]);
+    let (conn, ch) = connect_channel(&broker).await;
+    let q = declare_durable_queue(&ch, "disk-alarm", FieldTable::default()).await;
+    confirm_select(&ch).await;
+    for i in 0..50 {
+        let props = lapin::BasicProperties::default().with_delivery_mode(2);
+        let c = publish_confirmed(&ch, "", &q, format!("m{i}").as_bytes(), props).await;
+        assert!(c.is_ack());
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    assert!(broker.terminate(), "clean shutdown");
+    let text = std::fs::read_to_string(cfg.path()).expect("read config");
+    let pib = "disk_free_limit = 1125899906842624";
+    std::fs::write(cfg.path(), text.replace("disk_free_limit = 0", pib)).expect("write config");
+    broker.start_again();
+
+    let (pconn, pch) = connect_channel(&broker).await;
+    // Declaring is not publishing: a connection is blocked by its first
+    // publish under an alarm (which, as in RabbitMQ, is still processed).
+    let q2 = declare_queue(&pch, "disk-alarm-new").await;
+    confirm_select(&pch).await;
+    let c = publish_confirmed(&pch, "", &q2, b"first", lapin::BasicProperties::default()).await;
+    assert!(c.is_ack());
+    within("connection.blocked", async {
+        while !pconn.status().blocked() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (pch2, q2b) = (pch.clone(), q2.clone());
+    let mut task = tokio::spawn(async move {
+        let confirm = pch2
+            .basic_publish(
+                "".into(),
+                q2b.as_str().into(),
+                Default::default(),
+                b"while blocked",
+                lapin::BasicProperties::default(),
+            )
+            .await?;
+        confirm.await
+    });
+    // A consumer on another connection drains the old queue meanwhile.
+    let (cconn, cch) = connect_channel(&broker).await;
+    let drained = drain(&cch, &q).await;
+    assert_eq!(drained.len(), 50);
+    assert_eq!(drained[0], b"m0");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), &mut task)
+            .await
+            .is_err(),
+        "a blocked publisher must not get through"
+    );
+    assert_eq!(message_count(&cch, &q2).await, 1, "only the first publish");
+    assert!(pconn.status().blocked());
+    task.abort();
+    let _ = cconn.close(200, "bye".into()).await;
+    // The blocked connection is not read, so it cannot close politely.
+    drop(pconn);
+    assert!(broker.log().contains("disk alarm"), "alarm logged");
+}

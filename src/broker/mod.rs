@@ -1,6 +1,7 @@
 //! Shared broker state: vhosts with their exchanges, queues and bindings, the
 //! store, and id counters. Recovery at boot rebuilds it from the store.
 
+pub mod disk;
 pub mod vhost;
 
 use dashmap::DashMap;
@@ -26,8 +27,35 @@ pub struct Broker {
     live_connections: std::sync::atomic::AtomicUsize,
     /// Open connections per user.
     user_connections: DashMap<String, usize>,
-    /// The memory alarm: true while publishers are blocked.
+    /// Which resource alarms are on.
+    alarms: parking_lot::Mutex<Alarms>,
+    /// True while any resource alarm is on: publishers are blocked.
     alarm: tokio::sync::watch::Sender<bool>,
+}
+
+/// The resource alarms. Publishers are blocked while either is on and
+/// unblocked only when neither is.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Alarms {
+    /// Queues hold more message bytes than `limits.memory_high_watermark`.
+    pub memory: bool,
+    /// The data directory's filesystem has less free than `limits.disk_free_limit`.
+    pub disk: bool,
+}
+
+impl Alarms {
+    pub fn any(&self) -> bool {
+        self.memory || self.disk
+    }
+
+    /// The reason sent in connection.blocked (RabbitMQ's wording).
+    pub fn reason(&self) -> &'static str {
+        match (self.memory, self.disk) {
+            (true, true) => "low on memory & disk",
+            (false, true) => "low on disk",
+            _ => "low on memory",
+        }
+    }
 }
 
 impl Broker {
@@ -50,6 +78,7 @@ impl Broker {
             shutdown: tokio::sync::watch::channel(false).0,
             live_connections: std::sync::atomic::AtomicUsize::new(0),
             user_connections: DashMap::new(),
+            alarms: parking_lot::Mutex::new(Alarms::default()),
             alarm: tokio::sync::watch::channel(false).0,
             next_conn_id: AtomicU64::new(1),
         });
@@ -126,13 +155,57 @@ impl Broker {
             .map(|v| v.queues.iter().map(|q| q.memory()).sum::<usize>())
             .sum();
         let on = used > limit;
-        if *self.alarm.borrow() != on {
-            if on {
-                tracing::warn!(used, limit, "memory alarm: blocking publishers");
-            } else {
-                tracing::info!(used, limit, "memory alarm cleared: unblocking publishers");
+        self.set_alarm(|a| {
+            if a.memory != on {
+                if on {
+                    tracing::warn!(used, limit, "memory alarm: blocking publishers");
+                } else {
+                    tracing::info!(used, limit, "memory alarm cleared");
+                }
             }
-            self.alarm.send_replace(on);
+            a.memory = on;
+        });
+    }
+
+    /// Re-evaluate the disk alarm from a reading of the free bytes on the
+    /// data directory's filesystem (see `disk::watch`).
+    pub fn check_disk(&self, free: u64) {
+        let limit = self.config.limits.disk_free_limit;
+        let on = limit > 0 && free < limit;
+        self.set_alarm(|a| {
+            if a.disk != on {
+                if on {
+                    tracing::warn!(
+                        free,
+                        limit,
+                        "disk alarm: free disk space below disk_free_limit, blocking publishers"
+                    );
+                } else {
+                    tracing::info!(free, limit, "disk alarm cleared");
+                }
+            }
+            a.disk = on;
+        });
+    }
+
+    /// The alarms in force now.
+    pub fn alarms(&self) -> Alarms {
+        *self.alarms.lock()
+    }
+
+    /// Change one alarm and publish whether any is on (publishers wake on a
+    /// change of that only, so one alarm clearing while the other holds
+    /// keeps them blocked).
+    fn set_alarm(&self, update: impl FnOnce(&mut Alarms)) {
+        let mut alarms = self.alarms.lock();
+        let was = alarms.any();
+        update(&mut alarms);
+        let any = alarms.any();
+        if any != was {
+            if !any {
+                tracing::info!("all resource alarms cleared: unblocking publishers");
+            }
+            self.alarm.send_replace(any);
         }
     }
 

@@ -32,10 +32,26 @@ pub enum Outbound {
 /// slow consumer (or one in no-ack mode) can pin.
 pub const WRITE_HIGH: usize = 2 * 1024 * 1024;
 
+/// Past this much pending the connection stops reading its client until the
+/// writer catches up: a client that floods requests (channel.open/close,
+/// queue.declare, ...) and never reads the replies would otherwise make the
+/// broker queue replies without bound. Twice `WRITE_HIGH`, so deliveries
+/// (admitted only below `WRITE_HIGH`) alone rarely pause reading.
+pub const READ_PAUSE: usize = 2 * WRITE_HIGH;
+
+/// What one queued outbound message costs beyond its bytes (allocation and
+/// queue slot), counted in `pending` so that a flood of tiny replies is
+/// bounded by memory, not by payload bytes.
+pub const MESSAGE_OVERHEAD: usize = 64;
+
 #[derive(Debug, Default)]
 pub struct WriteFlow {
     pending: AtomicUsize,
     blocked: Mutex<Vec<Weak<Queue>>>,
+    /// Wakes the connection's reader paused at `READ_PAUSE`.
+    drained: tokio::sync::Notify,
+    /// The writer has stopped: nothing will drain any more.
+    writer_gone: AtomicBool,
 }
 
 impl WriteFlow {
@@ -46,6 +62,11 @@ impl WriteFlow {
     /// The writer wrote `n` bytes: wake the queues that held back.
     pub fn written(&self, n: usize) {
         self.pending.fetch_sub(n, Ordering::AcqRel);
+        if self.pending() <= READ_PAUSE {
+            // One stored permit at most: a reader that was not waiting yet
+            // finds it and looks at `pending` again.
+            self.drained.notify_one();
+        }
         if self.pending() > WRITE_HIGH {
             return;
         }
@@ -53,6 +74,19 @@ impl WriteFlow {
         for q in blocked.iter().filter_map(Weak::upgrade) {
             q.kick();
         }
+    }
+
+    /// Wait until the writer has brought `pending` down to `READ_PAUSE`.
+    pub async fn wait_drained(&self) {
+        while self.pending() > READ_PAUSE && !self.writer_gone.load(Ordering::Acquire) {
+            self.drained.notified().await;
+        }
+    }
+
+    /// The writer task ended (socket gone): release a paused reader.
+    pub fn writer_stopped(&self) {
+        self.writer_gone.store(true, Ordering::Release);
+        self.drained.notify_one();
     }
 
     /// Whether a delivery may be queued now; when not, `queue` is kicked later.
@@ -96,7 +130,7 @@ impl ConnHandle {
     /// the frames are dropped, and the connection's own teardown returns any
     /// unacked deliveries to their queues.
     pub fn send(&self, frames: Bytes) {
-        let n = frames.len();
+        let n = frames.len() + MESSAGE_OVERHEAD;
         self.flow.pending.fetch_add(n, Ordering::AcqRel);
         if self.out.send(Outbound::Frames(frames)).is_err() {
             self.flow.pending.fetch_sub(n, Ordering::AcqRel);

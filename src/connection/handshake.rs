@@ -15,7 +15,7 @@ use crate::error::AmqpError;
 use crate::protocol::{codes, read_frame, Frame, PROTOCOL_HEADER};
 
 /// The smallest frame_max a client may ask for.
-const FRAME_MIN_SIZE: u32 = 4096;
+pub(super) const FRAME_MIN_SIZE: u32 = 4096;
 
 fn server_properties() -> FieldTable {
     let mut caps = FieldTable::default();
@@ -67,6 +67,10 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
             // A field table without its length prefix.
             let mut framed = (response.len() as u32).to_be_bytes().to_vec();
             framed.extend_from_slice(response);
+            // The parser recurses per nesting level: bound it first.
+            if !crate::protocol::tables::table_ok(&framed) {
+                return None;
+            }
             let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
             let text = |k: &str| match table.inner().get(k)? {
                 AMQPValue::LongString(s) => {
@@ -279,9 +283,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     }
                     return Ok(*m);
                 }
+                // RabbitMQ 3.10: UNEXPECTED_FRAME for any other frame.
                 Ok(Some(_)) => {
                     return Err(Step::Refuse(AmqpError::connection(
-                        codes::COMMAND_INVALID,
+                        codes::UNEXPECTED_FRAME,
                         "expected a connection method on channel 0 during the handshake",
                     )))
                 }
@@ -302,10 +307,11 @@ enum Step {
     Refuse(AmqpError),
 }
 
+/// RabbitMQ 3.10: CHANNEL_ERROR "unexpected method in connection state ...".
 fn out_of_order(m: &AMQPClass) -> Step {
     Step::Refuse(
         AmqpError::connection(
-            codes::COMMAND_INVALID,
+            codes::CHANNEL_ERROR,
             "unexpected method during the connection handshake",
         )
         .caused_by(m.get_amqp_class_id(), m.get_amqp_method_id()),

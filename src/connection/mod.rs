@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, VHost};
-use crate::channel::handle::{ConnHandle, Outbound, WriteFlow};
+use crate::channel::handle::{ConnHandle, Outbound, WriteFlow, READ_PAUSE};
 use crate::channel::{notify_cancelled, Channel, ConnCtx};
 use crate::error::AmqpError;
 use crate::protocol::{codes, encode, read_frame, Frame, FrameError};
@@ -56,7 +56,7 @@ pub struct Connection<R> {
     user_counted: bool,
     /// The client understands connection.blocked / unblocked.
     blocked_notify: bool,
-    /// This connection has published: the memory alarm blocks it.
+    /// This connection has published: resource alarms block it.
     published: bool,
     /// How much free buffer space the next read asks for: grows while reads
     /// fill it (a busy publisher), shrinks back when they don't, so an idle
@@ -93,7 +93,10 @@ where
         peer,
         user: String::new(),
         vhost: None,
-        frame_max,
+        // Until tune-ok the client may send frames of at most 4096 bytes (the
+        // spec's frame-min-size, RabbitMQ's limit too): an unauthenticated
+        // peer cannot make us buffer more.
+        frame_max: handshake::FRAME_MIN_SIZE,
         channel_max: 0,
         heartbeat: 0,
         channels: HashMap::new(),
@@ -178,12 +181,18 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     async fn main_loop(&mut self) -> End {
         let mut shutdown = self.broker.shutdown_signal();
         let mut alarm = self.broker.alarm();
+        // When the last whole frame arrived. The heartbeat deadline runs from
+        // here, not from the last byte: a client trickling a byte at a time
+        // into a frame it never finishes is never silent, yet must not hold
+        // the connection forever. (RabbitMQ counts any byte as liveness.)
+        let mut last_frame = tokio::time::Instant::now();
         loop {
             let mut frames = 0usize;
             loop {
                 match read_frame(&mut self.buf, self.frame_max) {
                     Ok(Some(frame)) => {
                         frames += 1;
+                        last_frame = tokio::time::Instant::now();
                         if let Err(e) = self.handle_frame(frame) {
                             return self.close_with(e).await;
                         }
@@ -206,18 +215,38 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 // seconds. Yielding after each big burst lets them run.
                 tokio::task::yield_now().await;
             }
-            if self.published
-                && *alarm.borrow_and_update()
-                && self.wait_out_alarm(&mut alarm, &mut shutdown).await
-            {
-                return self
-                    .close_with(AmqpError::connection(
-                        codes::CONNECTION_FORCED,
-                        "broker shutdown",
-                    ))
-                    .await;
+            if self.published && *alarm.borrow_and_update() {
+                if self.wait_out_alarm(&mut alarm, &mut shutdown).await {
+                    return self
+                        .close_with(AmqpError::connection(
+                            codes::CONNECTION_FORCED,
+                            "broker shutdown",
+                        ))
+                        .await;
+                }
+                // We did not read meanwhile: the client was not silent.
+                last_frame = tokio::time::Instant::now();
             }
-            let deadline = self.heartbeat_deadline();
+            if self.handle.flow.pending() > READ_PAUSE {
+                // The client does not read its replies: stop reading its
+                // requests until the writer catches up.
+                tokio::select! {
+                    _ = self.handle.flow.wait_drained() => {}
+                    _ = shutdown.changed() => {}
+                }
+                last_frame = tokio::time::Instant::now();
+            }
+            let deadline = match self.heartbeat_deadline() {
+                Some(d) => {
+                    let left = d.saturating_sub(last_frame.elapsed());
+                    if left.is_zero() {
+                        tracing::warn!(conn = self.handle.id, peer = %self.peer, "no whole frame from client within {d:?}, closing");
+                        return End::Closed;
+                    }
+                    Some(left)
+                }
+                None => None,
+            };
             let down = *shutdown.borrow_and_update();
             let filled = if down {
                 None
@@ -246,7 +275,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         }
     }
 
-    /// The memory alarm is on and this connection publishes: tell the client
+    /// A resource alarm is on and this connection publishes: tell the client
     /// (if it understands) and stop reading until the alarm clears. Returns
     /// true if the broker shuts down meanwhile.
     async fn wait_out_alarm(
@@ -254,12 +283,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         alarm: &mut tokio::sync::watch::Receiver<bool>,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> bool {
-        tracing::info!(conn = self.handle.id, peer = %self.peer, "blocking publisher: memory alarm");
+        let reason = self.broker.alarms().reason();
+        tracing::info!(conn = self.handle.id, peer = %self.peer, reason, "blocking publisher: resource alarm");
         if self.blocked_notify {
             self.send_method(
                 0,
                 AMQPClass::Connection(conn::AMQPMethod::Blocked(conn::Blocked {
-                    reason: "low on memory".into(),
+                    reason: reason.into(),
                 })),
             );
         }
@@ -431,9 +461,12 @@ impl<R: AsyncRead + Unpin> Connection<R> {
 
     fn content_frame(&mut self, channel: u16, frame: Frame) -> Result<(), AmqpError> {
         let Some(slot) = self.channels.get_mut(&channel) else {
+            // RabbitMQ 3.10 refuses content before any method on a channel it
+            // has not seen as UNEXPECTED_FRAME, like content without a method
+            // on an open channel, not as "expected 'channel.open'".
             return Err(AmqpError::connection(
-                codes::CHANNEL_ERROR,
-                format!("expected 'channel.open' on channel {channel}"),
+                codes::UNEXPECTED_FRAME,
+                format!("expected method frame, got non method frame instead (channel {channel} is not open)"),
             ));
         };
         let Slot::Open(c) = slot else {
@@ -517,10 +550,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 "unexpected connection method after the handshake",
             )
             .caused_by(class_id, method_id)),
-            _ => Err(
-                AmqpError::connection(codes::COMMAND_INVALID, "channel method on channel 0")
-                    .caused_by(class_id, method_id),
-            ),
+            // RabbitMQ 3.10: CHANNEL_ERROR "unexpected method in connection
+            // state running" (not COMMAND_INVALID).
+            _ => Err(AmqpError::connection(
+                codes::CHANNEL_ERROR,
+                "unexpected method in connection state running (channel method on channel 0)",
+            )
+            .caused_by(class_id, method_id)),
         }
     }
 

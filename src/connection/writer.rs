@@ -8,7 +8,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use std::sync::Arc;
 
-use crate::channel::handle::{Outbound, WriteFlow};
+use crate::channel::handle::{Outbound, WriteFlow, MESSAGE_OVERHEAD};
 
 /// Stop gathering and write once this much is pending.
 const BURST: usize = 256 * 1024;
@@ -42,7 +42,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         loop {
             match msg {
                 Outbound::Frames(b) => {
-                    counted += b.len();
+                    counted += b.len() + MESSAGE_OVERHEAD;
                     buf.extend_from_slice(&b);
                 }
                 Outbound::Heartbeat(secs) => {
@@ -76,6 +76,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             break;
         }
     }
+    flow.writer_stopped();
     let _ = wr.flush().await;
     let _ = wr.shutdown().await;
 }

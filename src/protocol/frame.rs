@@ -61,6 +61,10 @@ pub enum FrameError {
     MalformedMethod { class_id: u16, method_id: u16 },
     #[error("malformed content header")]
     MalformedHeader,
+    /// Field tables nested deeper than `tables::MAX_DEPTH`, refused before
+    /// the recursive parser can overflow the stack.
+    #[error("field table nested deeper than {} levels", super::tables::MAX_DEPTH)]
+    TooDeep { class_id: u16, method_id: u16 },
     /// A valid method with an argument the broker does not support, which
     /// amq-protocol's parser would silently drop (basic.qos prefetch_size).
     #[error("{text}")]
@@ -79,6 +83,7 @@ impl FrameError {
             | FrameError::BadFrameEnd(_)
             | FrameError::UnknownType(_)
             | FrameError::MalformedHeader
+            | FrameError::TooDeep { .. }
             // RabbitMQ: "cannot decode ..." is a frame error.
             | FrameError::MalformedMethod { .. } => codes::FRAME_ERROR,
             FrameError::UnknownMethod { .. } | FrameError::Unsupported { .. } => {
@@ -94,6 +99,10 @@ impl FrameError {
                 method_id,
             }
             | FrameError::MalformedMethod {
+                class_id,
+                method_id,
+            }
+            | FrameError::TooDeep {
                 class_id,
                 method_id,
             }
@@ -176,6 +185,12 @@ fn parse_method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
             });
         }
     }
+    if !super::tables::method_ok(class_id, method_id, &payload[4..]) {
+        return Err(FrameError::TooDeep {
+            class_id,
+            method_id,
+        });
+    }
     match parse_class(payload) {
         Ok((&[], class)) => Ok(class),
         _ => Err(FrameError::MalformedMethod {
@@ -186,6 +201,12 @@ fn parse_method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
 }
 
 fn parse_header(payload: Bytes) -> Result<ContentHeader, FrameError> {
+    if !super::tables::header_ok(&payload) {
+        return Err(FrameError::TooDeep {
+            class_id: 0,
+            method_id: 0,
+        });
+    }
     match parse_content_header(&payload[..]) {
         Ok((rest, h)) if rest.is_empty() && payload.len() >= 14 => Ok(ContentHeader {
             class_id: h.class_id,

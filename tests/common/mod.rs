@@ -163,6 +163,11 @@ impl Broker {
         format!("amqp://{user}:{pass}@{}/{vhost_path}", self.addr)
     }
 
+    /// The process id of a spawned broker (None in external mode).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// The data directory of a spawned broker.
     pub fn data_dir(&self) -> Option<&Path> {
         self.data_dir.as_ref().map(|d| d.path())
@@ -862,6 +867,13 @@ pub mod raw {
             )
             .await;
             start
+        }
+
+        /// The socket, once nothing read is left unparsed (for tests that
+        /// drive both directions at once).
+        pub fn into_stream(self) -> TcpStream {
+            assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);
+            self.stream
         }
 
         /// Write bytes; write errors are ignored (the peer may have closed, and
