@@ -241,7 +241,9 @@ mod tests {
     }
 
     fn with_users(users: &str) -> Result<Config, ConfigError> {
-        let start = DEFAULT_CONFIG.find("[[users]]").expect("users in default config");
+        let start = DEFAULT_CONFIG
+            .find("[[users]]")
+            .expect("users in default config");
         Config::parse(&format!("{}{users}", &DEFAULT_CONFIG[..start]))
     }
 
@@ -251,7 +253,10 @@ mod tests {
     fn default_guest_has_a_hash_and_full_access_to_slash() {
         let c = Config::default_config().expect("default config");
         let guest = &c.users[0];
-        assert!(guest.password_hash.as_ref().is_some_and(|h| h.verify(b"guest")));
+        assert!(guest
+            .password_hash
+            .as_ref()
+            .is_some_and(|h| h.verify(b"guest")));
         let perms = guest.permissions.as_ref().expect("permissions");
         assert_eq!(perms.len(), 1);
         assert_eq!(perms[0].vhost, "/");
@@ -273,7 +278,10 @@ mod tests {
     #[test]
     fn user_checks() {
         let ok = |u: &str| with_users(u).map(|_| ());
-        assert!(ok(&format!("[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\n")).is_ok());
+        assert!(ok(&format!(
+            "[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\n"
+        ))
+        .is_ok());
         // No hash at all.
         assert!(ok("[[users]]\nname = \"u\"\n").is_err());
         // Not a RabbitMQ hash.
@@ -288,10 +296,14 @@ mod tests {
         ))
         .is_ok());
         let perm = |vhost: &str, configure: &str| {
-            format!("{{ vhost = \"{vhost}\", configure = \"{configure}\", write = \"\", read = \"\" }}")
+            format!(
+                "{{ vhost = \"{vhost}\", configure = \"{configure}\", write = \"\", read = \"\" }}"
+            )
         };
         let user = |perms: &str| {
-            format!("[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\npermissions = [{perms}]\n")
+            format!(
+                "[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\npermissions = [{perms}]\n"
+            )
         };
         assert!(ok(&user(&perm("/", "^a"))).is_ok());
         // Invalid regex, unknown vhost, the same vhost twice.

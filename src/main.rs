@@ -75,7 +75,11 @@ fn hash_password(password: Option<String>, algorithm: Algorithm) -> anyhow::Resu
         Algorithm::Sha512 => HashingAlgorithm::Sha512,
     };
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", PasswordHash::new(password.as_bytes(), algorithm).encode())?;
+    writeln!(
+        out,
+        "{}",
+        PasswordHash::new(password.as_bytes(), algorithm).encode()
+    )?;
     Ok(())
 }
 

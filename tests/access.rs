@@ -123,7 +123,11 @@ fn refused(kind: &str, name: &str, user: &str) -> String {
 async fn declare_q(ch: &Channel, name: &str) -> lapin::Result<lapin::Queue> {
     within(
         "queue.declare",
-        ch.queue_declare(name.into(), QueueDeclareOptions::default(), FieldTable::default()),
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
     )
     .await
 }
@@ -158,7 +162,10 @@ async fn publish(ch: &Channel, exchange: &str, rk: &str) -> lapin::Result<lapin:
 
 fn text_arg(k: &str, v: &str) -> FieldTable {
     let mut t = FieldTable::default();
-    t.insert(k.into(), AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())));
+    t.insert(
+        k.into(),
+        AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
+    );
     t
 }
 
@@ -166,7 +173,9 @@ fn text_arg(k: &str, v: &str) -> FieldTable {
 
 #[tokio::test]
 async fn hashed_logins_succeed_sha256_and_sha512() {
-    let Some((broker, _cfg)) = broker() else { return };
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
     // guest's hash in conf/broker.toml, and the test users (flows is SHA-512).
     for user in ["limited", "flows", "sub"] {
         let (conn, _ch) = login(&broker, user).await;
@@ -178,7 +187,9 @@ async fn hashed_logins_succeed_sha256_and_sha512() {
 
 #[tokio::test]
 async fn wrong_password_is_403_and_logged_without_the_password() {
-    let Some((broker, _cfg)) = broker() else { return };
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
     let res = connect_uri(&broker.uri_with("limited", "Wrong-Pw-1234", "%2f")).await;
     assert_code(res.map(|_| ()), 403);
     // Raw PLAIN: RabbitMQ's authentication_failure_close text.
@@ -193,9 +204,12 @@ async fn wrong_password_is_403_and_logged_without_the_password() {
     );
     assert_eq!((close.class_id, close.method_id), (10, 11));
     // The right password with AMQPLAIN still works afterwards.
-    let (c2, _) =
-        raw::RawClient::handshake(broker.addr(), raw::Auth::AmqPlain("limited", "limited-pw"), 0)
-            .await;
+    let (c2, _) = raw::RawClient::handshake(
+        broker.addr(),
+        raw::Auth::AmqPlain("limited", "limited-pw"),
+        0,
+    )
+    .await;
     drop(c2);
     let log = broker.log();
     assert!(
@@ -204,23 +218,33 @@ async fn wrong_password_is_403_and_logged_without_the_password() {
     );
     assert!(log.contains("invalid credentials"), "{log}");
     for secret in ["Wrong-Pw-1234", "Other-Wrong-5678", "limited-pw"] {
-        assert!(!log.contains(secret), "password {secret} in the log:\n{log}");
+        assert!(
+            !log.contains(secret),
+            "password {secret} in the log:\n{log}"
+        );
     }
 }
 
 #[tokio::test]
 async fn unknown_user_is_403() {
-    let Some((broker, _cfg)) = broker() else { return };
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
     let res = connect_uri(&broker.uri_with("nobody", "nobody-pw", "%2f")).await;
     assert_code(res.map(|_| ()), 403);
     let log = broker.log();
-    assert!(log.contains("authentication failed for user \"nobody\""), "{log}");
+    assert!(
+        log.contains("authentication failed for user \"nobody\""),
+        "{log}"
+    );
     assert!(!log.contains("nobody-pw"), "{log}");
 }
 
 #[tokio::test]
 async fn user_without_permissions_on_the_vhost_gets_530() {
-    let Some((broker, _cfg)) = broker() else { return };
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
     let mut c = raw::RawClient::connect(broker.addr()).await;
     c.start_and_tune_begin(raw::Auth::Plain("elsewhere", "elsewhere-pw"))
         .await;
@@ -267,7 +291,9 @@ async fn user_without_permissions_on_the_vhost_gets_530() {
 
 #[tokio::test]
 async fn configure_permission_on_queues() {
-    let Some((broker, _cfg)) = broker() else { return };
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
     let (gconn, gch) = connect_channel(&broker).await;
     declare_q(&gch, "q-by-guest").await.expect("guest declares");
     let (conn, ch) = login(&broker, "limited").await;
@@ -336,7 +362,9 @@ async fn configure_permission_on_queues() {
 
 #[tokio::test]
 async fn configure_permission_on_exchanges() {
-    let Some((broker, _cfg)) = broker() else { return };
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
     let (gconn, gch) = connect_channel(&broker).await;
     declare_x(&gch, "x-by-guest", FieldTable::default())
         .await
@@ -387,7 +415,9 @@ async fn configure_permission_on_exchanges() {
 
 #[tokio::test]
 async fn write_permission_on_publish() {
-    let Some((broker, _cfg)) = broker() else { return };
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
     let (gconn, gch) = connect_channel(&broker).await;
     for x in ["wr-x", "x2"] {
         declare_x(&gch, x, FieldTable::default()).await.expect("x");
@@ -412,7 +442,9 @@ async fn write_permission_on_publish() {
 
 #[tokio::test]
 async fn write_on_destination_and_read_on_source_for_bindings() {
-    let Some((broker, _cfg)) = broker() else { return };
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
     let (gconn, gch) = connect_channel(&broker).await;
     for q in ["wr-q", "q"] {
         declare_q(&gch, q).await.expect("q");
@@ -434,10 +466,17 @@ async fn write_on_destination_and_read_on_source_for_bindings() {
         )
         .await
     };
-    qbind(ch.clone(), "wr-q", "rd-x").await.expect("bind allowed");
+    qbind(ch.clone(), "wr-q", "rd-x")
+        .await
+        .expect("bind allowed");
     within(
         "queue.unbind",
-        ch.queue_unbind("wr-q".into(), "rd-x".into(), "k".into(), FieldTable::default()),
+        ch.queue_unbind(
+            "wr-q".into(),
+            "rd-x".into(),
+            "k".into(),
+            FieldTable::default(),
+        ),
     )
     .await
     .expect("unbind allowed");
@@ -523,7 +562,9 @@ async fn write_on_destination_and_read_on_source_for_bindings() {
 
 #[tokio::test]
 async fn read_permission_on_get_consume_purge() {
-    let Some((broker, _cfg)) = broker() else { return };
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
     let (gconn, gch) = connect_channel(&broker).await;
     for q in ["rd-q", "q"] {
         declare_q(&gch, q).await.expect("q");
@@ -592,7 +633,9 @@ async fn read_permission_on_get_consume_purge() {
 
 #[tokio::test]
 async fn dead_letter_and_alternate_exchanges_need_write_on_them() {
-    let Some((broker, _cfg)) = broker() else { return };
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
     let (conn, ch) = login(&broker, "flows").await;
     within(
         "queue.declare",
@@ -631,7 +674,9 @@ async fn dead_letter_and_alternate_exchanges_need_write_on_them() {
 
 #[tokio::test]
 async fn patterns_match_anywhere_and_empty_matches_nothing() {
-    let Some((broker, _cfg)) = broker() else { return };
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
     let (conn, ch) = login(&broker, "sub").await;
     // configure "a": an unanchored search, as RabbitMQ's re:run.
     declare_q(&ch, "xay").await.expect("'a' matches 'xay'");
@@ -647,7 +692,11 @@ async fn patterns_match_anywhere_and_empty_matches_nothing() {
     );
     let ch = channel(&conn).await;
     assert_refused(
-        within("basic.get", ch.basic_get("xay".into(), BasicGetOptions { no_ack: true })).await,
+        within(
+            "basic.get",
+            ch.basic_get("xay".into(), BasicGetOptions { no_ack: true }),
+        )
+        .await,
         &refused("queue", "xay", "sub"),
     );
     let _ = conn.close(200, "bye".into()).await;
@@ -670,10 +719,16 @@ fn clear_text_password_in_config_is_refused_at_start() {
         .stdin(Stdio::null())
         .output()
         .expect("run hopper");
-    assert!(!out.status.success(), "hopper started with a clear password");
+    assert!(
+        !out.status.success(),
+        "hopper started with a clear password"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("user 'old'"), "{stderr}");
-    assert!(stderr.contains("clear-text `password` is not accepted"), "{stderr}");
+    assert!(
+        stderr.contains("clear-text `password` is not accepted"),
+        "{stderr}"
+    );
     assert!(stderr.contains("hopper hash-password"), "{stderr}");
     assert!(!stderr.contains("Clear-Secret-42"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
@@ -744,4 +799,42 @@ async fn a_hash_from_the_subcommand_logs_in() {
     let _ = conn.close(200, "bye".into()).await;
     let res = connect_uri(&broker.uri_with("tool", "from-the-tooL", "%2f")).await;
     assert_code(res.map(|_| ()), 403);
+}
+
+#[tokio::test]
+async fn reserved_queue_prefix_is_refused_before_permissions_and_on_redeclare() {
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
+    // RabbitMQ refuses a non-passive declare of any amq.* name, even of a
+    // server-named queue that exists (checked against RabbitMQ 3.10.8).
+    let (gconn, gch) = connect_channel(&broker).await;
+    let q = declare_q(&gch, "").await.expect("server-named");
+    let name = q.name().as_str().to_string();
+    assert_refused(
+        declare_q(&gch, &name).await,
+        &format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+    );
+    let gch = channel(&gconn).await;
+    within(
+        "passive",
+        gch.queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("a passive declare is fine");
+    // The prefix is refused first, whatever the user's permissions.
+    let (conn, ch) = login(&broker, "limited").await;
+    assert_refused(
+        declare_q(&ch, "amq.mine").await,
+        "queue name 'amq.mine' contains reserved prefix 'amq.*'",
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    let _ = gconn.close(200, "bye".into()).await;
 }

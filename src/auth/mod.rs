@@ -87,12 +87,9 @@ impl Access {
                 continue;
             };
             let vhosts = match (&u.permissions, &u.vhosts) {
-                (Some(perms), _) => Grants::PerVhost(
-                    perms
-                        .iter()
-                        .map(|p| (p.vhost.clone(), p.clone()))
-                        .collect(),
-                ),
+                (Some(perms), _) => {
+                    Grants::PerVhost(perms.iter().map(|p| (p.vhost.clone(), p.clone())).collect())
+                }
                 (None, Some(names)) => Grants::PerVhost(
                     names
                         .iter()
@@ -174,7 +171,9 @@ mod tests {
     use super::*;
 
     fn access(users: &str) -> Access {
-        let text = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"d\"\nvhosts = [\"/\", \"v2\"]\n{users}");
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"d\"\nvhosts = [\"/\", \"v2\"]\n{users}"
+        );
         Access::new(&Config::parse(&text).unwrap())
     }
 
@@ -182,7 +181,9 @@ mod tests {
 
     #[test]
     fn login() {
-        let a = access(&format!("[[users]]\nname = \"guest\"\npassword_hash = \"{GUEST}\"\n"));
+        let a = access(&format!(
+            "[[users]]\nname = \"guest\"\npassword_hash = \"{GUEST}\"\n"
+        ));
         assert_eq!(a.authenticate("guest", b"guest"), Ok(()));
         assert_eq!(
             a.authenticate("guest", b"nope"),

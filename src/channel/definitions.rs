@@ -60,7 +60,11 @@ impl Channel {
     ) -> AmqpResult<()> {
         // The default and predeclared exchanges are refused by the vhost first.
         if !m.exchange.as_str().is_empty() && !is_predeclared(m.exchange.as_str()) {
-            ctx.check(Permission::Configure, Resource::Exchange, m.exchange.as_str())?;
+            ctx.check(
+                Permission::Configure,
+                Resource::Exchange,
+                m.exchange.as_str(),
+            )?;
         }
         ctx.vhost
             .delete_exchange(m.exchange.as_str(), m.if_unused)?;
@@ -77,7 +81,12 @@ impl Channel {
         ctx: &mut ConnCtx<'_>,
         m: exchange::Bind,
     ) -> AmqpResult<()> {
-        binding_access(ctx, Resource::Exchange, m.destination.as_str(), m.source.as_str())?;
+        binding_access(
+            ctx,
+            Resource::Exchange,
+            m.destination.as_str(),
+            m.source.as_str(),
+        )?;
         ctx.vhost.bind(
             m.destination.as_str(),
             true,
@@ -99,7 +108,12 @@ impl Channel {
         ctx: &mut ConnCtx<'_>,
         m: exchange::Unbind,
     ) -> AmqpResult<()> {
-        binding_access(ctx, Resource::Exchange, m.destination.as_str(), m.source.as_str())?;
+        binding_access(
+            ctx,
+            Resource::Exchange,
+            m.destination.as_str(),
+            m.source.as_str(),
+        )?;
         ctx.vhost.unbind(
             m.destination.as_str(),
             true,
@@ -132,6 +146,13 @@ impl Channel {
             m.queue.as_str().to_string()
         };
         if !m.passive {
+            // RabbitMQ refuses the reserved prefix before it looks at
+            // permissions (and for existing queues too, amq.gen-* included).
+            if !server_named && name.starts_with("amq.") {
+                return Err(AmqpError::access_refused(format!(
+                    "queue name '{name}' contains reserved prefix 'amq.*'"
+                )));
+            }
             ctx.check(Permission::Configure, Resource::Queue, &name)?;
         }
         let max = ctx.broker.config.limits.max_queues;
