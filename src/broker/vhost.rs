@@ -177,10 +177,7 @@ impl VHost {
     }
 
     fn default_exchange_refused(&self) -> AmqpError {
-        AmqpError::access_refused(format!(
-            "operation not permitted on the default exchange in vhost '{}'",
-            self.name
-        ))
+        AmqpError::access_refused("operation not permitted on the default exchange")
     }
 
     // ---- exchanges ----
