@@ -57,9 +57,19 @@ fn hash_password(password: Option<String>, algorithm: Algorithm) -> anyhow::Resu
     let password = match password {
         Some(p) => p,
         None => {
+            use std::io::IsTerminal;
+            let stdin = std::io::stdin();
             let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-                .context("reading the password from stdin")?;
+            if stdin.is_terminal() {
+                // Typed by hand: one line (it is echoed; prefer a pipe).
+                eprint!("Password: ");
+                stdin
+                    .read_line(&mut text)
+                    .context("reading the password from stdin")?;
+            } else {
+                std::io::Read::read_to_string(&mut stdin.lock(), &mut text)
+                    .context("reading the password from stdin")?;
+            }
             let trimmed = text
                 .strip_suffix("\r\n")
                 .or_else(|| text.strip_suffix('\n'))
