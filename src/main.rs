@@ -14,7 +14,9 @@ use hopper::{broker::Broker, config::Config, store};
     name = "hopper",
     version,
     about = "AMQP 0-9-1 message broker",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    // A repeated flag takes its last value (tests append to a fixed command line).
+    args_override_self = true
 )]
 struct Args {
     /// With no subcommand, run the broker.

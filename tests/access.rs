@@ -838,3 +838,63 @@ async fn reserved_queue_prefix_is_refused_before_permissions_and_on_redeclare() 
     let _ = conn.close(200, "bye".into()).await;
     let _ = gconn.close(200, "bye".into()).await;
 }
+
+/// This machine's address on its default route, if it has one (no packet is
+/// sent: connecting a UDP socket only picks the route).
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9")
+        .or_else(|_| s.connect("10.255.255.1:9"))
+        .ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// `loopback_users` (guest by default) may log in only over loopback; other
+/// users may come from anywhere; `loopback_users = []` lifts the rule.
+#[tokio::test]
+async fn guest_only_from_loopback_unless_configured() {
+    if std::env::var(EXTERNAL_ENV).is_ok_and(|v| !v.trim().is_empty()) {
+        return;
+    }
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("skipped: no non-loopback address on this machine");
+        return;
+    };
+    let users = format!(
+        "[[users]]\nname = \"remote\"\npassword_hash = \"{}\"\n",
+        hash("remote-pw")
+    );
+    let text = config_text(&users);
+    for (lifted, config) in [
+        (false, text.clone()),
+        (
+            true,
+            text.replace("loopback_users = [\"guest\"]", "loopback_users = []"),
+        ),
+    ] {
+        let file = write_config(&config);
+        let path = file.path().to_string_lossy().into_owned();
+        let broker = Broker::start_with_args(&["--config", &path, "--listen", "0.0.0.0:0"]);
+        let port = broker.addr().port();
+        let uri = |user: &str, pass: &str| format!("amqp://{user}:{pass}@{ip}:{port}/%2f");
+        // Over loopback guest is always fine.
+        let conn = connect_uri(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+            .await
+            .expect("guest over loopback");
+        let _ = conn.close(200, "bye".into()).await;
+        let conn = connect_uri(&uri("remote", "remote-pw"))
+            .await
+            .expect("another user from a non-loopback address");
+        let _ = conn.close(200, "bye".into()).await;
+        let res = connect_uri(&uri("guest", "guest")).await;
+        if lifted {
+            let conn = res.expect("loopback_users = [] lets guest in from anywhere");
+            let _ = conn.close(200, "bye".into()).await;
+        } else {
+            assert_code(res.map(|_| ()), 403);
+            let log = broker.log();
+            assert!(log.contains("user may only connect via localhost"), "{log}");
+        }
+    }
+}
