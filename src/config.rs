@@ -5,6 +5,9 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+use crate::auth::hashing::{HashingAlgorithm, PasswordHash};
+use crate::auth::permissions::VhostPermissions;
+
 /// The default configuration file, embedded at build time.
 pub const DEFAULT_CONFIG: &str = include_str!("../conf/broker.toml");
 
@@ -82,14 +85,28 @@ impl Default for Limits {
     }
 }
 
+/// A user who may log in. See `crate::auth` for what the fields mean.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
-    pub password: String,
-    /// Vhosts this user may open; `None` means all of them.
+    /// RabbitMQ-format salted hash (`hopper hash-password` prints one).
+    #[serde(default)]
+    pub password_hash: Option<PasswordHash>,
+    /// Optional, as in RabbitMQ's definitions: must agree with the hash's length.
+    #[serde(default)]
+    pub hashing_algorithm: Option<HashingAlgorithm>,
+    /// A clear-text password is refused; the field exists to say so clearly
+    /// (its value is never read).
+    #[serde(default)]
+    pub password: Option<serde::de::IgnoredAny>,
+    /// Shorthand: full access to these vhosts. With neither this nor
+    /// `permissions`, full access to every vhost.
     #[serde(default)]
     pub vhosts: Option<Vec<String>>,
+    /// Per-vhost configure / write / read patterns (RabbitMQ's permissions).
+    #[serde(default)]
+    pub permissions: Option<Vec<VhostPermissions>>,
 }
 
 fn default_vhosts() -> Vec<String> {
@@ -135,12 +152,72 @@ impl Config {
                 )));
             }
         }
+        let mut names = std::collections::HashSet::new();
         for u in &self.users {
             if u.name.is_empty() || u.name.len() > 255 {
                 return Err(ConfigError::Invalid(format!(
                     "user name {:?} must be 1 to 255 bytes",
                     u.name
                 )));
+            }
+            if !names.insert(u.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "user '{}' is defined twice",
+                    u.name
+                )));
+            }
+            u.validate(&self.vhosts)?;
+        }
+        Ok(())
+    }
+}
+
+impl User {
+    fn validate(&self, vhosts: &[String]) -> Result<(), ConfigError> {
+        let name = &self.name;
+        let invalid = |text: String| Err(ConfigError::Invalid(text));
+        if self.password.is_some() {
+            return invalid(format!(
+                "user '{name}': clear-text `password` is not accepted. Store a hash instead: \
+                 run `hopper hash-password` (it reads the password from stdin, e.g. \
+                 `echo -n 'PASSWORD' | hopper hash-password`) and replace the line with \
+                 `password_hash = \"<its output>\"`"
+            ));
+        }
+        let Some(hash) = &self.password_hash else {
+            return invalid(format!(
+                "user '{name}' has no `password_hash`: run `hopper hash-password` to make one"
+            ));
+        };
+        if let Some(alg) = self.hashing_algorithm {
+            if alg != hash.algorithm() {
+                return invalid(format!(
+                    "user '{name}': password_hash is a {} hash but hashing_algorithm says {}",
+                    hash.algorithm().name(),
+                    alg.name()
+                ));
+            }
+        }
+        if let Some(perms) = &self.permissions {
+            if self.vhosts.is_some() {
+                return invalid(format!(
+                    "user '{name}': give either `vhosts` (full access) or `permissions`, not both"
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for p in perms {
+                if !vhosts.contains(&p.vhost) {
+                    return invalid(format!(
+                        "user '{name}' has permissions for vhost '{}', which is not in `vhosts`",
+                        p.vhost
+                    ));
+                }
+                if !seen.insert(p.vhost.as_str()) {
+                    return invalid(format!(
+                        "user '{name}' has two permissions entries for vhost '{}'",
+                        p.vhost
+                    ));
+                }
             }
         }
         Ok(())
@@ -165,6 +242,87 @@ mod tests {
     fn unknown_key_is_an_error() {
         let text = format!("{DEFAULT_CONFIG}\nbogus = 1\n");
         assert!(Config::parse(&text).is_err());
+    }
+
+    fn with_users(users: &str) -> Result<Config, ConfigError> {
+        let start = DEFAULT_CONFIG
+            .find("[[users]]")
+            .expect("users in default config");
+        Config::parse(&format!("{}{users}", &DEFAULT_CONFIG[..start]))
+    }
+
+    const HASH: &str = "X61uQL1rreIVFAWcRqdY08qYZYDAc4Cl+9atXrDEM0zB/9Yz";
+
+    #[test]
+    fn default_guest_has_a_hash_and_full_access_to_slash() {
+        let c = Config::default_config().expect("default config");
+        let guest = &c.users[0];
+        assert!(guest
+            .password_hash
+            .as_ref()
+            .is_some_and(|h| h.verify(b"guest")));
+        let perms = guest.permissions.as_ref().expect("permissions");
+        assert_eq!(perms.len(), 1);
+        assert_eq!(perms[0].vhost, "/");
+        for p in [&perms[0].configure, &perms[0].write, &perms[0].read] {
+            assert_eq!(p.as_str(), ".*");
+        }
+    }
+
+    #[test]
+    fn clear_password_is_refused_with_a_hint_and_not_echoed() {
+        let err = with_users("[[users]]\nname = \"u\"\npassword = \"s3cr3t-value\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hopper hash-password"), "{err}");
+        assert!(err.contains("user 'u'"), "{err}");
+        assert!(!err.contains("s3cr3t-value"), "{err}");
+    }
+
+    #[test]
+    fn user_checks() {
+        let ok = |u: &str| with_users(u).map(|_| ());
+        assert!(ok(&format!(
+            "[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\n"
+        ))
+        .is_ok());
+        // No hash at all.
+        assert!(ok("[[users]]\nname = \"u\"\n").is_err());
+        // Not a RabbitMQ hash.
+        assert!(ok("[[users]]\nname = \"u\"\npassword_hash = \"guest\"\n").is_err());
+        // Algorithm disagreeing with the hash's length.
+        assert!(ok(&format!(
+            "[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\nhashing_algorithm = \"rabbit_password_hashing_sha512\"\n"
+        ))
+        .is_err());
+        assert!(ok(&format!(
+            "[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\nhashing_algorithm = \"rabbit_password_hashing_sha256\"\n"
+        ))
+        .is_ok());
+        let perm = |vhost: &str, configure: &str| {
+            format!(
+                "{{ vhost = \"{vhost}\", configure = \"{configure}\", write = \"\", read = \"\" }}"
+            )
+        };
+        let user = |perms: &str| {
+            format!(
+                "[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\npermissions = [{perms}]\n"
+            )
+        };
+        assert!(ok(&user(&perm("/", "^a"))).is_ok());
+        // Invalid regex, unknown vhost, the same vhost twice.
+        assert!(ok(&user(&perm("/", "("))).is_err());
+        assert!(ok(&user(&perm("nope", ".*"))).is_err());
+        assert!(ok(&user(&format!("{}, {}", perm("/", ".*"), perm("/", ".*")))).is_err());
+        // Both styles at once.
+        assert!(ok(&format!(
+            "[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\nvhosts = [\"/\"]\npermissions = [{}]\n",
+            perm("/", ".*")
+        ))
+        .is_err());
+        // The same user twice.
+        let one = format!("[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\n");
+        assert!(ok(&format!("{one}{one}")).is_err());
     }
 
     #[test]

@@ -12,12 +12,14 @@
 //! - `exchange`: routing (direct, fanout, topic, headers).
 //! - `queue`: ready messages, consumers, round-robin delivery, requeue.
 //! - `store`: the storage trait; `store::rocks` is the only RocksDB user.
+//! - `auth`: users (password hashes), vhost access and permissions.
 //! - `config`: the configuration file.
 
 #![deny(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod batch;
 pub mod broker;
 pub mod channel;

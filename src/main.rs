@@ -10,8 +10,18 @@ use std::sync::Arc;
 use hopper::{broker::Broker, config::Config, store};
 
 #[derive(Debug, Parser)]
-#[command(name = "hopper", version, about = "AMQP 0-9-1 message broker")]
+#[command(
+    name = "hopper",
+    version,
+    about = "AMQP 0-9-1 message broker",
+    args_conflicts_with_subcommands = true,
+    // A repeated flag takes its last value (tests append to a fixed command line).
+    args_override_self = true
+)]
 struct Args {
+    /// With no subcommand, run the broker.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration file (TOML); the embedded conf/broker.toml when omitted.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -23,8 +33,77 @@ struct Args {
     data_dir: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the salted hash of a password for `password_hash` in the config
+    /// (RabbitMQ's format). Reads the password from stdin when not given,
+    /// e.g. `echo -n 'secret' | hopper hash-password` (keeps it out of the
+    /// shell history and the process list); one trailing newline is dropped.
+    HashPassword {
+        /// The password (prefer stdin).
+        password: Option<String>,
+        /// Hash function.
+        #[arg(long, value_enum, default_value_t = Algorithm::Sha256)]
+        algorithm: Algorithm,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Algorithm {
+    Sha256,
+    Sha512,
+}
+
+fn hash_password(password: Option<String>, algorithm: Algorithm) -> anyhow::Result<()> {
+    use hopper::auth::hashing::{HashingAlgorithm, PasswordHash};
+    let password = match password {
+        Some(p) => p,
+        None => {
+            use std::io::IsTerminal;
+            let stdin = std::io::stdin();
+            let mut text = String::new();
+            if stdin.is_terminal() {
+                // Typed by hand: one line (it is echoed; prefer a pipe).
+                eprint!("Password: ");
+                stdin
+                    .read_line(&mut text)
+                    .context("reading the password from stdin")?;
+            } else {
+                std::io::Read::read_to_string(&mut stdin.lock(), &mut text)
+                    .context("reading the password from stdin")?;
+            }
+            let trimmed = text
+                .strip_suffix("\r\n")
+                .or_else(|| text.strip_suffix('\n'))
+                .unwrap_or(&text);
+            trimmed.to_string()
+        }
+    };
+    if password.is_empty() {
+        anyhow::bail!("empty password");
+    }
+    let algorithm = match algorithm {
+        Algorithm::Sha256 => HashingAlgorithm::Sha256,
+        Algorithm::Sha512 => HashingAlgorithm::Sha512,
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}",
+        PasswordHash::new(password.as_bytes(), algorithm).encode()
+    )?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::HashPassword {
+        password,
+        algorithm,
+    }) = args.command
+    {
+        return hash_password(password, algorithm);
+    }
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default_config()?,

@@ -15,6 +15,8 @@ pub use vhost::VHost;
 #[derive(Debug)]
 pub struct Broker {
     pub config: Config,
+    /// Users, password hashes and permissions, from the config.
+    pub access: crate::auth::Access,
     pub vhosts: DashMap<String, Arc<VHost>>,
     pub store: Arc<dyn Store>,
     /// Direct reply-to: routing token → the channel whose consumer gets replies.
@@ -70,6 +72,7 @@ impl Broker {
         }
         let recovered = store.recover()?;
         let broker = Arc::new(Broker {
+            access: crate::auth::Access::new(&config),
             config,
             vhosts,
             next_msg_id: AtomicU64::new(store.max_message_id() + 1),
@@ -246,20 +249,16 @@ impl Broker {
         self.next_msg_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Check a user's password and whether they may open any vhost at all.
-    pub fn authenticate(&self, user: &str, password: &str) -> bool {
-        self.config
-            .users
-            .iter()
-            .any(|u| u.name == user && u.password == password)
+    /// Check a user's password.
+    pub fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<(), crate::auth::LoginFailure> {
+        self.access.authenticate(user, password.as_bytes())
     }
 
     pub fn may_open_vhost(&self, user: &str, vhost: &str) -> bool {
-        self.config.users.iter().any(|u| {
-            u.name == user
-                && u.vhosts
-                    .as_ref()
-                    .is_none_or(|vs| vs.iter().any(|v| v == vhost))
-        })
+        self.access.may_open_vhost(user, vhost)
     }
 }

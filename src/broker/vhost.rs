@@ -51,6 +51,8 @@ pub struct VHost {
 #[derive(Debug, Clone)]
 pub struct QueueSpec {
     pub name: String,
+    /// The client left the name empty and `name` was generated (amq.gen-*).
+    pub server_named: bool,
     pub passive: bool,
     pub durable: bool,
     pub exclusive: bool,
@@ -92,6 +94,11 @@ fn bool_text(b: bool) -> &'static str {
     } else {
         "false"
     }
+}
+
+/// One of the amq.* exchanges every vhost has (they cannot be deleted).
+pub fn is_predeclared(name: &str) -> bool {
+    name.starts_with("amq.") && PREDECLARED.iter().any(|(n, _)| *n == name)
 }
 
 pub fn random_name(prefix: &str) -> String {
@@ -170,10 +177,7 @@ impl VHost {
     }
 
     fn default_exchange_refused(&self) -> AmqpError {
-        AmqpError::access_refused(format!(
-            "operation not permitted on the default exchange in vhost '{}'",
-            self.name
-        ))
+        AmqpError::access_refused("operation not permitted on the default exchange")
     }
 
     // ---- exchanges ----
@@ -257,7 +261,7 @@ impl VHost {
         if name.is_empty() {
             return Err(self.default_exchange_refused());
         }
-        if name.starts_with("amq.") && PREDECLARED.iter().any(|(n, _)| *n == name) {
+        if is_predeclared(name) {
             return Err(AmqpError::access_refused(format!(
                 "deletion of system exchange '{name}' in vhost '{}' not allowed",
                 self.name
@@ -315,6 +319,7 @@ impl VHost {
         } else {
             spec.name.clone()
         };
+        let server_named = spec.server_named || spec.name.is_empty();
         match self.queues.entry(name.clone()) {
             Entry::Occupied(e) => {
                 let q = e.get().clone();
@@ -326,7 +331,7 @@ impl VHost {
                 Ok((q, m, c))
             }
             Entry::Vacant(v) => {
-                if name.starts_with("amq.") && !spec.name.is_empty() {
+                if name.starts_with("amq.") && !server_named {
                     return Err(AmqpError::access_refused(format!(
                         "queue name '{name}' contains reserved prefix 'amq.*'"
                     )));

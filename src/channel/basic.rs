@@ -11,6 +11,7 @@ use super::handle::{Consumer, Unacked};
 use super::reply_to;
 use super::tx::TxCommit;
 use super::{delete_auto_queue, requeue_all, Channel, ConnCtx};
+use crate::auth::{Permission, Resource};
 use crate::broker::vhost::random_name;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{dedup, Exchange};
@@ -303,6 +304,7 @@ impl Channel {
             return self.consume_replies(ctx, m);
         }
         let name = self.queue_name(m.queue.as_str())?;
+        ctx.check(Permission::Read, Resource::Queue, &name)?;
         let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
         let tag = if m.consumer_tag.as_str().is_empty() {
             random_name("amq.ctag-")
@@ -427,6 +429,7 @@ impl Channel {
 
     pub(super) fn get(&mut self, ctx: &mut ConnCtx<'_>, m: b::Get) -> AmqpResult<()> {
         let name = self.queue_name(m.queue.as_str())?;
+        ctx.check(Permission::Read, Resource::Queue, &name)?;
         let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
         if !queue.get(&self.handle, m.no_ack) {
             self.reply(AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})));

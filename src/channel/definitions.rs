@@ -1,11 +1,14 @@
 //! The exchange and queue classes on a channel: declare, delete, bind, unbind,
-//! purge. The checks themselves live in `broker::vhost`.
+//! purge. The checks themselves live in `broker::vhost`; the permission
+//! checks (`ConnCtx::check`) are made here, in the order RabbitMQ makes them.
 
 use amq_protocol::protocol::{exchange, queue, AMQPClass};
 
 use super::{notify_cancelled, Channel, ConnCtx};
-use crate::broker::vhost::{ExchangeSpec, QueueSpec};
+use crate::auth::{Permission, Resource};
+use crate::broker::vhost::{is_predeclared, random_name, ExchangeSpec, QueueSpec};
 use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::ExchangeKind;
 use crate::protocol::short;
 
 impl Channel {
@@ -14,6 +17,25 @@ impl Channel {
         ctx: &mut ConnCtx<'_>,
         m: exchange::Declare,
     ) -> AmqpResult<()> {
+        let name = m.exchange.as_str();
+        // Passive declares need no permission. An unknown type and the default
+        // exchange are refused by the vhost before any permission is looked at.
+        if !m.passive && !name.is_empty() && ExchangeKind::parse(m.kind.as_str()).is_some() {
+            ctx.check(Permission::Configure, Resource::Exchange, name)?;
+            if !ctx.vhost.exchanges.contains_key(name) {
+                // Naming an alternate exchange lets messages flow from this one
+                // into it: read here, write there.
+                if let Some(ae) = m
+                    .arguments
+                    .inner()
+                    .get("alternate-exchange")
+                    .and_then(crate::queue::as_text)
+                {
+                    ctx.check(Permission::Read, Resource::Exchange, name)?;
+                    ctx.check(Permission::Write, Resource::Exchange, &ae)?;
+                }
+            }
+        }
         ctx.vhost.declare_exchange(ExchangeSpec {
             name: m.exchange.as_str().to_string(),
             kind: m.kind.as_str().to_string(),
@@ -36,6 +58,14 @@ impl Channel {
         ctx: &mut ConnCtx<'_>,
         m: exchange::Delete,
     ) -> AmqpResult<()> {
+        // The default and predeclared exchanges are refused by the vhost first.
+        if !m.exchange.as_str().is_empty() && !is_predeclared(m.exchange.as_str()) {
+            ctx.check(
+                Permission::Configure,
+                Resource::Exchange,
+                m.exchange.as_str(),
+            )?;
+        }
         ctx.vhost
             .delete_exchange(m.exchange.as_str(), m.if_unused)?;
         if !m.nowait {
@@ -51,6 +81,12 @@ impl Channel {
         ctx: &mut ConnCtx<'_>,
         m: exchange::Bind,
     ) -> AmqpResult<()> {
+        binding_access(
+            ctx,
+            Resource::Exchange,
+            m.destination.as_str(),
+            m.source.as_str(),
+        )?;
         ctx.vhost.bind(
             m.destination.as_str(),
             true,
@@ -72,6 +108,12 @@ impl Channel {
         ctx: &mut ConnCtx<'_>,
         m: exchange::Unbind,
     ) -> AmqpResult<()> {
+        binding_access(
+            ctx,
+            Resource::Exchange,
+            m.destination.as_str(),
+            m.source.as_str(),
+        )?;
         ctx.vhost.unbind(
             m.destination.as_str(),
             true,
@@ -93,11 +135,26 @@ impl Channel {
         ctx: &mut ConnCtx<'_>,
         m: queue::Declare,
     ) -> AmqpResult<()> {
+        let server_named = !m.passive && m.queue.as_str().is_empty();
         let name = if m.passive {
             self.queue_name(m.queue.as_str())?
+        } else if server_named {
+            // Named here so that the permission check sees the real name, as
+            // RabbitMQ checks amq.gen-* names too.
+            random_name("amq.gen-")
         } else {
             m.queue.as_str().to_string()
         };
+        if !m.passive {
+            // RabbitMQ refuses the reserved prefix before it looks at
+            // permissions (and for existing queues too, amq.gen-* included).
+            if !server_named && name.starts_with("amq.") {
+                return Err(AmqpError::access_refused(format!(
+                    "queue name '{name}' contains reserved prefix 'amq.*'"
+                )));
+            }
+            ctx.check(Permission::Configure, Resource::Queue, &name)?;
+        }
         let max = ctx.broker.config.limits.max_queues;
         if max > 0
             && !m.passive
@@ -109,9 +166,23 @@ impl Channel {
                 m.queue, ctx.vhost.name
             )));
         }
+        if !m.passive && !ctx.vhost.queues.contains_key(&name) {
+            // A dead-letter exchange lets messages flow from this queue into
+            // it: read here, write there (checked for new queues only).
+            if let Some(dlx) = m
+                .arguments
+                .inner()
+                .get("x-dead-letter-exchange")
+                .and_then(crate::queue::as_text)
+            {
+                ctx.check(Permission::Read, Resource::Queue, &name)?;
+                ctx.check(Permission::Write, Resource::Exchange, &dlx)?;
+            }
+        }
         let (q, messages, consumers) = ctx.vhost.declare_queue(
             QueueSpec {
                 name,
+                server_named,
                 passive: m.passive,
                 durable: m.durable,
                 exclusive: m.exclusive,
@@ -143,6 +214,7 @@ impl Channel {
 
     pub(super) fn queue_bind(&mut self, ctx: &mut ConnCtx<'_>, m: queue::Bind) -> AmqpResult<()> {
         let name = self.queue_name(m.queue.as_str())?;
+        binding_access(ctx, Resource::Queue, &name, m.exchange.as_str())?;
         let routing_key = if m.routing_key.as_str().is_empty() && m.queue.as_str().is_empty() {
             // The spec: an empty key with an empty queue name binds with the
             // queue's (server-generated) name.
@@ -172,6 +244,7 @@ impl Channel {
         m: queue::Unbind,
     ) -> AmqpResult<()> {
         let name = self.queue_name(m.queue.as_str())?;
+        binding_access(ctx, Resource::Queue, &name, m.exchange.as_str())?;
         ctx.vhost.unbind(
             &name,
             false,
@@ -188,6 +261,7 @@ impl Channel {
 
     pub(super) fn queue_purge(&mut self, ctx: &mut ConnCtx<'_>, m: queue::Purge) -> AmqpResult<()> {
         let name = self.queue_name(m.queue.as_str())?;
+        ctx.check(Permission::Read, Resource::Queue, &name)?;
         let q = ctx.vhost.queue(&name, ctx.conn.id)?;
         let count = q.purge();
         if !m.nowait {
@@ -206,6 +280,7 @@ impl Channel {
         m: queue::Delete,
     ) -> AmqpResult<()> {
         let name = self.queue_name(m.queue.as_str())?;
+        ctx.check(Permission::Configure, Resource::Queue, &name)?;
         let q = match ctx.vhost.queue(&name, ctx.conn.id) {
             Ok(q) => q,
             // Deleting a queue that does not exist succeeds, as in RabbitMQ.
@@ -244,4 +319,21 @@ impl Channel {
         }
         Ok(())
     }
+}
+
+/// queue.bind / exchange.bind and their unbinds: write on the destination,
+/// read on the source exchange. The default exchange is refused by the vhost
+/// (before RabbitMQ would look at read permission on it).
+fn binding_access(
+    ctx: &ConnCtx<'_>,
+    dest_kind: Resource,
+    dest: &str,
+    source: &str,
+) -> AmqpResult<()> {
+    ctx.check(Permission::Write, dest_kind, dest)?;
+    let default_dest = dest_kind == Resource::Exchange && dest.is_empty();
+    if !source.is_empty() && !default_dest {
+        ctx.check(Permission::Read, Resource::Exchange, source)?;
+    }
+    Ok(())
 }

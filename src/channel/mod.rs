@@ -36,6 +36,21 @@ pub struct ConnCtx<'a> {
     pub flow: &'a mut Vec<Arc<Queue>>,
 }
 
+impl ConnCtx<'_> {
+    /// RabbitMQ's permission check for this connection's user and vhost:
+    /// a refusal is a 403 channel error.
+    pub fn check(
+        &self,
+        perm: crate::auth::Permission,
+        kind: crate::auth::Resource,
+        name: &str,
+    ) -> AmqpResult<()> {
+        self.broker
+            .access
+            .check(self.user, &self.vhost.name, perm, kind, name)
+    }
+}
+
 /// A publish waiting for its content header and body.
 #[derive(Debug)]
 struct Assembly {
@@ -318,6 +333,14 @@ impl Channel {
         else {
             return Ok(());
         };
+        // Checked when the message is complete, as RabbitMQ does (also inside
+        // a transaction: at publish, not at commit).
+        ctx.check(
+            crate::auth::Permission::Write,
+            crate::auth::Resource::Exchange,
+            publish.exchange.as_str(),
+        )
+        .map_err(|e| e.caused_by(60, 40))?;
         let Some((publish, header, body)) =
             self.tx_hold_publish(publish, header, body.into_bytes())
         else {

@@ -162,8 +162,18 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         }
         let (user, password) =
             credentials(&mechanism, start_ok.response.as_bytes()).unwrap_or_default();
-        if user.is_empty() || !self.broker.authenticate(&user, &password) {
-            tracing::warn!(conn = self.handle.id, peer = %self.peer, user = %user, mechanism = %mechanism, "login refused");
+        // The password goes to the hash check and nowhere else: never log it.
+        let login = if user.is_empty() {
+            Err("no user name in the response")
+        } else {
+            self.broker
+                .authenticate(&user, &password)
+                .map_err(|why| why.as_str())
+        };
+        drop(password);
+        if let Err(why) = login {
+            // Debug formatting escapes control characters a client may send.
+            tracing::warn!(conn = self.handle.id, peer = %self.peer, mechanism = %mechanism, reason = why, "authentication failed for user {user:?}");
             return Err(Step::Refuse(
                 AmqpError::connection(
                     codes::ACCESS_REFUSED,
@@ -173,7 +183,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             ));
         }
         if self.broker.config.loopback_users.contains(&user) && !self.peer.ip().is_loopback() {
-            tracing::warn!(conn = self.handle.id, peer = %self.peer, user = %user, "login refused: user may only connect via localhost");
+            tracing::warn!(conn = self.handle.id, peer = %self.peer, mechanism = %mechanism, reason = "user may only connect via localhost", "authentication failed for user {user:?}");
             return Err(Step::Refuse(
                 AmqpError::connection(
                     codes::ACCESS_REFUSED,
