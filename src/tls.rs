@@ -61,9 +61,9 @@ pub fn acceptor(cfg: &Tls) -> Result<TlsAcceptor, TlsError> {
         };
         let mut roots = RootCertStore::empty();
         for cert in load_certs("ca_file", ca_file)? {
-            roots.add(cert).map_err(|e| {
-                TlsError::Rustls(format!("ca_file {}: {e}", ca_file.display()))
-            })?;
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Rustls(format!("ca_file {}: {e}", ca_file.display())))?;
         }
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
         // RabbitMQ's fail_if_no_peer_cert = false asks for a certificate but
@@ -187,7 +187,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("cert_file") && err.contains("nope.pem"), "{err}");
+        assert!(
+            err.contains("cert_file") && err.contains("nope.pem"),
+            "{err}"
+        );
     }
 
     #[test]

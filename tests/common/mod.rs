@@ -155,7 +155,10 @@ impl Broker {
     /// The amqps listener's address, from the "hopper amqps listening on ADDR"
     /// line (the broker must have been started with a `[tls]` config).
     pub fn tls_addr(&mut self) -> SocketAddr {
-        assert!(!self.external, "the amqps address of an external broker is unknown");
+        assert!(
+            !self.external,
+            "the amqps address of an external broker is unknown"
+        );
         if let Some(a) = self.tls_addr {
             return a;
         }
@@ -700,8 +703,12 @@ pub mod raw {
         AmqPlain(&'a str, &'a str),
     }
 
+    /// What a raw client talks over: a TCP socket, or a TLS stream on one.
+    pub trait RawStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawStream for T {}
+
     pub struct RawClient {
-        pub stream: TcpStream,
+        pub stream: Box<dyn RawStream>,
         buf: Vec<u8>,
     }
 
@@ -801,8 +808,13 @@ pub mod raw {
                 .await
                 .expect("tcp connect");
             stream.set_nodelay(true).ok();
+            RawClient::over(stream)
+        }
+
+        /// A client over an already connected stream (e.g. TLS).
+        pub fn over(stream: impl RawStream + 'static) -> RawClient {
             RawClient {
-                stream,
+                stream: Box::new(stream),
                 buf: Vec::new(),
             }
         }
