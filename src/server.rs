@@ -122,6 +122,7 @@ fn accepted_socket(stream: TcpStream, peer: SocketAddr, listener: &Listener, sha
 }
 
 /// The TLS handshake with its deadline; `None` (the socket dropped) on failure.
+/// The socket is dropped only after the failure is logged.
 async fn tls_handshake(
     acceptor: TlsAcceptor,
     stream: TcpStream,
@@ -129,9 +130,11 @@ async fn tls_handshake(
     broker: &Broker,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let limit = Duration::from_secs(broker.config.limits.handshake_timeout.max(1));
-    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+    let accept = acceptor.accept(stream).into_fallible();
+    tokio::pin!(accept);
+    match tokio::time::timeout(limit, &mut accept).await {
         Ok(Ok(tls)) => Some(tls),
-        Ok(Err(e)) => {
+        Ok(Err((e, _socket))) => {
             // Clients with the wrong CA, plain AMQP on the TLS port, scanners.
             tracing::info!(peer = %peer, error = %e, "TLS handshake failed");
             None

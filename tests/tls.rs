@@ -343,7 +343,8 @@ async fn an_unfinished_tls_handshake_times_out() {
     raw.expect_closed(WAIT).await;
     assert!(
         broker.log().contains("TLS handshake not finished"),
-        "the timeout should be logged"
+        "the timeout should be logged: {}",
+        broker.log()
     );
 }
 
@@ -385,6 +386,28 @@ async fn client_certificates_are_required_with_verify_peer() {
         .await;
     raw.close().await;
     assert!(broker.log().contains("TLS handshake failed"));
+}
+
+#[tokio::test]
+async fn the_connection_limit_counts_tls_and_plain_clients_together() {
+    let pki = Pki::new();
+    let Some((mut broker, _config)) =
+        tls_broker_replacing(&pki, "", &[("max_connections = 0", "max_connections = 1")])
+    else {
+        return;
+    };
+    let tls = tls_connect(broker.tls_addr(), &pki.ca_pem, None)
+        .await
+        .expect("TLS connect");
+    let mut first = RawClient::over(tls);
+    first
+        .handshake_on(raw::Auth::Plain("guest", "guest"), 0, "/")
+        .await;
+    // The one allowed connection is the TLS one: a plain socket is refused.
+    let mut second = RawClient::connect(broker.addr()).await;
+    second.send(PROTOCOL_HEADER).await;
+    second.expect_closed(WAIT).await;
+    first.close().await;
 }
 
 #[tokio::test]
