@@ -119,6 +119,8 @@ class Broker:
             preexec_fn=_die_with_parent,
         )
         log.close()
+        # (reset before reading: lines after the first may arrive in the same read)
+        self.extra_stdout = []
         line = self._read_first_line()
         match = LISTEN_LINE.match(line)
         if not match:
@@ -131,7 +133,6 @@ class Broker:
         if self.port == 0:
             self.kill()
             raise BrokerError("hopper reported port 0 instead of the port it bound")
-        self.extra_stdout = []
         threading.Thread(target=self._drain_stdout, args=(self.proc,), daemon=True).start()
 
     def _read_first_line(self):
@@ -160,6 +161,19 @@ class Broker:
         if rest.strip():
             self.extra_stdout.append(rest.decode(errors="replace"))
         return first.decode(errors="replace").rstrip("\r")
+
+    def stdout_value(self, prefix, timeout=STARTUP_TIMEOUT):
+        """The rest of the first stdout line after the listen line that starts with
+        `prefix` (e.g. "hopper amqps listening on "), waiting for it if need be."""
+        deadline = time.monotonic() + timeout
+        while True:
+            # chunks may split a line: join them, and look at complete lines only
+            for line in "".join(self.extra_stdout).split("\n")[:-1]:
+                if line.startswith(prefix):
+                    return line[len(prefix):].strip()
+            if time.monotonic() > deadline or not self.alive():
+                raise BrokerError(f"hopper printed no {prefix!r} line\n{self.log_tail()}")
+            time.sleep(0.02)
 
     def _drain_stdout(self, proc):
         for raw in proc.stdout:

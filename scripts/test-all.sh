@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check of the project, the same way locally and in CI:
 #   1. system packages needed to build (clang/libclang for RocksDB's bindgen, g++, python venv)
+#      and to test (openssl, for the TLS compat tests' certificates)
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo test (all in the dev profile,
 #      so RocksDB is compiled once, into $CARGO_TARGET_DIR)
 #   3. cargo build --all-targets (no-op after cargo test), then the Python compatibility suite (compat/, pika)
@@ -64,6 +65,8 @@ install_system_packages() {
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     command -v g++ >/dev/null 2>&1 || missing+=(g++)
+    # compat/test_tls.py makes its test certificates with the openssl command
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v "$PYTHON" >/dev/null 2>&1 || missing+=(python3)
     if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
         missing+=(python3-venv)

@@ -40,6 +40,36 @@ pub struct Config {
     /// Users who may only connect from a loopback address.
     #[serde(default = "default_loopback_users")]
     pub loopback_users: Vec<String>,
+    /// The `amqps` listener; none when the section is absent.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+}
+
+/// `[tls]`: an AMQP-over-TLS listener beside the plain one (RabbitMQ's
+/// `listeners.ssl` and `ssl_options`). Relative paths are relative to the
+/// working directory, like `data_dir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    #[serde(default = "default_tls_listen")]
+    pub listen: String,
+    /// PEM: the server certificate first, then any intermediates.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, RSA or EC), unencrypted.
+    pub key_file: PathBuf,
+    /// PEM CA certificates that client certificates must chain to.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Ask clients for a certificate and verify it against `ca_file`.
+    #[serde(default)]
+    pub verify_peer: bool,
+    /// With `verify_peer`: refuse clients that send no certificate.
+    #[serde(default)]
+    pub fail_if_no_peer_cert: bool,
+}
+
+fn default_tls_listen() -> String {
+    "127.0.0.1:5671".to_string()
 }
 
 fn default_loopback_users() -> Vec<String> {
@@ -220,6 +250,18 @@ impl User {
                 }
             }
         }
+        if let Some(tls) = &self.tls {
+            if tls.verify_peer && tls.ca_file.is_none() {
+                return Err(ConfigError::Invalid(
+                    "tls.verify_peer = true needs tls.ca_file".into(),
+                ));
+            }
+            if tls.fail_if_no_peer_cert && !tls.verify_peer {
+                return Err(ConfigError::Invalid(
+                    "tls.fail_if_no_peer_cert = true needs tls.verify_peer = true".into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -236,6 +278,22 @@ mod tests {
         assert_eq!(c.limits.heartbeat, 60);
         assert_eq!(c.vhosts, vec!["/".to_string()]);
         assert_eq!(c.users[0].name, "guest");
+        assert!(c.tls.is_none(), "amqps is off by default");
+    }
+
+    #[test]
+    fn tls_section_defaults_and_checks() {
+        let tls = "\n[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+        let c = Config::parse(&format!("{DEFAULT_CONFIG}{tls}")).expect("tls config");
+        let t = c.tls.expect("tls section");
+        assert_eq!(t.listen, "127.0.0.1:5671");
+        assert!(!t.verify_peer);
+        let bad = format!("{DEFAULT_CONFIG}{tls}verify_peer = true\n");
+        assert!(matches!(Config::parse(&bad), Err(ConfigError::Invalid(_))));
+        let bad = format!("{DEFAULT_CONFIG}{tls}fail_if_no_peer_cert = true\n");
+        assert!(matches!(Config::parse(&bad), Err(ConfigError::Invalid(_))));
+        let bad = format!("{DEFAULT_CONFIG}\n[tls]\ncert_file = \"c.pem\"\n");
+        assert!(Config::parse(&bad).is_err(), "key_file is required");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Hopper: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
 //!
 //! Module map (a frame's way through the broker, top to bottom):
-//! - `server`: accept loop.
+//! - `server`: accept loops (plain and amqps), connection limit, TLS handshake.
+//! - `tls`: the rustls server configuration from `[tls]` (cert, key, client CAs).
 //! - `connection`: one task per socket: handshake, frame loop, heartbeats,
 //!   connection errors; `connection::writer` batches outgoing frames.
 //! - `protocol`: frames in (`frame`) and out (`encode`), reply codes.
@@ -32,3 +33,4 @@ pub mod protocol;
 pub mod queue;
 pub mod server;
 pub mod store;
+pub mod tls;

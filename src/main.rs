@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hopper::{broker::Broker, config::Config, store};
+use hopper::{broker::Broker, config::Config, server::Listener, store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +28,9 @@ struct Args {
     /// Listen address, e.g. 127.0.0.1:5672 (port 0 picks a free port).
     #[arg(long)]
     listen: Option<String>,
+    /// amqps listen address (needs a [tls] section in the config).
+    #[arg(long)]
+    tls_listen: Option<String>,
     /// Data directory for durable state.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -111,6 +114,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(listen) = args.tls_listen {
+        match config.tls.as_mut() {
+            Some(tls) => tls.listen = listen,
+            None => anyhow::bail!(
+                "--tls-listen needs a [tls] section (cert_file, key_file) in the config file"
+            ),
+        }
+    }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
@@ -129,6 +140,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Certificate and key problems stop the broker before it touches the store.
+    let tls = match &config.tls {
+        Some(t) => Some((t.listen.clone(), hopper::tls::acceptor(t)?)),
+        None => None,
+    };
     let store: Arc<dyn store::Store> = Arc::new(
         store::rocks::RocksStore::open(&config.data_dir)
             .with_context(|| format!("opening data directory {}", config.data_dir.display()))?,
@@ -140,14 +156,29 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
+    let mut listeners = vec![Listener::plain(listener)];
+    let mut tls_addr = None;
+    if let Some((tls_listen, acceptor)) = tls {
+        let tcp = tokio::net::TcpListener::bind(&tls_listen)
+            .await
+            .with_context(|| format!("binding {tls_listen} (tls.listen)"))?;
+        let a = tcp.local_addr()?;
+        tracing::info!(addr = %a, "listening (amqps)");
+        tls_addr = Some(a);
+        listeners.push(Listener::tls(tcp, acceptor));
+    }
     {
+        // Harnesses read the plain line first; the amqps line follows it.
         let mut out = std::io::stdout().lock();
         writeln!(out, "hopper listening on {addr}")?;
+        if let Some(a) = tls_addr {
+            writeln!(out, "hopper amqps listening on {a}")?;
+        }
         out.flush()?;
     }
     let sweeper = tokio::spawn(hopper::queue::deadletter::sweeper(broker.clone()));
     let disk_watch = tokio::spawn(hopper::broker::disk::watch(broker.clone()));
-    hopper::server::run(listener, broker.clone(), shutdown_signal()).await;
+    hopper::server::run(listeners, broker.clone(), shutdown_signal()).await;
     // Stop accepting (done), close clients with 320, let their pending work
     // reach the store, then finish and sync every store write.
     broker

@@ -39,6 +39,9 @@ pub struct Broker {
     data_dir: Option<tempfile::TempDir>,
     log_path: Option<PathBuf>,
     extra_args: Vec<String>,
+    /// stdout lines after "hopper listening on", for `tls_addr`.
+    stdout_rest: Option<mpsc::Receiver<String>>,
+    tls_addr: Option<SocketAddr>,
 }
 
 impl Broker {
@@ -60,6 +63,8 @@ impl Broker {
                     data_dir: None,
                     log_path: None,
                     extra_args: Vec::new(),
+                    stdout_rest: None,
+                    tls_addr: None,
                 };
             }
         }
@@ -75,6 +80,8 @@ impl Broker {
             log_path: Some(data_dir.path().with_extension("log")),
             data_dir: Some(data_dir),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            stdout_rest: None,
+            tls_addr: None,
         };
         broker.spawn();
         broker
@@ -141,6 +148,41 @@ impl Broker {
         };
         self.addr = addr;
         self.child = Some(child);
+        self.stdout_rest = Some(rx);
+        self.tls_addr = None;
+    }
+
+    /// The amqps listener's address, from the "hopper amqps listening on ADDR"
+    /// line (the broker must have been started with a `[tls]` config).
+    pub fn tls_addr(&mut self) -> SocketAddr {
+        assert!(
+            !self.external,
+            "the amqps address of an external broker is unknown"
+        );
+        if let Some(a) = self.tls_addr {
+            return a;
+        }
+        let rx = self.stdout_rest.as_ref().expect("broker started");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("hopper amqps listening on ") {
+                        let a = rest
+                            .trim()
+                            .parse::<SocketAddr>()
+                            .unwrap_or_else(|e| panic!("bad amqps line {line:?}: {e}"));
+                        self.tls_addr = Some(a);
+                        return a;
+                    }
+                }
+                Err(_) => panic!(
+                    "hopper printed no 'hopper amqps listening on ADDR' line; stderr:\n{}",
+                    tail(&self.log(), 4000)
+                ),
+            }
+        }
     }
 
     /// True when the suite runs against an external broker.
@@ -666,8 +708,12 @@ pub mod raw {
         AmqPlain(&'a str, &'a str),
     }
 
+    /// What a raw client talks over: a TCP socket, or a TLS stream on one.
+    pub trait RawStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawStream for T {}
+
     pub struct RawClient {
-        pub stream: TcpStream,
+        pub stream: Box<dyn RawStream>,
         buf: Vec<u8>,
     }
 
@@ -767,8 +813,13 @@ pub mod raw {
                 .await
                 .expect("tcp connect");
             stream.set_nodelay(true).ok();
+            RawClient::over(stream)
+        }
+
+        /// A client over an already connected stream (e.g. TLS).
+        pub fn over(stream: impl RawStream + 'static) -> RawClient {
             RawClient {
-                stream,
+                stream: Box::new(stream),
                 buf: Vec::new(),
             }
         }
