@@ -71,11 +71,18 @@ pub struct Snapshot {
 
 impl Counters {
     pub fn snapshot(&self) -> Snapshot {
+        // Effects before causes: a message is counted published before it
+        // can be confirmed or consumed, so reading those first keeps
+        // consumed <= published in every snapshot.
+        let consumed = self.consumed.load(Ordering::SeqCst);
+        let confirmed = self.confirmed.load(Ordering::SeqCst);
+        let nacked = self.nacked.load(Ordering::SeqCst);
+        let published = self.published.load(Ordering::SeqCst);
         Snapshot {
-            published: self.published.load(Ordering::Relaxed),
-            confirmed: self.confirmed.load(Ordering::Relaxed),
-            nacked: self.nacked.load(Ordering::Relaxed),
-            consumed: self.consumed.load(Ordering::Relaxed),
+            published,
+            confirmed,
+            nacked,
+            consumed,
         }
     }
 }
@@ -244,9 +251,12 @@ async fn publish_loop(
             }
             publisher.append(&mut out, ts);
         }
+        // Counted before the write: a message can be confirmed or consumed
+        // as soon as it is written, and counts must never show more
+        // consumed than published.
+        ctx.counters.published.fetch_add(n, Ordering::SeqCst);
         w.write_all(&out).await.context("publishing")?;
         out.clear();
-        ctx.counters.published.fetch_add(n, Ordering::Relaxed);
     }
     if let Some(win) = window {
         // Every slot back means every publish confirmed (or nacked).
@@ -351,7 +361,7 @@ async fn confirm_reader_inner(
                         } else {
                             &ctx.counters.nacked
                         };
-                        counter.fetch_add(freed, Ordering::Relaxed);
+                        counter.fetch_add(freed, Ordering::SeqCst);
                         win.slots.add_permits(freed as usize);
                     }
                     (10, 51) => return Ok(hist),
@@ -509,7 +519,7 @@ async fn consume_loop(conn: &mut Conn, spec: &ConsumerSpec, ctx: &Ctx) -> Result
             }
         }
         if got > 0 {
-            let total = ctx.counters.consumed.fetch_add(got, Ordering::Relaxed) + got;
+            let total = ctx.counters.consumed.fetch_add(got, Ordering::SeqCst) + got;
             let target = ctx.drain_target.load(Ordering::Relaxed);
             if total >= target && total - got < target {
                 *ctx.drained_at.lock() = Some(Instant::now());
