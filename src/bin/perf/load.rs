@@ -232,7 +232,7 @@ async fn publish_loop(
         }
         if let Some(win) = window {
             let free = win.slots.available_permits() as u64;
-            let take = n.min(free).max(1);
+            let mut take = n.min(free).max(1);
             tokio::select! {
                 permit = win.slots.acquire_many(take as u32) => match permit {
                     Ok(p) => p.forget(),
@@ -240,6 +240,15 @@ async fn publish_loop(
                     Err(_) => break,
                 },
                 _ = stopped(&mut stop) => continue,
+            }
+            // Woken by a confirm that freed several slots: fill them all in
+            // this burst rather than one write per slot.
+            let more = (n - take).min(win.slots.available_permits() as u64);
+            if more > 0 {
+                if let Ok(p) = win.slots.try_acquire_many(more as u32) {
+                    p.forget();
+                    take += more;
+                }
             }
             n = take;
         }
@@ -308,10 +317,7 @@ async fn confirm_reader_inner(
 ) -> Result<Histogram<u64>> {
     let mut hist = new_histogram();
     let cap = window.map(|w| w.times.len() as u64).unwrap_or(1);
-    // Lowest sequence number not yet confirmed, and which later ones were
-    // confirmed out of order (single acks may arrive in any order).
-    let mut low: u64 = 1;
-    let mut done = vec![false; cap as usize];
+    let mut tracker = ConfirmTracker::new(cap);
     loop {
         while let Some((kind, _, len)) = client::frame_at(rbuf)? {
             let payload = &rbuf[7..7 + len];
@@ -323,39 +329,13 @@ async fn confirm_reader_inner(
                         };
                         let (tag, multiple) = client::ack_fields(payload)?;
                         let ok = ids == (60, 80);
-                        if tag >= low + cap {
-                            bail!("the broker confirmed sequence number {tag}, never published");
-                        }
                         let now = now_nanos();
-                        let mut freed = 0u64;
-                        let mut settle = |seq: u64, hist: &mut Histogram<u64>| {
-                            let t = win.times[(seq % cap) as usize].load(Ordering::Relaxed);
+                        let freed = tracker.settle(tag, multiple, |seq| {
                             if ok {
-                                record_nanos(hist, now.saturating_sub(t));
+                                let t = win.times[(seq % cap) as usize].load(Ordering::Relaxed);
+                                record_nanos(&mut hist, now.saturating_sub(t));
                             }
-                            freed += 1;
-                        };
-                        if multiple {
-                            for seq in low..=tag {
-                                let slot = (seq % cap) as usize;
-                                if done[slot] {
-                                    done[slot] = false;
-                                } else {
-                                    settle(seq, &mut hist);
-                                }
-                            }
-                            low = low.max(tag + 1);
-                        } else if tag == low {
-                            settle(tag, &mut hist);
-                            low += 1;
-                        } else if tag > low && !done[(tag % cap) as usize] {
-                            settle(tag, &mut hist);
-                            done[(tag % cap) as usize] = true;
-                        }
-                        while done[(low % cap) as usize] {
-                            done[(low % cap) as usize] = false;
-                            low += 1;
-                        }
+                        })?;
                         let counter = if ok {
                             &ctx.counters.confirmed
                         } else {
@@ -378,6 +358,64 @@ async fn confirm_reader_inner(
         if r.read_buf(rbuf).await.context("reading from the broker")? == 0 {
             bail!("the broker closed the socket");
         }
+    }
+}
+
+/// Which publishes a confirm settles. Sequence numbers start at 1; at most
+/// `cap` are unsettled at a time (the window).
+struct ConfirmTracker {
+    cap: u64,
+    /// Lowest sequence number not yet settled.
+    low: u64,
+    /// `done[seq % cap]`: seq > low was settled out of order (single acks
+    /// may arrive in any order when a message goes to several queues).
+    done: Vec<bool>,
+}
+
+impl ConfirmTracker {
+    fn new(cap: u64) -> ConfirmTracker {
+        let cap = cap.max(1);
+        ConfirmTracker {
+            cap,
+            low: 1,
+            done: vec![false; cap as usize],
+        }
+    }
+
+    /// Call `each` for every sequence number this ack/nack settles for the
+    /// first time; returns how many.
+    fn settle(&mut self, tag: u64, multiple: bool, mut each: impl FnMut(u64)) -> Result<u64> {
+        if tag == 0 || tag >= self.low + self.cap {
+            bail!("the broker confirmed sequence number {tag}, never published");
+        }
+        let slot = |seq: u64| (seq % self.cap) as usize;
+        let mut settled = 0;
+        if multiple {
+            for seq in self.low..=tag {
+                let i = slot(seq);
+                if self.done[i] {
+                    self.done[i] = false;
+                } else {
+                    each(seq);
+                    settled += 1;
+                }
+            }
+            self.low = self.low.max(tag + 1);
+        } else if tag == self.low {
+            each(tag);
+            settled += 1;
+            self.low += 1;
+        } else if tag > self.low && !self.done[slot(tag)] {
+            each(tag);
+            settled += 1;
+            self.done[slot(tag)] = true;
+        }
+        while self.done[slot(self.low)] {
+            let i = slot(self.low);
+            self.done[i] = false;
+            self.low += 1;
+        }
+        Ok(settled)
     }
 }
 
@@ -547,5 +585,62 @@ async fn consume_loop(conn: &mut Conn, spec: &ConsumerSpec, ctx: &Ctx) -> Result
             }
             _ = stopped(&mut stop) => return Ok(hist),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConfirmTracker;
+
+    fn settle(t: &mut ConfirmTracker, tag: u64, multiple: bool) -> Vec<u64> {
+        let mut got = Vec::new();
+        let n = t.settle(tag, multiple, |s| got.push(s)).unwrap();
+        assert_eq!(n as usize, got.len());
+        got
+    }
+
+    #[test]
+    fn multiple_acks_settle_ranges_once() {
+        let mut t = ConfirmTracker::new(10);
+        assert_eq!(settle(&mut t, 3, true), vec![1, 2, 3]);
+        assert_eq!(settle(&mut t, 3, true), Vec::<u64>::new());
+        assert_eq!(settle(&mut t, 2, false), Vec::<u64>::new());
+        assert_eq!(settle(&mut t, 5, true), vec![4, 5]);
+    }
+
+    #[test]
+    fn out_of_order_singles_then_multiple() {
+        let mut t = ConfirmTracker::new(10);
+        assert_eq!(settle(&mut t, 3, false), vec![3]);
+        assert_eq!(
+            settle(&mut t, 3, false),
+            Vec::<u64>::new(),
+            "no double count"
+        );
+        assert_eq!(settle(&mut t, 1, false), vec![1]);
+        assert_eq!(settle(&mut t, 4, true), vec![2, 4], "3 was settled already");
+        assert_eq!(t.low, 5);
+        assert_eq!(settle(&mut t, 6, false), vec![6]);
+        assert_eq!(settle(&mut t, 5, false), vec![5]);
+        assert_eq!(t.low, 7, "the out-of-order 6 is passed over");
+    }
+
+    #[test]
+    fn the_window_wraps_around() {
+        let mut t = ConfirmTracker::new(4);
+        let mut all = Vec::new();
+        for tag in (2..=40).step_by(2) {
+            all.extend(settle(&mut t, tag, true));
+        }
+        assert_eq!(all, (1..=40).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn confirms_beyond_the_window_are_refused() {
+        let mut t = ConfirmTracker::new(4);
+        assert!(t.settle(5, false, |_| {}).is_err());
+        assert!(t.settle(0, true, |_| {}).is_err());
+        assert_eq!(settle(&mut t, 4, true), vec![1, 2, 3, 4]);
+        assert!(t.settle(8, false, |_| {}).is_ok());
     }
 }

@@ -121,7 +121,10 @@ impl Report {
             out.push_str(&s);
             out.push('\n');
         };
-        line(format!(
+        if self.mode == "idle" {
+            line(format!("{} mode=idle", self.uri));
+        } else {
+            line(format!(
             "{} mode={} producers={} consumers={} size={}B {} confirm={} prefetch={} {} queues={} exchange={:?} ({})",
             self.uri,
             self.mode,
@@ -140,6 +143,7 @@ impl Report {
             c.exchange,
             c.exchange_type,
         ));
+        }
         if self.mode != "idle" {
             line(format!(
                 "over {:.1}s: published {:.0}/s  confirmed {:.0}/s  consumed {:.0}/s  (totals {} / {} / {}, nacked {})",
