@@ -32,6 +32,9 @@ pub const FRAME_END: u8 = 0xCE;
 pub const CHANNEL: u16 = 1;
 /// How long a control reply (open-ok, declare-ok, ...) may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TCP connect may take (a broker whose accept queue is full
+/// leaves SYNs unanswered for minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A frame larger than this is garbage whatever was negotiated.
 const FRAME_SANITY_MAX: usize = 64 * 1024 * 1024;
 
@@ -154,8 +157,10 @@ impl Conn {
     /// TCP connect, handshake (PLAIN, heartbeats off), open the URI's vhost
     /// and channel 1.
     pub async fn open(uri: &AmqpUri) -> Result<Conn> {
-        let stream = TcpStream::connect(uri.addr())
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(uri.addr()))
             .await
+            .map_err(|_| anyhow!("no TCP connection in {CONNECT_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
             .with_context(|| format!("cannot connect to {}", uri.addr()))?;
         stream.set_nodelay(true).ok();
         let mut c = Conn {

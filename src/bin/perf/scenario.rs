@@ -243,19 +243,20 @@ async fn start_consumers(
 async fn join_all<T>(
     handles: Vec<JoinHandle<Result<T>>>,
     what: &str,
+    wait: Option<Duration>,
     mut each: impl FnMut(T),
 ) -> Result<()> {
+    // No limit: a long publish phase ends when it ends.
+    let wait = wait.unwrap_or(Duration::MAX);
     let mut first_err = None;
     for (i, h) in handles.into_iter().enumerate() {
         let abort = h.abort_handle();
-        let r = match tokio::time::timeout(JOIN_WAIT, h).await {
+        let r = match tokio::time::timeout(wait, h).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(anyhow::anyhow!("{what} {i} panicked: {e}")),
             Err(_) => {
                 abort.abort();
-                Err(anyhow::anyhow!(
-                    "{what} {i} did not stop within {JOIN_WAIT:?}"
-                ))
+                Err(anyhow::anyhow!("{what} {i} did not stop within {wait:?}"))
             }
         };
         match r {
@@ -324,13 +325,23 @@ async fn timed(args: &Args, uri: &AmqpUri, topo: &Topology) -> Result<Report> {
     ctx.stop.send_replace(true);
     let mut confirm_lat = new_histogram();
     let mut e2e = new_histogram();
-    let p = join_all(producers, "producer", |r: ProducerResult| {
-        let _ = confirm_lat.add(&r.confirm_latency);
-    })
+    let p = join_all(
+        producers,
+        "producer",
+        Some(JOIN_WAIT),
+        |r: ProducerResult| {
+            let _ = confirm_lat.add(&r.confirm_latency);
+        },
+    )
     .await;
-    let c = join_all(consumers, "consumer", |r: ConsumerResult| {
-        let _ = e2e.add(&r.latency);
-    })
+    let c = join_all(
+        consumers,
+        "consumer",
+        Some(JOIN_WAIT),
+        |r: ConsumerResult| {
+            let _ = e2e.add(&r.latency);
+        },
+    )
     .await;
     p?;
     c?;
@@ -386,21 +397,30 @@ async fn backlog(args: &Args, uri: &AmqpUri, topo: &Topology, setup: &mut Conn) 
     for p in prepared {
         producers.push(p.start(ctx.clone())?);
     }
-    let mut last = ctx.counters.snapshot();
-    while !producers.iter().all(|h| h.is_finished()) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        progress(
-            args,
-            t0.elapsed().as_secs_f64(),
-            &mut last,
-            ctx.counters.snapshot(),
-        );
-    }
+    let ticker = {
+        let (args, ctx) = (args.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let mut last = ctx.counters.snapshot();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                progress(
+                    &args,
+                    t0.elapsed().as_secs_f64(),
+                    &mut last,
+                    ctx.counters.snapshot(),
+                );
+            }
+        })
+    };
+    // The phase ends when the last producer has its last confirm, not at
+    // the next progress tick.
     let mut confirm_lat = new_histogram();
-    join_all(producers, "producer", |r: ProducerResult| {
+    let joined = join_all(producers, "producer", None, |r: ProducerResult| {
         let _ = confirm_lat.add(&r.confirm_latency);
     })
-    .await?;
+    .await;
+    ticker.abort();
+    joined?;
     if args.confirm == 0 {
         // Without confirms, publishing is over when the queues hold it all.
         let mut seen = (0, Instant::now());
@@ -540,9 +560,14 @@ async fn drain(
     let drained = ctx.counters.consumed.load(Ordering::Relaxed) - base;
     ctx.stop.send_replace(true);
     let mut e2e = new_histogram();
-    join_all(consumers, "consumer", |r: ConsumerResult| {
-        let _ = e2e.add(&r.latency);
-    })
+    join_all(
+        consumers,
+        "consumer",
+        Some(JOIN_WAIT),
+        |r: ConsumerResult| {
+            let _ = e2e.add(&r.latency);
+        },
+    )
     .await?;
     if stalled {
         eprintln!(
@@ -575,12 +600,18 @@ async fn idle(args: &Args, uri: &AmqpUri) -> Result<Report> {
     while let Some(r) = opening.join_next().await {
         match r {
             Ok(Ok(c)) => conns.push(c),
+            Err(e) if e.is_cancelled() => {}
             Ok(Err(e)) => {
                 first_err.get_or_insert(e);
             }
             Err(e) => {
                 first_err.get_or_insert(anyhow::anyhow!("connection task failed: {e}"));
             }
+        }
+        if first_err.is_some() {
+            // A broker at its limit (connections, file descriptors) tends to
+            // leave every later attempt hanging until its timeout: stop now.
+            opening.abort_all();
         }
     }
     let open_secs = t0.elapsed().as_secs_f64();
