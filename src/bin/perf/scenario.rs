@@ -44,6 +44,15 @@ pub async fn run(mut args: Args) -> Result<Report> {
     if args.connections > 0 {
         return idle(&args, &uri).await;
     }
+    if (args.backlog > 0 && !args.publish_only || args.drain > 0)
+        && args.consumers < args.queues as usize
+    {
+        bail!(
+            "draining {} queues needs at least as many consumers (--consumers {})",
+            args.queues,
+            args.consumers
+        );
+    }
     let topo = Topology::new(&args);
     let mut setup = Conn::open(&uri).await?;
     let purge = !args.no_purge && args.drain == 0;
