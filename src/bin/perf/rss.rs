@@ -1,14 +1,16 @@
 //! Broker memory while a scenario runs: `--rss-pid PID` samples VmRSS from
 //! /proc/PID/status every 100 ms and keeps the start, peak and end of each
-//! named phase (publish, drain, ...).
+//! named phase (publish, drain, ...), plus one sample a second as a timeline.
 
 use anyhow::{Context, Result};
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PERIOD: Duration = Duration::from_millis(100);
+/// Timeline resolution.
+const TIMELINE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseRss {
@@ -17,6 +19,8 @@ pub struct PhaseRss {
     pub peak_kb: u64,
     pub end_kb: u64,
     pub samples: u64,
+    /// (seconds since sampling started, KiB), one a second.
+    pub timeline: Vec<(f64, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -27,8 +31,14 @@ pub struct RssReport {
 
 pub struct RssSampler {
     pid: u32,
-    phases: Arc<Mutex<Vec<PhaseRss>>>,
+    phases: Arc<Mutex<Phases>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+struct Phases {
+    started: Instant,
+    last_timeline: Option<Instant>,
+    list: Vec<PhaseRss>,
 }
 
 /// VmRSS of `pid` in KiB.
@@ -50,7 +60,12 @@ impl RssSampler {
     /// Start sampling in phase `first`; fails if the process cannot be read.
     pub fn start(pid: u32, first: &str) -> Result<RssSampler> {
         let kb = read_rss_kb(pid)?;
-        let phases = Arc::new(Mutex::new(vec![new_phase(first, kb)]));
+        let phases = Arc::new(Mutex::new(Phases {
+            started: Instant::now(),
+            last_timeline: None,
+            list: vec![new_phase(first, kb)],
+        }));
+        record(&phases, kb);
         let shared = phases.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(PERIOD);
@@ -72,8 +87,10 @@ impl RssSampler {
             record(&self.phases, kb);
         }
         let mut p = self.phases.lock();
-        let start = kb.or_else(|| p.last().map(|x| x.end_kb)).unwrap_or(0);
-        p.push(new_phase(name, start));
+        let start = kb.or_else(|| p.list.last().map(|x| x.end_kb)).unwrap_or(0);
+        p.list.push(new_phase(name, start));
+        // The new phase's timeline starts with its first sample.
+        p.last_timeline = None;
     }
 
     /// One sample now (also recorded in the current phase).
@@ -90,7 +107,7 @@ impl RssSampler {
         }
         RssReport {
             pid: self.pid,
-            phases: self.phases.lock().clone(),
+            phases: self.phases.lock().list.clone(),
         }
     }
 }
@@ -101,15 +118,28 @@ fn new_phase(name: &str, kb: u64) -> PhaseRss {
         start_kb: kb,
         peak_kb: kb,
         end_kb: kb,
-        samples: 1,
+        samples: 0,
+        timeline: Vec::new(),
     }
 }
 
-fn record(phases: &Mutex<Vec<PhaseRss>>, kb: u64) {
-    if let Some(p) = phases.lock().last_mut() {
+fn record(phases: &Mutex<Phases>, kb: u64) {
+    let mut guard = phases.lock();
+    let now = Instant::now();
+    let due = guard
+        .last_timeline
+        .is_none_or(|t| now.duration_since(t) >= TIMELINE_EVERY);
+    let at = now.duration_since(guard.started).as_secs_f64();
+    if due {
+        guard.last_timeline = Some(now);
+    }
+    if let Some(p) = guard.list.last_mut() {
         p.peak_kb = p.peak_kb.max(kb);
         p.end_kb = kb;
         p.samples += 1;
+        if due {
+            p.timeline.push(((at * 10.0).round() / 10.0, kb));
+        }
     }
 }
 
