@@ -1,20 +1,14 @@
 //! A lean AMQP 0-9-1 client: just what a load generator needs, on tokio and
 //! amq-protocol's codec, one connection with one channel (number 1) per
-//! producer or consumer.
-//!
-//! Control methods (handshake, declares, qos, consume, close) go through
-//! amq-protocol's `gen_frame` / `parse_frame`. The hot path is by hand: a
-//! publish is a pre-encoded method + header prefix followed by the body frames
-//! (`Publisher::append`), and deliveries, acks and nacks are read straight out
-//! of the receive buffer (`frame_at`, `deliver_tag`, `ack_fields`) so the client
-//! is never the bottleneck of a measurement.
-//!
-//! As the codec's notes warn, a frame is only parsed once it is whole: the
-//! 7-byte header is read here and the size checked first.
+//! producer or consumer: the handshake (PLAIN, heartbeats off, the URI's
+//! vhost), the synchronous methods (declares, binds, purge, delete, qos,
+//! confirm.select, consume) and close. The producer and consumer loops in
+//! `load` take the socket and buffer over after set-up and use `wire` for the
+//! hot path.
 
-use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+use amq_protocol::frame::{parse_frame, AMQPFrame};
 use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue, AMQPClass};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BytesMut};
 use std::time::Duration;
@@ -22,128 +16,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::uri::AmqpUri;
+use crate::wire::{
+    close_method, closed_error, frame_at, method_ids, put_method, short, CHANNEL, FRAME_METHOD,
+};
 
-pub const FRAME_METHOD: u8 = 1;
-pub const FRAME_HEADER: u8 = 2;
-pub const FRAME_BODY: u8 = 3;
-pub const FRAME_HEARTBEAT: u8 = 8;
-pub const FRAME_END: u8 = 0xCE;
-/// The only channel the tool opens on a connection.
-pub const CHANNEL: u16 = 1;
 /// How long a control reply (open-ok, declare-ok, ...) may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TCP connect may take (a broker whose accept queue is full
 /// leaves SYNs unanswered for minutes).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A frame larger than this is garbage whatever was negotiated.
-const FRAME_SANITY_MAX: usize = 64 * 1024 * 1024;
-
-/// A whole frame at the front of `buf`: (type, channel, payload length); the
-/// frame occupies `len + 8` bytes. `Ok(None)` means read more.
-pub fn frame_at(buf: &[u8]) -> Result<Option<(u8, u16, usize)>> {
-    if buf.len() < 7 {
-        return Ok(None);
-    }
-    if buf.starts_with(b"AMQP") {
-        bail!(
-            "the server does not speak AMQP 0-9-1 (it answered with protocol header {:?})",
-            &buf[..buf.len().min(8)]
-        );
-    }
-    let kind = buf[0];
-    let channel = u16::from_be_bytes([buf[1], buf[2]]);
-    let len = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if len > FRAME_SANITY_MAX {
-        bail!("the server sent a frame of {len} bytes");
-    }
-    if buf.len() < len + 8 {
-        return Ok(None);
-    }
-    if buf[len + 7] != FRAME_END {
-        bail!("bad frame end octet {:#04x} from the server", buf[len + 7]);
-    }
-    Ok(Some((kind, channel, len)))
-}
-
-/// (class id, method id) of a method frame's payload.
-pub fn method_ids(payload: &[u8]) -> (u16, u16) {
-    if payload.len() < 4 {
-        return (0, 0);
-    }
-    (
-        u16::from_be_bytes([payload[0], payload[1]]),
-        u16::from_be_bytes([payload[2], payload[3]]),
-    )
-}
-
-/// basic.deliver's delivery tag (after the consumer tag short string).
-pub fn deliver_tag(payload: &[u8]) -> Result<u64> {
-    let ctag_len = *payload.get(4).context("truncated basic.deliver")? as usize;
-    let at = 5 + ctag_len;
-    let b = payload.get(at..at + 8).context("truncated basic.deliver")?;
-    Ok(u64::from_be_bytes([
-        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-    ]))
-}
-
-/// basic.ack / basic.nack: (delivery tag, multiple).
-pub fn ack_fields(payload: &[u8]) -> Result<(u64, bool)> {
-    let b = payload.get(4..13).context("truncated basic.ack/nack")?;
-    let tag = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-    Ok((tag, b[8] & 1 == 1))
-}
-
-/// A content header's body size.
-pub fn header_body_size(payload: &[u8]) -> Result<u64> {
-    let b = payload.get(4..12).context("truncated content header")?;
-    Ok(u64::from_be_bytes([
-        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-    ]))
-}
-
-/// Append basic.ack(tag, multiple) on channel 1.
-pub fn put_ack(out: &mut Vec<u8>, tag: u64, multiple: bool) {
-    out.extend_from_slice(&[FRAME_METHOD, 0, CHANNEL as u8, 0, 0, 0, 13, 0, 60, 0, 80]);
-    out.extend_from_slice(&tag.to_be_bytes());
-    out.push(multiple as u8);
-    out.push(FRAME_END);
-}
-
-/// Append a method frame generated by amq-protocol.
-pub fn put_method(out: &mut Vec<u8>, channel: u16, class: AMQPClass) -> Result<()> {
-    put_frame(out, &AMQPFrame::Method(channel, class))
-}
-
-fn put_frame(out: &mut Vec<u8>, frame: &AMQPFrame) -> Result<()> {
-    let ctx = gen_frame(frame)(WriteContext::from(Vec::with_capacity(256)))
-        .map_err(|e| anyhow!("cannot encode {frame:?}: {e:?}"))?;
-    out.extend_from_slice(&ctx.into_inner().0);
-    Ok(())
-}
-
-/// Turn a connection.close / channel.close from the broker into an error.
-pub fn closed_error(class: &AMQPClass) -> Option<anyhow::Error> {
-    let (what, code, text, class_id, method_id) = match class {
-        AMQPClass::Connection(connection::AMQPMethod::Close(c)) => (
-            "connection",
-            c.reply_code,
-            c.reply_text.as_str(),
-            c.class_id,
-            c.method_id,
-        ),
-        AMQPClass::Channel(channel::AMQPMethod::Close(c)) => (
-            "channel",
-            c.reply_code,
-            c.reply_text.as_str(),
-            c.class_id,
-            c.method_id,
-        ),
-        _ => return None,
-    };
-    Some(anyhow!(
-        "the broker closed the {what}: {code} {text} (class {class_id} method {method_id})"
-    ))
-}
 
 /// A connection with channel 1 open. Fields are public so the producer and
 /// consumer loops can drive the socket and the buffer directly.
@@ -503,192 +384,5 @@ impl Conn {
         tokio::time::timeout(Duration::from_secs(5), wait)
             .await
             .unwrap_or(Ok(()))
-    }
-}
-
-pub fn close_method() -> AMQPClass {
-    AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-        reply_code: 200,
-        reply_text: "bye".into(),
-        class_id: 0,
-        method_id: 0,
-    }))
-}
-
-/// amq-protocol's `ShortString::from` panics above 255 bytes.
-pub fn short(s: &str) -> Result<ShortString> {
-    if s.len() > 255 {
-        bail!("name longer than 255 bytes: {s:?}");
-    }
-    Ok(ShortString::from(s))
-}
-
-/// A pre-encoded basic.publish: the method and content header frames are the
-/// same for every message, so a publish is one copy of them plus the body
-/// frames with the timestamp written into the first 8 body bytes.
-pub struct Publisher {
-    prefix: Vec<u8>,
-    filler: Vec<u8>,
-    chunk: usize,
-}
-
-impl Publisher {
-    pub fn new(
-        exchange_name: &str,
-        routing_key: &str,
-        persistent: bool,
-        size: usize,
-        frame_max: u32,
-    ) -> Result<Publisher> {
-        if size < 8 {
-            bail!("message size must be at least 8 bytes (the timestamp)");
-        }
-        let mut prefix = Vec::new();
-        put_method(
-            &mut prefix,
-            CHANNEL,
-            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-                exchange: short(exchange_name)?,
-                routing_key: short(routing_key)?,
-                mandatory: false,
-                immediate: false,
-            })),
-        )?;
-        let properties = if persistent {
-            basic::AMQPProperties::default().with_delivery_mode(2)
-        } else {
-            basic::AMQPProperties::default()
-        };
-        put_frame(
-            &mut prefix,
-            &AMQPFrame::Header(
-                CHANNEL,
-                AMQPContentHeader {
-                    class_id: 60,
-                    body_size: size as u64,
-                    properties,
-                },
-            ),
-        )?;
-        Ok(Publisher {
-            prefix,
-            filler: (0..size).map(|i| (i % 251) as u8).collect(),
-            // frame_max >= 4096 (clamped at tune), so a chunk holds the timestamp.
-            chunk: frame_max as usize - 8,
-        })
-    }
-
-    /// Bytes one message takes on the wire.
-    pub fn wire_size(&self) -> usize {
-        self.prefix.len() + self.filler.len() + self.filler.len().div_ceil(self.chunk) * 8
-    }
-
-    /// Append one message stamped with `ts` (nanoseconds since the Unix epoch).
-    pub fn append(&self, out: &mut Vec<u8>, ts: u64) {
-        out.extend_from_slice(&self.prefix);
-        let size = self.filler.len();
-        let mut off = 0;
-        while off < size {
-            let n = self.chunk.min(size - off);
-            out.push(FRAME_BODY);
-            out.extend_from_slice(&CHANNEL.to_be_bytes());
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-            if off == 0 {
-                out.extend_from_slice(&ts.to_be_bytes());
-                out.extend_from_slice(&self.filler[8..n]);
-            } else {
-                out.extend_from_slice(&self.filler[off..off + n]);
-            }
-            out.push(FRAME_END);
-            off += n;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn publish_frames_parse_back() {
-        let p = Publisher::new("ex", "rk", true, 10_000, 4096).unwrap();
-        let mut out = Vec::new();
-        p.append(&mut out, 0x0102_0304_0506_0708);
-        assert_eq!(out.len(), p.wire_size());
-        let mut rest = &out[..];
-        let mut frames = Vec::new();
-        while let Some((kind, ch, len)) = frame_at(rest).unwrap() {
-            assert_eq!(ch, CHANNEL);
-            let (_, f) = parse_frame(&rest[..len + 8]).unwrap();
-            frames.push((kind, f));
-            rest = &rest[len + 8..];
-        }
-        assert!(rest.is_empty());
-        assert_eq!(frames.len(), 5, "method, header, three body frames");
-        match &frames[1].1 {
-            AMQPFrame::Header(_, h) => {
-                assert_eq!(h.body_size, 10_000);
-                assert_eq!(h.properties.delivery_mode(), &Some(2));
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        let body: Vec<u8> = frames[2..]
-            .iter()
-            .flat_map(|(_, f)| match f {
-                AMQPFrame::Body(_, b) => b.clone(),
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(body.len(), 10_000);
-        assert_eq!(&body[..8], &0x0102_0304_0506_0708u64.to_be_bytes());
-    }
-
-    #[test]
-    fn ack_roundtrips() {
-        let mut out = Vec::new();
-        put_ack(&mut out, 77, true);
-        let (kind, _, len) = frame_at(&out).unwrap().unwrap();
-        assert_eq!(kind, FRAME_METHOD);
-        assert_eq!(method_ids(&out[7..7 + len]), (60, 80));
-        assert_eq!(ack_fields(&out[7..7 + len]).unwrap(), (77, true));
-        match parse_frame(&out[..]).unwrap().1 {
-            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => {
-                assert_eq!((a.delivery_tag, a.multiple), (77, true));
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn deliver_tag_is_found_after_the_consumer_tag() {
-        let mut out = Vec::new();
-        put_method(
-            &mut out,
-            1,
-            AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                consumer_tag: "ctag-123".into(),
-                delivery_tag: 987_654,
-                redelivered: false,
-                exchange: "".into(),
-                routing_key: "q".into(),
-            })),
-        )
-        .unwrap();
-        let (_, _, len) = frame_at(&out).unwrap().unwrap();
-        assert_eq!(deliver_tag(&out[7..7 + len]).unwrap(), 987_654);
-        assert!(deliver_tag(&out[7..12]).is_err());
-    }
-
-    #[test]
-    fn partial_and_bad_frames() {
-        let mut out = Vec::new();
-        put_ack(&mut out, 1, false);
-        for cut in 0..out.len() {
-            assert!(frame_at(&out[..cut]).unwrap().is_none());
-        }
-        let last = out.len() - 1;
-        out[last] = 0;
-        assert!(frame_at(&out).is_err());
-        assert!(frame_at(b"AMQP\x00\x00\x09\x01").is_err());
     }
 }

@@ -21,8 +21,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::client::{self, Conn, Publisher, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
+use crate::client::Conn;
+use crate::confirms::ConfirmTracker;
 use crate::uri::AmqpUri;
+use crate::wire::{self, Publisher, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 
 /// Bytes buffered before one socket write.
 const BURST_BYTES: usize = 128 * 1024;
@@ -286,7 +288,7 @@ async fn publish_loop(
         }
     }
     let mut close = Vec::new();
-    client::put_method(&mut close, 0, client::close_method())?;
+    wire::put_method(&mut close, 0, wire::close_method())?;
     // The reader ends on close-ok.
     let _ = w.write_all(&close).await;
     Ok(())
@@ -319,15 +321,15 @@ async fn confirm_reader_inner(
     let cap = window.map(|w| w.times.len() as u64).unwrap_or(1);
     let mut tracker = ConfirmTracker::new(cap);
     loop {
-        while let Some((kind, _, len)) = client::frame_at(rbuf)? {
+        while let Some((kind, _, len)) = wire::frame_at(rbuf)? {
             let payload = &rbuf[7..7 + len];
             if kind == FRAME_METHOD {
-                match client::method_ids(payload) {
+                match wire::method_ids(payload) {
                     ids @ ((60, 80) | (60, 120)) => {
                         let Some(win) = window else {
                             bail!("the broker sent a confirm without confirm.select");
                         };
-                        let (tag, multiple) = client::ack_fields(payload)?;
+                        let (tag, multiple) = wire::ack_fields(payload)?;
                         let ok = ids == (60, 80);
                         let now = now_nanos();
                         let freed = tracker.settle(tag, multiple, |seq| {
@@ -361,71 +363,13 @@ async fn confirm_reader_inner(
     }
 }
 
-/// Which publishes a confirm settles. Sequence numbers start at 1; at most
-/// `cap` are unsettled at a time (the window).
-struct ConfirmTracker {
-    cap: u64,
-    /// Lowest sequence number not yet settled.
-    low: u64,
-    /// `done[seq % cap]`: seq > low was settled out of order (single acks
-    /// may arrive in any order when a message goes to several queues).
-    done: Vec<bool>,
-}
-
-impl ConfirmTracker {
-    fn new(cap: u64) -> ConfirmTracker {
-        let cap = cap.max(1);
-        ConfirmTracker {
-            cap,
-            low: 1,
-            done: vec![false; cap as usize],
-        }
-    }
-
-    /// Call `each` for every sequence number this ack/nack settles for the
-    /// first time; returns how many.
-    fn settle(&mut self, tag: u64, multiple: bool, mut each: impl FnMut(u64)) -> Result<u64> {
-        if tag == 0 || tag >= self.low + self.cap {
-            bail!("the broker confirmed sequence number {tag}, never published");
-        }
-        let slot = |seq: u64| (seq % self.cap) as usize;
-        let mut settled = 0;
-        if multiple {
-            for seq in self.low..=tag {
-                let i = slot(seq);
-                if self.done[i] {
-                    self.done[i] = false;
-                } else {
-                    each(seq);
-                    settled += 1;
-                }
-            }
-            self.low = self.low.max(tag + 1);
-        } else if tag == self.low {
-            each(tag);
-            settled += 1;
-            self.low += 1;
-        } else if tag > self.low && !self.done[slot(tag)] {
-            each(tag);
-            settled += 1;
-            self.done[slot(tag)] = true;
-        }
-        while self.done[slot(self.low)] {
-            let i = slot(self.low);
-            self.done[i] = false;
-            self.low += 1;
-        }
-        Ok(settled)
-    }
-}
-
 /// An unexpected method frame: a close from the broker is an error, anything
 /// else is ignored.
 fn control_frame(frame: &[u8]) -> Result<()> {
     if let Ok((_, amq_protocol::frame::AMQPFrame::Method(_, class))) =
         amq_protocol::frame::parse_frame(frame)
     {
-        if let Some(err) = client::closed_error(&class) {
+        if let Some(err) = wire::closed_error(&class) {
             return Err(err);
         }
         if let amq_protocol::protocol::AMQPClass::Basic(
@@ -499,12 +443,12 @@ async fn consume_loop(conn: &mut Conn, spec: &ConsumerSpec, ctx: &Ctx) -> Result
     loop {
         let now = now_nanos();
         let mut got = 0u64;
-        while let Some((kind, _, len)) = client::frame_at(&conn.rbuf)? {
+        while let Some((kind, _, len)) = wire::frame_at(&conn.rbuf)? {
             let payload = &conn.rbuf[7..7 + len];
             let mut complete = None;
             match (kind, &mut state) {
-                (FRAME_METHOD, _) => match client::method_ids(payload) {
-                    (60, 60) => state = Expect::Header(client::deliver_tag(payload)?),
+                (FRAME_METHOD, _) => match wire::method_ids(payload) {
+                    (60, 60) => state = Expect::Header(wire::deliver_tag(payload)?),
                     (10, 60) => {
                         ctx.counters.blocked.fetch_add(1, Ordering::Relaxed);
                     }
@@ -513,7 +457,7 @@ async fn consume_loop(conn: &mut Conn, spec: &ConsumerSpec, ctx: &Ctx) -> Result
                 },
                 (FRAME_HEADER, Expect::Header(tag)) => {
                     let tag = *tag;
-                    let left = client::header_body_size(payload)?;
+                    let left = wire::header_body_size(payload)?;
                     if left == 0 {
                         complete = Some((tag, None));
                         state = Expect::Method;
@@ -537,7 +481,7 @@ async fn consume_loop(conn: &mut Conn, spec: &ConsumerSpec, ctx: &Ctx) -> Result
                         state = Expect::Method;
                     }
                 }
-                (client::FRAME_HEARTBEAT, _) => {}
+                (wire::FRAME_HEARTBEAT, _) => {}
                 (kind, _) => bail!("unexpected frame type {kind} in a delivery"),
             }
             conn.rbuf.advance(len + 8);
@@ -550,7 +494,7 @@ async fn consume_loop(conn: &mut Conn, spec: &ConsumerSpec, ctx: &Ctx) -> Result
                     unacked += 1;
                     last_tag = tag;
                     if unacked >= ack_every {
-                        client::put_ack(&mut acks, tag, ack_every > 1);
+                        wire::put_ack(&mut acks, tag, ack_every > 1);
                         unacked = 0;
                     }
                 }
@@ -578,69 +522,12 @@ async fn consume_loop(conn: &mut Conn, spec: &ConsumerSpec, ctx: &Ctx) -> Result
             // Nothing more is coming for now: ack the partial batch so a
             // prefetch window smaller than the batch cannot stall.
             _ = tokio::time::sleep(ACK_FLUSH), if unacked > 0 => {
-                client::put_ack(&mut acks, last_tag, true);
+                wire::put_ack(&mut acks, last_tag, true);
                 conn.stream.write_all(&acks).await.context("acking")?;
                 acks.clear();
                 unacked = 0;
             }
             _ = stopped(&mut stop) => return Ok(hist),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ConfirmTracker;
-
-    fn settle(t: &mut ConfirmTracker, tag: u64, multiple: bool) -> Vec<u64> {
-        let mut got = Vec::new();
-        let n = t.settle(tag, multiple, |s| got.push(s)).unwrap();
-        assert_eq!(n as usize, got.len());
-        got
-    }
-
-    #[test]
-    fn multiple_acks_settle_ranges_once() {
-        let mut t = ConfirmTracker::new(10);
-        assert_eq!(settle(&mut t, 3, true), vec![1, 2, 3]);
-        assert_eq!(settle(&mut t, 3, true), Vec::<u64>::new());
-        assert_eq!(settle(&mut t, 2, false), Vec::<u64>::new());
-        assert_eq!(settle(&mut t, 5, true), vec![4, 5]);
-    }
-
-    #[test]
-    fn out_of_order_singles_then_multiple() {
-        let mut t = ConfirmTracker::new(10);
-        assert_eq!(settle(&mut t, 3, false), vec![3]);
-        assert_eq!(
-            settle(&mut t, 3, false),
-            Vec::<u64>::new(),
-            "no double count"
-        );
-        assert_eq!(settle(&mut t, 1, false), vec![1]);
-        assert_eq!(settle(&mut t, 4, true), vec![2, 4], "3 was settled already");
-        assert_eq!(t.low, 5);
-        assert_eq!(settle(&mut t, 6, false), vec![6]);
-        assert_eq!(settle(&mut t, 5, false), vec![5]);
-        assert_eq!(t.low, 7, "the out-of-order 6 is passed over");
-    }
-
-    #[test]
-    fn the_window_wraps_around() {
-        let mut t = ConfirmTracker::new(4);
-        let mut all = Vec::new();
-        for tag in (2..=40).step_by(2) {
-            all.extend(settle(&mut t, tag, true));
-        }
-        assert_eq!(all, (1..=40).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn confirms_beyond_the_window_are_refused() {
-        let mut t = ConfirmTracker::new(4);
-        assert!(t.settle(5, false, |_| {}).is_err());
-        assert!(t.settle(0, true, |_| {}).is_err());
-        assert_eq!(settle(&mut t, 4, true), vec![1, 2, 3, 4]);
-        assert!(t.settle(8, false, |_| {}).is_ok());
     }
 }

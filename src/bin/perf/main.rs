@@ -12,8 +12,12 @@
 //! ```
 //!
 //! Modules: `uri` (amqp:// URIs), `client` (the lean AMQP client on
-//! amq-protocol's codec), `load` (producer and consumer tasks, counters),
-//! `scenario` (run, backlog, drain and idle modes), `rss` (broker memory
+//! amq-protocol's codec: handshake and synchronous methods), `wire` (the hot
+//! path: frames in the receive buffer, pre-encoded publishes), `load`
+//! (producer and consumer tasks, counters), `confirms` (which publishes
+//! a confirm settles),
+//! `scenario` (run, backlog and drain modes), `idle` (idle connections),
+//! `topology` (queues and exchange), `rss` (broker memory
 //! sampling), `report` (JSON and text output). The tool is not the broker: it
 //! reports errors with anyhow and exits non-zero when the broker refuses
 //! something.
@@ -23,11 +27,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod client;
+mod confirms;
+mod idle;
 mod load;
 mod report;
 mod rss;
 mod scenario;
+mod topology;
 mod uri;
+mod wire;
 
 use clap::{Parser, ValueEnum};
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
 //! The modes of a run: timed (`--duration`), backlog (`--backlog N`, publish
 //! then drain), drain (`--drain N`) and idle connections (`--connections N`);
-//! the queues and exchange they use, and their clean-up.
+//! the idle mode is in `idle`, the queues and exchange in `topology`.
 
 use anyhow::{bail, Context, Result};
 use std::sync::atomic::Ordering;
@@ -13,8 +13,9 @@ use crate::load::{
     new_histogram, ConsumerResult, ConsumerSpec, Ctx, Producer, ProducerResult, ProducerSpec,
     Snapshot,
 };
-use crate::report::{self, rate, Backlog, Config, Idle, Latency, LatencyReport, Report};
+use crate::report::{rate, Backlog, Config, Latency, LatencyReport, Report};
 use crate::rss::RssSampler;
+use crate::topology::Topology;
 use crate::uri::AmqpUri;
 use crate::{Args, ExchangeType};
 
@@ -22,8 +23,6 @@ use crate::{Args, ExchangeType};
 const STALL: Duration = Duration::from_secs(30);
 /// How long a stopping task may take to finish.
 const JOIN_WAIT: Duration = Duration::from_secs(20);
-/// Connections opened at once in idle mode.
-const OPEN_PARALLEL: usize = 32;
 
 pub async fn run(mut args: Args) -> Result<Report> {
     let uri = AmqpUri::parse(&args.uri)?;
@@ -42,7 +41,7 @@ pub async fn run(mut args: Args) -> Result<Report> {
         args.ack_every = args.prefetch as u64;
     }
     if args.connections > 0 {
-        return idle(&args, &uri).await;
+        return crate::idle::idle(&args, &uri).await;
     }
     if (args.backlog > 0 && !args.publish_only || args.drain > 0)
         && args.consumers < args.queues as usize
@@ -75,89 +74,7 @@ pub async fn run(mut args: Args) -> Result<Report> {
     result
 }
 
-/// Queue names and where each producer publishes / each consumer consumes.
-pub struct Topology {
-    pub queues: Vec<String>,
-    pub kind: ExchangeType,
-    pub exchange: String,
-}
-
-impl Topology {
-    fn new(args: &Args) -> Topology {
-        let queues = if args.queues == 1 {
-            vec![args.queue.clone()]
-        } else {
-            (0..args.queues)
-                .map(|i| format!("{}-{i}", args.queue))
-                .collect()
-        };
-        Topology {
-            queues,
-            kind: args.exchange_type,
-            exchange: match args.exchange_type {
-                ExchangeType::Direct => String::new(),
-                ExchangeType::Fanout => args.exchange.clone(),
-            },
-        }
-    }
-
-    fn producer_target(&self, i: usize) -> (String, String) {
-        match self.kind {
-            ExchangeType::Direct => (String::new(), self.queues[i % self.queues.len()].clone()),
-            ExchangeType::Fanout => (self.exchange.clone(), String::new()),
-        }
-    }
-
-    fn consumer_queue(&self, j: usize) -> String {
-        self.queues[j % self.queues.len()].clone()
-    }
-
-    /// Copies of each published message the queues receive.
-    fn fanout_factor(&self) -> u64 {
-        match self.kind {
-            ExchangeType::Direct => 1,
-            ExchangeType::Fanout => self.queues.len() as u64,
-        }
-    }
-
-    async fn declare(&self, conn: &mut Conn, durable: bool, purge: bool) -> Result<()> {
-        if self.kind == ExchangeType::Fanout {
-            conn.exchange_declare(&self.exchange, "fanout", durable)
-                .await?;
-        }
-        for q in &self.queues {
-            conn.queue_declare(q, durable).await?;
-            if self.kind == ExchangeType::Fanout {
-                conn.queue_bind(q, &self.exchange, "").await?;
-            }
-            if purge {
-                conn.queue_purge(q).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn delete(&self, conn: &mut Conn) -> Result<()> {
-        for q in &self.queues {
-            conn.queue_delete(q).await?;
-        }
-        if self.kind == ExchangeType::Fanout {
-            conn.exchange_delete(&self.exchange).await?;
-        }
-        Ok(())
-    }
-
-    /// Messages ready in all queues.
-    async fn ready(&self, conn: &mut Conn, durable: bool) -> Result<u64> {
-        let mut n = 0;
-        for q in &self.queues {
-            n += conn.queue_declare(q, durable).await? as u64;
-        }
-        Ok(n)
-    }
-}
-
-fn config(args: &Args, topo: &Topology) -> Config {
+pub fn config(args: &Args, topo: &Topology) -> Config {
     Config {
         producers: args.producers,
         consumers: args.consumers,
@@ -384,7 +301,7 @@ async fn timed(args: &Args, uri: &AmqpUri, topo: &Topology) -> Result<Report> {
     })
 }
 
-fn round3(x: f64) -> f64 {
+pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
@@ -584,111 +501,4 @@ async fn drain(
         );
     }
     Ok((drained.min(target), secs, e2e))
-}
-
-/// Idle mode: open `--connections` connections with a channel each, hold
-/// them `--idle` seconds, report the broker's RSS before and after.
-async fn idle(args: &Args, uri: &AmqpUri) -> Result<Report> {
-    let rss = args
-        .rss_pid
-        .map(|p| RssSampler::start(p, "open"))
-        .transpose()?;
-    let before = rss.as_ref().and_then(|r| r.sample());
-    let t0 = Instant::now();
-    let gate = Arc::new(tokio::sync::Semaphore::new(OPEN_PARALLEL));
-    let mut opening = tokio::task::JoinSet::new();
-    for _ in 0..args.connections {
-        let (gate, uri) = (gate.clone(), uri.clone());
-        opening.spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            Conn::open(&uri).await
-        });
-    }
-    let mut conns = Vec::with_capacity(args.connections);
-    let mut first_err = None;
-    while let Some(r) = opening.join_next().await {
-        match r {
-            Ok(Ok(c)) => conns.push(c),
-            Err(e) if e.is_cancelled() => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(e) => {
-                first_err.get_or_insert(anyhow::anyhow!("connection task failed: {e}"));
-            }
-        }
-        if first_err.is_some() {
-            // A broker at its limit (connections, file descriptors) tends to
-            // leave every later attempt hanging until its timeout: stop now.
-            opening.abort_all();
-        }
-    }
-    let open_secs = t0.elapsed().as_secs_f64();
-    if let Some(e) = first_err {
-        let opened = conns.len();
-        close_all(conns).await;
-        return Err(e.context(format!(
-            "opened {opened} of {} connections",
-            args.connections
-        )));
-    }
-    if let Some(r) = &rss {
-        r.phase("idle");
-    }
-    if !args.quiet {
-        eprintln!(
-            "perf: {} connections open in {open_secs:.2}s; holding {}s",
-            conns.len(),
-            args.idle
-        );
-    }
-    tokio::time::sleep(Duration::from_secs(args.idle)).await;
-    let after = rss.as_ref().and_then(|r| r.sample());
-    let n = conns.len();
-    close_all(conns).await;
-    let rss_report = rss.map(|r| r.finish());
-    let per_connection_kb = match (before, after) {
-        (Some(b), Some(a)) if n > 0 => {
-            Some((a as f64 - b as f64) / n as f64 * 10.0).map(|x| x.round() / 10.0)
-        }
-        _ => None,
-    };
-    let topo = Topology {
-        queues: Vec::new(),
-        kind: ExchangeType::Direct,
-        exchange: String::new(),
-    };
-    Ok(Report {
-        uri: uri.redacted(),
-        mode: "idle".into(),
-        config: config(args, &topo),
-        elapsed_secs: round3(t0.elapsed().as_secs_f64()),
-        published: 0,
-        confirmed: 0,
-        nacked: 0,
-        consumed: 0,
-        publish_rate: 0.0,
-        confirm_rate: 0.0,
-        consume_rate: 0.0,
-        latency: report::LatencyReport::default(),
-        blocked: 0,
-        backlog: None,
-        idle: Some(Idle {
-            connections: n,
-            open_secs: round3(open_secs),
-            idle_secs: args.idle,
-            rss_before_kb: before,
-            rss_after_kb: after,
-            per_connection_kb,
-        }),
-        rss: rss_report,
-    })
-}
-
-async fn close_all(conns: Vec<Conn>) {
-    let mut closing = tokio::task::JoinSet::new();
-    for c in conns {
-        closing.spawn(c.close());
-    }
-    while closing.join_next().await.is_some() {}
 }
