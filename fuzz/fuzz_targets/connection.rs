@@ -13,7 +13,9 @@
 
 use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext};
 use amq_protocol::protocol::basic::{self as b, AMQPProperties};
-use amq_protocol::protocol::{access, channel, confirm, connection as c, exchange, queue, tx, AMQPClass};
+use amq_protocol::protocol::{
+    access, channel, confirm, connection as c, exchange, queue, tx, AMQPClass,
+};
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use arbitrary::Arbitrary;
 use bytes::BytesMut;
@@ -91,8 +93,22 @@ struct Props {
 struct Name(u8);
 
 const NAMES: [&str; 16] = [
-    "", "q", "q2", "x", "x2", "amq.direct", "amq.fanout", "amq.topic", "amq.headers",
-    "amq.match", "amq.rabbitmq.reply-to", "amq.gen-x", "a.#", "*.b", "100", "-1",
+    "",
+    "q",
+    "q2",
+    "x",
+    "x2",
+    "amq.direct",
+    "amq.fanout",
+    "amq.topic",
+    "amq.headers",
+    "amq.match",
+    "amq.rabbitmq.reply-to",
+    "amq.gen-x",
+    "a.#",
+    "*.b",
+    "100",
+    "-1",
 ];
 
 fn name(n: &Name) -> ShortString {
@@ -100,11 +116,30 @@ fn name(n: &Name) -> ShortString {
 }
 
 const ARG_KEYS: [&str; 24] = [
-    "x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-overflow",
-    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-priority",
-    "x-single-active-consumer", "x-queue-type", "x-queue-mode", "x-queue-master-locator",
-    "x-message-deduplication", "x-cache-size", "x-cache-ttl", "x-deduplication-header",
-    "alternate-exchange", "x-match", "x-priority", "x-death", "x-other", "k", "x-cancel-on-ha-failover", "",
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-priority",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-queue-mode",
+    "x-queue-master-locator",
+    "x-message-deduplication",
+    "x-cache-size",
+    "x-cache-ttl",
+    "x-deduplication-header",
+    "alternate-exchange",
+    "x-match",
+    "x-priority",
+    "x-death",
+    "x-other",
+    "k",
+    "x-cancel-on-ha-failover",
+    "",
 ];
 
 #[derive(Debug, Arbitrary)]
@@ -145,21 +180,28 @@ fn table(t: &Table) -> FieldTable {
             Value::I64(x) => AMQPValue::LongLongInt(*x),
             Value::F32(x) => AMQPValue::Float(*x),
             Value::F64(x) => AMQPValue::Double(*x),
-            Value::Text(n) => AMQPValue::LongString(LongString::from(name(n).as_str().as_bytes().to_vec())),
+            Value::Text(n) => {
+                AMQPValue::LongString(LongString::from(name(n).as_str().as_bytes().to_vec()))
+            }
             Value::Bytes(x) => AMQPValue::ByteArray(x.clone().into()),
             Value::Timestamp(x) => AMQPValue::Timestamp(*x),
             Value::Void => AMQPValue::Void,
             Value::Array(xs) => {
                 let mut a = FieldArray::default();
                 for n in xs.iter().take(4) {
-                    a.push(AMQPValue::LongString(LongString::from(name(n).as_str().as_bytes().to_vec())));
+                    a.push(AMQPValue::LongString(LongString::from(
+                        name(n).as_str().as_bytes().to_vec(),
+                    )));
                 }
                 AMQPValue::FieldArray(a)
             }
             Value::Table(kv) => {
                 let mut t = FieldTable::default();
                 for (k, v) in kv.iter().take(4) {
-                    t.insert(ShortString::from(ARG_KEYS[*k as usize % ARG_KEYS.len()]), AMQPValue::LongInt(*v));
+                    t.insert(
+                        ShortString::from(ARG_KEYS[*k as usize % ARG_KEYS.len()]),
+                        AMQPValue::LongInt(*v),
+                    );
                 }
                 AMQPValue::FieldTable(t)
             }
@@ -175,23 +217,92 @@ enum M {
     ChannelClose(u16),
     ChannelCloseOk,
     ChannelFlow(bool),
-    ExchangeDeclare { x: Name, kind: Name, flags: u8, args: Table },
-    ExchangeDelete { x: Name, if_unused: bool, nowait: bool },
-    ExchangeBind { d: Name, s: Name, rk: Name, args: Table },
-    ExchangeUnbind { d: Name, s: Name, rk: Name, args: Table },
-    QueueDeclare { q: Name, flags: u8, args: Table },
-    QueueBind { q: Name, x: Name, rk: Name, nowait: bool, args: Table },
-    QueueUnbind { q: Name, x: Name, rk: Name, args: Table },
-    QueuePurge { q: Name, nowait: bool },
-    QueueDelete { q: Name, flags: u8 },
-    Qos { count: u16, global: bool },
-    Consume { q: Name, tag: Name, flags: u8, args: Table },
-    Cancel { tag: Name, nowait: bool },
-    Publish { x: Name, rk: Name, mandatory: bool, immediate: bool },
-    Get { q: Name, no_ack: bool },
-    Ack { tag: u8, multiple: bool },
-    Reject { tag: u8, requeue: bool },
-    Nack { tag: u8, multiple: bool, requeue: bool },
+    ExchangeDeclare {
+        x: Name,
+        kind: Name,
+        flags: u8,
+        args: Table,
+    },
+    ExchangeDelete {
+        x: Name,
+        if_unused: bool,
+        nowait: bool,
+    },
+    ExchangeBind {
+        d: Name,
+        s: Name,
+        rk: Name,
+        args: Table,
+    },
+    ExchangeUnbind {
+        d: Name,
+        s: Name,
+        rk: Name,
+        args: Table,
+    },
+    QueueDeclare {
+        q: Name,
+        flags: u8,
+        args: Table,
+    },
+    QueueBind {
+        q: Name,
+        x: Name,
+        rk: Name,
+        nowait: bool,
+        args: Table,
+    },
+    QueueUnbind {
+        q: Name,
+        x: Name,
+        rk: Name,
+        args: Table,
+    },
+    QueuePurge {
+        q: Name,
+        nowait: bool,
+    },
+    QueueDelete {
+        q: Name,
+        flags: u8,
+    },
+    Qos {
+        count: u16,
+        global: bool,
+    },
+    Consume {
+        q: Name,
+        tag: Name,
+        flags: u8,
+        args: Table,
+    },
+    Cancel {
+        tag: Name,
+        nowait: bool,
+    },
+    Publish {
+        x: Name,
+        rk: Name,
+        mandatory: bool,
+        immediate: bool,
+    },
+    Get {
+        q: Name,
+        no_ack: bool,
+    },
+    Ack {
+        tag: u8,
+        multiple: bool,
+    },
+    Reject {
+        tag: u8,
+        requeue: bool,
+    },
+    Nack {
+        tag: u8,
+        multiple: bool,
+        requeue: bool,
+    },
     Recover(bool),
     RecoverAsync(bool),
     ConfirmSelect(bool),
@@ -221,7 +332,12 @@ fn method(m: &M) -> AMQPClass {
         M::ChannelFlow(active) => {
             AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active: *active }))
         }
-        M::ExchangeDeclare { x, kind, flags, args } => {
+        M::ExchangeDeclare {
+            x,
+            kind,
+            flags,
+            args,
+        } => {
             let kinds = ["direct", "fanout", "topic", "headers", "x-unknown"];
             let kind = match kind.0 as usize % 8 {
                 i if i < kinds.len() => ShortString::from(kinds[i]),
@@ -238,20 +354,24 @@ fn method(m: &M) -> AMQPClass {
                 arguments: table(args),
             }))
         }
-        M::ExchangeDelete { x, if_unused, nowait } => {
-            AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete {
-                exchange: name(x),
-                if_unused: *if_unused,
-                nowait: *nowait,
+        M::ExchangeDelete {
+            x,
+            if_unused,
+            nowait,
+        } => AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete {
+            exchange: name(x),
+            if_unused: *if_unused,
+            nowait: *nowait,
+        })),
+        M::ExchangeBind { d, s, rk, args } => {
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
+                destination: name(d),
+                source: name(s),
+                routing_key: name(rk),
+                nowait: false,
+                arguments: table(args),
             }))
         }
-        M::ExchangeBind { d, s, rk, args } => AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
-            destination: name(d),
-            source: name(s),
-            routing_key: name(rk),
-            nowait: false,
-            arguments: table(args),
-        })),
         M::ExchangeUnbind { d, s, rk, args } => {
             AMQPClass::Exchange(exchange::AMQPMethod::Unbind(exchange::Unbind {
                 destination: name(d),
@@ -261,28 +381,38 @@ fn method(m: &M) -> AMQPClass {
                 arguments: table(args),
             }))
         }
-        M::QueueDeclare { q, flags, args } => AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-            queue: name(q),
-            passive: flags & 1 != 0,
-            durable: flags & 2 != 0,
-            exclusive: flags & 4 != 0,
-            auto_delete: flags & 8 != 0,
-            nowait: flags & 16 != 0,
-            arguments: table(args),
-        })),
-        M::QueueBind { q, x, rk, nowait, args } => AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+        M::QueueDeclare { q, flags, args } => {
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: name(q),
+                passive: flags & 1 != 0,
+                durable: flags & 2 != 0,
+                exclusive: flags & 4 != 0,
+                auto_delete: flags & 8 != 0,
+                nowait: flags & 16 != 0,
+                arguments: table(args),
+            }))
+        }
+        M::QueueBind {
+            q,
+            x,
+            rk,
+            nowait,
+            args,
+        } => AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
             queue: name(q),
             exchange: name(x),
             routing_key: name(rk),
             nowait: *nowait,
             arguments: table(args),
         })),
-        M::QueueUnbind { q, x, rk, args } => AMQPClass::Queue(queue::AMQPMethod::Unbind(queue::Unbind {
-            queue: name(q),
-            exchange: name(x),
-            routing_key: name(rk),
-            arguments: table(args),
-        })),
+        M::QueueUnbind { q, x, rk, args } => {
+            AMQPClass::Queue(queue::AMQPMethod::Unbind(queue::Unbind {
+                queue: name(q),
+                exchange: name(x),
+                routing_key: name(rk),
+                arguments: table(args),
+            }))
+        }
         M::QueuePurge { q, nowait } => AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
             queue: name(q),
             nowait: *nowait,
@@ -297,7 +427,12 @@ fn method(m: &M) -> AMQPClass {
             prefetch_count: *count % 4,
             global: *global,
         })),
-        M::Consume { q, tag, flags, args } => AMQPClass::Basic(b::AMQPMethod::Consume(b::Consume {
+        M::Consume {
+            q,
+            tag,
+            flags,
+            args,
+        } => AMQPClass::Basic(b::AMQPMethod::Consume(b::Consume {
             queue: name(q),
             consumer_tag: name(tag),
             no_local: flags & 1 != 0,
@@ -310,7 +445,12 @@ fn method(m: &M) -> AMQPClass {
             consumer_tag: name(tag),
             nowait: *nowait,
         })),
-        M::Publish { x, rk, mandatory, immediate } => AMQPClass::Basic(b::AMQPMethod::Publish(b::Publish {
+        M::Publish {
+            x,
+            rk,
+            mandatory,
+            immediate,
+        } => AMQPClass::Basic(b::AMQPMethod::Publish(b::Publish {
             exchange: name(x),
             routing_key: name(rk),
             mandatory: *mandatory,
@@ -328,17 +468,27 @@ fn method(m: &M) -> AMQPClass {
             delivery_tag: *tag as u64 % 8,
             requeue: *requeue,
         })),
-        M::Nack { tag, multiple, requeue } => AMQPClass::Basic(b::AMQPMethod::Nack(b::Nack {
+        M::Nack {
+            tag,
+            multiple,
+            requeue,
+        } => AMQPClass::Basic(b::AMQPMethod::Nack(b::Nack {
             delivery_tag: *tag as u64 % 8,
             multiple: *multiple,
             requeue: *requeue,
         })),
-        M::Recover(requeue) => AMQPClass::Basic(b::AMQPMethod::Recover(b::Recover { requeue: *requeue })),
+        M::Recover(requeue) => {
+            AMQPClass::Basic(b::AMQPMethod::Recover(b::Recover { requeue: *requeue }))
+        }
         M::RecoverAsync(requeue) => {
-            AMQPClass::Basic(b::AMQPMethod::RecoverAsync(b::RecoverAsync { requeue: *requeue }))
+            AMQPClass::Basic(b::AMQPMethod::RecoverAsync(b::RecoverAsync {
+                requeue: *requeue,
+            }))
         }
         M::ConfirmSelect(nowait) => {
-            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: *nowait }))
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                nowait: *nowait,
+            }))
         }
         M::TxSelect => AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})),
         M::TxCommit => AMQPClass::Tx(tx::AMQPMethod::Commit(tx::Commit {})),
@@ -358,13 +508,15 @@ fn method(m: &M) -> AMQPClass {
             method_id: 0,
         })),
         M::ConnectionCloseOk => AMQPClass::Connection(c::AMQPMethod::CloseOk(c::CloseOk {})),
-        M::ConnectionBlocked => AMQPClass::Connection(c::AMQPMethod::Blocked(c::Blocked {
-            reason: "x".into(),
-        })),
-        M::ConnectionUpdateSecret => AMQPClass::Connection(c::AMQPMethod::UpdateSecret(c::UpdateSecret {
-            new_secret: LongString::from(b"s".to_vec()),
-            reason: "r".into(),
-        })),
+        M::ConnectionBlocked => {
+            AMQPClass::Connection(c::AMQPMethod::Blocked(c::Blocked { reason: "x".into() }))
+        }
+        M::ConnectionUpdateSecret => {
+            AMQPClass::Connection(c::AMQPMethod::UpdateSecret(c::UpdateSecret {
+                new_secret: LongString::from(b"s".to_vec()),
+                reason: "r".into(),
+            }))
+        }
         M::ConnectionStartOk => start_ok(false),
         M::ConnectionTuneOk(channel_max, frame_max, heartbeat) => {
             AMQPClass::Connection(c::AMQPMethod::TuneOk(c::TuneOk {
@@ -384,7 +536,7 @@ fn start_ok(amqplain: bool) -> AMQPClass {
         amq_protocol::auth::Credentials::new("guest".into(), "guest".into())
             .sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain)
     } else {
-        "\0guest\0guest".to_string()
+        LongString::from(b"\0guest\0guest".to_vec())
     };
     let mut caps = FieldTable::default();
     caps.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
@@ -394,7 +546,7 @@ fn start_ok(amqplain: bool) -> AMQPClass {
     AMQPClass::Connection(c::AMQPMethod::StartOk(c::StartOk {
         client_properties: props,
         mechanism: if amqplain { "AMQPLAIN" } else { "PLAIN" }.into(),
-        response: LongString::from(response.into_bytes()),
+        response,
         locale: "en_US".into(),
     }))
 }
@@ -476,7 +628,11 @@ fn encode(input: &Input) -> Vec<u8> {
                     p = p.with_message_id(name(m));
                 }
                 if let Some(u) = &props.user_id {
-                    p = p.with_user_id(if u.0 % 2 == 0 { "guest".into() } else { name(u) });
+                    p = p.with_user_id(if u.0 % 2 == 0 {
+                        "guest".into()
+                    } else {
+                        name(u)
+                    });
                 }
                 if let Some(r) = &props.reply_to {
                     p = p.with_reply_to(name(r));
@@ -547,12 +703,18 @@ fn check_output(out: &[u8]) {
     let mut buf = BytesMut::from(out);
     loop {
         match read_frame(&mut buf, u32::MAX) {
-            Ok(Some(Frame::Method(..) | Frame::Header(..) | Frame::Body(..) | Frame::Heartbeat(..))) => {}
+            Ok(Some(
+                Frame::Method(..) | Frame::Header(..) | Frame::Body(..) | Frame::Heartbeat(..),
+            )) => {}
             Ok(None) => break,
             Err(e) => panic!("the broker wrote an invalid frame: {e}"),
         }
     }
-    assert!(buf.is_empty(), "the broker left a partial frame: {} bytes", buf.len());
+    assert!(
+        buf.is_empty(),
+        "the broker left a partial frame: {} bytes",
+        buf.len()
+    );
 }
 
 fuzz_target!(|input: Input| {
@@ -591,9 +753,16 @@ fuzz_target!(|input: Input| {
         for v in broker.vhosts.iter() {
             for q in v.queues.iter() {
                 assert_eq!(q.consumer_count(), 0, "consumer left on {}", q.name);
-                assert!(q.exclusive_owner.is_none(), "exclusive queue {} left behind", q.name);
+                assert!(
+                    q.exclusive_owner.is_none(),
+                    "exclusive queue {} left behind",
+                    q.name
+                );
             }
         }
-        assert!(broker.reply_channels.is_empty(), "direct reply-to consumer left behind");
+        assert!(
+            broker.reply_channels.is_empty(),
+            "direct reply-to consumer left behind"
+        );
     });
 });

@@ -39,7 +39,10 @@ enum Op {
     },
     Body(Vec<u8>),
     /// Exactly the bytes still missing (when a header was seen), `split` frames.
-    BodyRest { split: u8, fill: u8 },
+    BodyRest {
+        split: u8,
+        fill: u8,
+    },
     Method(M),
 }
 
@@ -161,7 +164,8 @@ impl Env {
             }
         }
         let mut frames = Vec::new();
-        while let Some(f) = read_frame(&mut buf, u32::MAX).expect("the broker writes valid frames") {
+        while let Some(f) = read_frame(&mut buf, u32::MAX).expect("the broker writes valid frames")
+        {
             frames.push(f);
         }
         assert!(buf.is_empty(), "the broker writes whole frames");
@@ -171,12 +175,20 @@ impl Env {
 
 fuzz_target!(|ops: Vec<Op>| {
     let _guard = runtime().enter();
-    let config = hopper::config::Config::default_config().expect("default config");
+    static CONFIG: OnceLock<hopper::config::Config> = OnceLock::new();
+    let config = CONFIG
+        .get_or_init(|| hopper::config::Config::default_config().expect("default config"))
+        .clone();
     let max_size = config.limits.max_message_size;
     let broker = Broker::new(config, Arc::new(NullStore)).expect("null store recovers");
     let vhost = broker.vhost("/").expect("default vhost");
     let (txo, rx) = mpsc::unbounded_channel();
-    let conn = Arc::new(ConnHandle::new(1, txo, 131_072, Arc::new(WriteFlow::default())));
+    let conn = Arc::new(ConnHandle::new(
+        1,
+        txo,
+        131_072,
+        Arc::new(WriteFlow::default()),
+    ));
     let mut env = Env {
         broker,
         vhost,

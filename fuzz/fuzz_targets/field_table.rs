@@ -1,7 +1,7 @@
 //! Field tables and the store codec.
 //!
 //! The first byte picks a decoder: amq-protocol's field-table parser as the
-//! broker uses it (queue/exchange/consumer arguments, message headers) followed
+//! broker uses it (behind hopper's nesting bound, `protocol::table`) (queue/exchange/consumer arguments, message headers) followed
 //! by everything hopper reads out of a table, the content-header property
 //! parser, or one of hopper's store decoders (`store::codec`). Arbitrary bytes
 //! must decode or be refused, never panic (stack overflow included), and what
@@ -9,9 +9,10 @@
 #![no_main]
 
 use amq_protocol::frame::WriteContext;
-use amq_protocol::protocol::basic::{gen_properties, parse_properties};
-use amq_protocol::types::{generation::gen_field_table, parsing::parse_field_table, FieldTable};
+use amq_protocol::protocol::basic::gen_properties;
+use amq_protocol::types::{generation::gen_field_table, FieldTable};
 use hopper::exchange::{dedup, headers};
+use hopper::protocol::table::{parse_properties, parse_table};
 use hopper::store::codec;
 use libfuzzer_sys::fuzz_target;
 
@@ -49,22 +50,20 @@ fuzz_target!(|data: &[u8]| {
     match which % 8 {
         0 => {
             // A table, then (if one decodes from the rest) a second one to match against.
-            let Ok((tail, t)) = parse_field_table(rest) else {
+            let Some((tail, t)) = parse_table(rest) else {
                 return;
             };
-            let other = parse_field_table(tail)
-                .map(|(_, o)| o)
-                .unwrap_or_default();
+            let other = parse_table(tail).map(|(_, o)| o).unwrap_or_default();
             interpret(&t, &other);
             interpret(&other, &t);
             // Round trip: what we would write back (e.g. to the store) decodes the same.
             let bytes = gen_table(&t);
-            let (left, again) = parse_field_table(&bytes).expect("re-encoded table decodes");
+            let (left, again) = parse_table(&bytes[..]).expect("re-encoded table decodes");
             assert!(left.is_empty());
             assert_eq!(format!("{again:?}"), format!("{t:?}"));
         }
         1 => {
-            if let Ok((_, p)) = parse_properties(rest) {
+            if let Some((_, p)) = parse_properties(rest) {
                 let _ = dedup::message_key(Some("x"), &p);
                 let _ = dedup::message_key(None, &p);
                 if let Some(h) = p.headers() {
@@ -121,8 +120,20 @@ fuzz_target!(|data: &[u8]| {
                 );
                 let d = codec::decode_message(&again).expect("re-encoded message decodes");
                 assert_eq!(
-                    (d.exchange, d.routing_key, d.raw_properties, d.queues, d.body),
-                    (m.exchange, m.routing_key, m.raw_properties, m.queues, m.body)
+                    (
+                        d.exchange,
+                        d.routing_key,
+                        d.raw_properties,
+                        d.queues,
+                        d.body
+                    ),
+                    (
+                        m.exchange,
+                        m.routing_key,
+                        m.raw_properties,
+                        m.queues,
+                        m.body
+                    )
                 );
             }
         }
