@@ -284,6 +284,10 @@ impl VHost {
             blocking(|| self.store.delete_exchange(&self.name, &x.name)).map_err(store_failed)?;
         }
         self.exchanges.remove_if(&x.name, |_, v| Arc::ptr_eq(v, x));
+        // Its own bindings go with it, as in the store. A binding to itself
+        // (legal, as in RabbitMQ) would otherwise keep the deleted exchange,
+        // and everything it binds to, alive forever (found by fuzzing).
+        x.clear_bindings();
         self.unbind_everywhere(&Destination::Exchange(x.clone()))
     }
 
@@ -711,4 +715,33 @@ fn args_mismatch(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NullStore;
+
+    #[test]
+    fn deleted_self_bound_exchange_is_freed() {
+        // Found by fuzzing (fuzz/fuzz_targets/connection.rs): exchange.bind
+        // of an exchange to itself made a reference cycle, so deleting the
+        // exchange leaked it.
+        let v = VHost::new("/".into(), Arc::new(NullStore));
+        v.declare_exchange(ExchangeSpec {
+            name: "x".into(),
+            kind: "direct".into(),
+            passive: false,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::default(),
+        })
+        .unwrap();
+        v.bind("x", true, "x", "k", FieldTable::default(), 1)
+            .unwrap();
+        let weak = Arc::downgrade(&v.exchange("x").unwrap());
+        v.delete_exchange("x", false).unwrap();
+        assert!(weak.upgrade().is_none(), "deleted exchange still alive");
+    }
 }

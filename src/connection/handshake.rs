@@ -67,11 +67,8 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
             // A field table without its length prefix.
             let mut framed = (response.len() as u32).to_be_bytes().to_vec();
             framed.extend_from_slice(response);
-            // The parser recurses per nesting level: bound it first.
-            if !crate::protocol::tables::table_ok(&framed) {
-                return None;
-            }
-            let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
+            // Nesting-bounded: the response is client bytes up to frame_max.
+            let (_, table) = crate::protocol::table::parse_table(&framed[..])?;
             let text = |k: &str| match table.inner().get(k)? {
                 AMQPValue::LongString(s) => {
                     Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
@@ -352,6 +349,11 @@ mod tests {
             Some(("u".into(), "p".into()))
         );
         assert_eq!(credentials("AMQPLAIN", b"\xff\xff"), None);
+        // ~21,000 nested tables (one frame's worth) are refused, not parsed
+        // recursively into a stack overflow (found by fuzzing).
+        let deep = crate::protocol::table::nested_for_tests(21_000);
+        // The response is a table without its length prefix.
+        assert_eq!(credentials("AMQPLAIN", &deep[4..]), None);
     }
 
     #[test]

@@ -158,6 +158,11 @@ impl Exchange {
         gone
     }
 
+    /// Drop every binding from this exchange (it is being deleted).
+    pub fn clear_bindings(&self) {
+        *self.bindings.write() = Bindings::default();
+    }
+
     pub fn has_bindings(&self) -> bool {
         !self.bindings.read().all.is_empty()
     }

@@ -61,9 +61,8 @@ pub enum FrameError {
     MalformedMethod { class_id: u16, method_id: u16 },
     #[error("malformed content header")]
     MalformedHeader,
-    /// Field tables nested deeper than `tables::MAX_DEPTH`, refused before
-    /// the recursive parser can overflow the stack.
-    #[error("field table nested deeper than {} levels", super::tables::MAX_DEPTH)]
+    /// Field tables nested past `table::MAX_DEPTH` (refused before parsing).
+    #[error("field table nested deeper than {max} levels in method {class_id}/{method_id}", max = super::table::MAX_DEPTH)]
     TooDeep { class_id: u16, method_id: u16 },
     /// A valid method with an argument the broker does not support, which
     /// amq-protocol's parser would silently drop (basic.qos prefetch_size).
@@ -185,7 +184,9 @@ fn parse_method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
             });
         }
     }
-    if !super::tables::method_ok(class_id, method_id, &payload[4..]) {
+    // amq-protocol parses nested tables recursively: bound the nesting first,
+    // or one frame overflows the stack and takes the whole broker down.
+    if super::table::method_too_deep(class_id, method_id, &payload[4..]) {
         return Err(FrameError::TooDeep {
             class_id,
             method_id,
@@ -201,11 +202,9 @@ fn parse_method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
 }
 
 fn parse_header(payload: Bytes) -> Result<ContentHeader, FrameError> {
-    if !super::tables::header_ok(&payload) {
-        return Err(FrameError::TooDeep {
-            class_id: 0,
-            method_id: 0,
-        });
+    // Nested `headers` tables: see parse_method.
+    if payload.len() >= 12 && super::table::properties_too_deep(&payload[12..]) {
+        return Err(FrameError::MalformedHeader);
     }
     match parse_content_header(&payload[..]) {
         Ok((rest, h)) if rest.is_empty() && payload.len() >= 14 => Ok(ContentHeader {
@@ -309,6 +308,51 @@ mod tests {
             read_frame(&mut b, 131072).map_err(|e| e.reply_code()),
             Err(codes::FRAME_ERROR)
         );
+    }
+
+    fn frame_bytes(kind: u8, ch: u16, payload: &[u8]) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&[kind]);
+        b.extend_from_slice(&ch.to_be_bytes());
+        b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        b.extend_from_slice(payload);
+        b.extend_from_slice(&[FRAME_END]);
+        b
+    }
+
+    #[test]
+    fn deeply_nested_tables_are_refused_before_parsing() {
+        // Found by fuzzing: ~21,000 nested tables fit in one frame and
+        // overflowed the stack in amq-protocol's recursive parser (this test's
+        // thread has a 2 MiB stack, like a tokio worker).
+        let mut p = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+        p.extend_from_slice(&crate::protocol::table::nested_for_tests(21_000));
+        let mut b = frame_bytes(FRAME_METHOD, 1, &p);
+        let err = read_frame(&mut b, 131072).unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::TooDeep {
+                class_id: 50,
+                method_id: 10
+            }
+        );
+        assert_eq!(err.reply_code(), codes::FRAME_ERROR);
+
+        let mut h = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0];
+        h.extend_from_slice(&crate::protocol::table::nested_for_tests(21_000));
+        let mut b = frame_bytes(FRAME_HEADER, 1, &h);
+        assert_eq!(read_frame(&mut b, 131072), Err(FrameError::MalformedHeader));
+
+        // Nesting within the bound still parses.
+        let mut p = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+        p.extend_from_slice(&crate::protocol::table::nested_for_tests(
+            crate::protocol::table::MAX_DEPTH,
+        ));
+        let mut b = frame_bytes(FRAME_METHOD, 1, &p);
+        assert!(matches!(
+            read_frame(&mut b, 131072),
+            Ok(Some(Frame::Method(1, _)))
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 pub mod encode;
 pub mod frame;
-pub mod tables;
+pub mod table;
 
 pub use frame::{read_frame, ContentHeader, Frame, FrameError};
 

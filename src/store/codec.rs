@@ -3,7 +3,7 @@
 //! message ids are big-endian so a queue's index iterates in publish order.
 
 use amq_protocol::frame::WriteContext;
-use amq_protocol::types::{generation::gen_field_table, parsing::parse_field_table, FieldTable};
+use amq_protocol::types::{generation::gen_field_table, FieldTable};
 
 use super::{BindingDef, ExchangeDef, IndexMeta, QueueDef, QueueKey};
 
@@ -84,7 +84,8 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
     pub fn table(&mut self) -> Option<FieldTable> {
-        let (rest, t) = parse_field_table(self.0).ok()?;
+        // Nesting-bounded: a corrupt record must not overflow the stack.
+        let (rest, t) = crate::protocol::table::parse_table(self.0)?;
         self.0 = rest;
         Some(t)
     }
@@ -363,6 +364,15 @@ mod tests {
             "length prefix keeps 'ab' apart from 'a'"
         );
         assert_eq!(index_msg_id(&k2), Some(256));
+    }
+
+    #[test]
+    fn deeply_nested_arguments_do_not_decode() {
+        // A corrupt record must be refused, not overflow the stack (fuzzing).
+        let mut v = Writer::default();
+        v.str8("/").str8("q").u8(0);
+        v.0.extend_from_slice(&crate::protocol::table::nested_for_tests(21_000));
+        assert_eq!(decode_queue(&v.0), None);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Storage behind a trait: durable definitions and persistent messages.
 //!
 //! The broker talks to `dyn Store` only; `rocks` is the one module that touches
-//! RocksDB, and `NullStore` keeps nothing (used by unit tests). A replicated
+//! RocksDB (behind the default `rocks` feature), and `NullStore` keeps nothing
+//! (used by unit tests and the fuzz targets). A replicated
 //! store can later implement the same trait.
 
 pub mod codec;
+#[cfg(feature = "rocks")]
 pub mod rocks;
 
 use amq_protocol::types::FieldTable;

@@ -10,7 +10,7 @@
 //! publishers' completions: concurrent publishers share each fsync, and batching
 //! grows with load without any timer. Removals (acks) ride along unsynced.
 
-use amq_protocol::protocol::basic::parse_properties;
+use crate::protocol::table::parse_properties;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -461,9 +461,10 @@ impl Store for RocksStore {
             };
             let m = codec::decode_message(&raw)
                 .ok_or_else(|| StoreError::Corrupt(format!("undecodable message {id}")))?;
+            // Nesting-bounded, like everything read from outside.
             let props = parse_properties(m.raw_properties)
                 .map(|(_, p)| p)
-                .map_err(|_| {
+                .ok_or_else(|| {
                     StoreError::Corrupt(format!("undecodable properties of message {id}"))
                 })?;
             out.push(Some(Arc::new(Message::new(
