@@ -198,6 +198,18 @@ impl Config {
             }
             u.validate(&self.vhosts)?;
         }
+        if let Some(tls) = &self.tls {
+            if tls.verify_peer && tls.ca_file.is_none() {
+                return Err(ConfigError::Invalid(
+                    "tls.verify_peer = true needs tls.ca_file".into(),
+                ));
+            }
+            if tls.fail_if_no_peer_cert && !tls.verify_peer {
+                return Err(ConfigError::Invalid(
+                    "tls.fail_if_no_peer_cert = true needs tls.verify_peer = true".into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -248,18 +260,6 @@ impl User {
                         p.vhost
                     ));
                 }
-            }
-        }
-        if let Some(tls) = &self.tls {
-            if tls.verify_peer && tls.ca_file.is_none() {
-                return Err(ConfigError::Invalid(
-                    "tls.verify_peer = true needs tls.ca_file".into(),
-                ));
-            }
-            if tls.fail_if_no_peer_cert && !tls.verify_peer {
-                return Err(ConfigError::Invalid(
-                    "tls.fail_if_no_peer_cert = true needs tls.verify_peer = true".into(),
-                ));
             }
         }
         Ok(())

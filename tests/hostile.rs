@@ -255,7 +255,7 @@ struct FrameReader {
 
 impl FrameReader {
     /// The next non-heartbeat frame, or None at EOF.
-    async fn next(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> Option<raw::Frame> {
+    async fn next(&mut self, rd: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<raw::Frame> {
         loop {
             let b = &self.buf[self.pos..];
             if b.len() >= 7 {
@@ -286,7 +286,7 @@ impl FrameReader {
     }
 
     /// Discard everything until the peer closes.
-    async fn until_eof(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) {
+    async fn until_eof(&mut self, rd: &mut (impl tokio::io::AsyncRead + Unpin)) {
         self.buf.clear();
         self.pos = 0;
         while let Ok(n) = rd.read_buf(&mut self.buf).await {
@@ -554,7 +554,7 @@ async fn flood_of_channel_open_is_530_past_channel_max_with_bounded_memory() {
             .collect()
     };
     let (first, rest) = (frames(1..=2047), frames(2048..=5000));
-    let (mut rd, mut wr) = c.into_stream().into_split();
+    let (mut rd, mut wr) = tokio::io::split(c.into_stream());
     let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
     // Written from another task: the broker may stop reading before all of
     // it is in, and must not deadlock us.
@@ -611,7 +611,7 @@ async fn flood_of_channel_open_close_without_reading_is_bounded() {
         panic!("no /proc/PID/status for the broker");
     };
     let c = RawClient::open(broker.addr()).await;
-    let (mut rd, mut wr) = c.into_stream().into_split();
+    let (mut rd, mut wr) = tokio::io::split(c.into_stream());
     const PAIRS: usize = 1_000_000;
     let mut pair = raw::method_frame(1, &raw::channel_open());
     pair.extend(raw::method_frame(
@@ -986,13 +986,15 @@ async fn bad_frames_during_the_handshake_close_the_connection() {
 /// Write one byte every `every` (from `bytes`, then heartbeat frames forever)
 /// until the broker closes the socket; panics if that takes over `limit`.
 /// `bytes` empty: send nothing at all.
-async fn trickle_until_closed(
-    stream: tokio::net::TcpStream,
+async fn trickle_until_closed<S>(
+    stream: S,
     bytes: Vec<u8>,
     every: Duration,
     limit: Duration,
-) {
-    let (mut rd, mut wr) = stream.into_split();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let silent = bytes.is_empty();
     let writer = tokio::spawn(async move {
         let forever = raw::heartbeat_frame()

@@ -922,7 +922,7 @@ pub mod raw {
 
         /// The socket, once nothing read is left unparsed (for tests that
         /// drive both directions at once).
-        pub fn into_stream(self) -> TcpStream {
+        pub fn into_stream(self) -> Box<dyn RawStream> {
             assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);
             self.stream
         }
