@@ -136,12 +136,31 @@ async fn memory_alarm_blocks_publishers_until_consumers_drain() {
     let q = declare_queue(&pch, "alarm").await;
     confirm_select(&pch).await;
     let body = vec![b'x'; 1024];
+    // 150 KiB against a 100 KB watermark, published without waiting: the
+    // sweeper raises the alarm (within 100 ms) after some of them, at a
+    // point that depends on the machine's load. Whatever was not read by
+    // then waits in the socket: all of it must be confirmed after the drain.
+    let mut confirms = Vec::new();
     for _ in 0..150 {
-        let c = publish_confirmed(&pch, "", &q, &body, lapin::BasicProperties::default()).await;
-        assert!(c.is_ack());
+        let (pch, q, body) = (pch.clone(), q.clone(), body.clone());
+        confirms.push(tokio::spawn(async move {
+            pch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                Default::default(),
+                &body,
+                lapin::BasicProperties::default(),
+            )
+            .await?
+            .await
+        }));
     }
-    // The sweeper notices within 100 ms.
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    within("connection.blocked", async {
+        while !pconn.status().blocked() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     // lapin honours connection.blocked: the publish itself waits.
     let (pch2, q2) = (pch.clone(), q.clone());
     let mut task = tokio::spawn(async move {
@@ -164,13 +183,22 @@ async fn memory_alarm_blocks_publishers_until_consumers_drain() {
     );
     // A consumer on another connection drains the queue; the alarm clears.
     let (cconn, cch) = connect_channel(&broker).await;
-    let drained = drain(&cch, &q).await;
-    assert!(drained.len() >= 150, "{}", drained.len());
+    let mut drained = drain(&cch, &q).await.len();
     let confirm = within("confirm after unblock", task)
         .await
         .expect("join")
         .expect("confirm");
     assert!(confirm.is_ack());
+    for c in confirms {
+        let c = within("confirm of a publish made before the alarm", c)
+            .await
+            .expect("join")
+            .expect("confirm");
+        assert!(c.is_ack());
+    }
+    // Publishes that waited in the socket arrived after the first drain.
+    drained += drain(&cch, &q).await.len();
+    assert_eq!(drained, 151);
     let _ = cconn.close(200, "bye".into()).await;
     let _ = pconn.close(200, "bye".into()).await;
 }
