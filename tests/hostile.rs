@@ -986,12 +986,8 @@ async fn bad_frames_during_the_handshake_close_the_connection() {
 /// Write one byte every `every` (from `bytes`, then heartbeat frames forever)
 /// until the broker closes the socket; panics if that takes over `limit`.
 /// `bytes` empty: send nothing at all.
-async fn trickle_until_closed<S>(
-    stream: S,
-    bytes: Vec<u8>,
-    every: Duration,
-    limit: Duration,
-) where
+async fn trickle_until_closed<S>(stream: S, bytes: Vec<u8>, every: Duration, limit: Duration)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
