@@ -920,3 +920,119 @@ impl Queue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::handle::{ChannelHandle, ConnHandle, Outbound, WriteFlow};
+    use amq_protocol::protocol::BasicProperties;
+    use bytes::Bytes;
+    use std::sync::atomic::AtomicU32;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    fn queue() -> Arc<Queue> {
+        Arc::new(Queue::new(
+            "q".into(),
+            "/".into(),
+            false,
+            None,
+            false,
+            FieldTable::default(),
+            Arc::new(crate::store::NullStore),
+        ))
+    }
+
+    fn message(id: u64) -> Arc<Message> {
+        Arc::new(Message::new(
+            id,
+            String::new(),
+            "q".into(),
+            BasicProperties::default(),
+            Bytes::new(),
+            Bytes::from_static(b"x"),
+        ))
+    }
+
+    /// A consumer with prefetch 1 that never acks by itself; the receiver
+    /// keeps its connection's outbound channel open.
+    fn consumer(q: &Arc<Queue>) -> (Arc<Consumer>, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(ConnHandle::new(
+            1,
+            tx,
+            131_072,
+            Arc::new(WriteFlow::default()),
+        ));
+        let c = Arc::new(Consumer {
+            tag: "c".into(),
+            channel: Arc::new(ChannelHandle::new(1, conn)),
+            queue: q.clone(),
+            no_ack: false,
+            exclusive: false,
+            prefetch: 1,
+            priority: 0,
+            unacked: AtomicU32::new(0),
+        });
+        assert!(q.add_consumer(c.clone()));
+        (c, rx)
+    }
+
+    #[test]
+    fn no_flow_control_without_consumers() {
+        let q = queue();
+        for id in 0..(FLOW_HIGH as u64 + 10) {
+            q.enqueue(message(id));
+        }
+        assert!(!q.in_flow(), "a queue nobody consumes from never throttles");
+    }
+
+    #[test]
+    fn flow_set_past_high_and_cleared_below_low() {
+        let q = queue();
+        let (c, _rx) = consumer(&q);
+        // One message goes out (prefetch 1); the rest stay ready.
+        for id in 0..=(FLOW_HIGH as u64) {
+            q.enqueue(message(id));
+            assert!(!q.in_flow(), "below the high mark at {id}");
+        }
+        q.enqueue(message(FLOW_HIGH as u64 + 1));
+        assert!(q.in_flow());
+        // The consumer acks one at a time: flow stays on down to the low mark.
+        while q.message_count() as usize > FLOW_LOW + 1 {
+            c.unacked.store(0, Ordering::Relaxed);
+            q.kick();
+            assert!(q.in_flow(), "still {} ready", q.message_count());
+        }
+        c.unacked.store(0, Ordering::Relaxed);
+        q.kick();
+        assert_eq!(q.message_count() as usize, FLOW_LOW);
+        assert!(!q.in_flow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flow_wait_is_bounded_and_ends_when_cleared() {
+        let q = queue();
+        let (_c, _rx) = consumer(&q);
+        for id in 0..(FLOW_HIGH as u64 + 10) {
+            q.enqueue(message(id));
+        }
+        assert!(q.in_flow());
+        // Bounded: a stuck consumer slows its publishers, never stops them.
+        let start = tokio::time::Instant::now();
+        q.flow_wait(Duration::from_millis(10)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
+        // A purge clears flow control and wakes the waiting publisher.
+        let waiter = tokio::spawn({
+            let q = q.clone();
+            async move { q.flow_wait(Duration::from_secs(3600)).await }
+        });
+        tokio::task::yield_now().await;
+        q.purge();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("woken by the purge")
+            .expect("join");
+        assert!(!q.in_flow());
+    }
+}
