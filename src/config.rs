@@ -84,6 +84,9 @@ pub struct Limits {
     pub heartbeat: u16,
     pub max_message_size: u64,
     pub handshake_timeout: u64,
+    /// Seconds a write to a client may make no progress (it does not read its
+    /// socket) before the connection is closed; 0 waits forever.
+    pub write_timeout: u64,
     /// 0 means unlimited for the limits below.
     pub max_connections: usize,
     pub max_connections_per_user: usize,
@@ -105,6 +108,7 @@ impl Default for Limits {
             heartbeat: 60,
             max_message_size: 16 * 1024 * 1024,
             handshake_timeout: 10,
+            write_timeout: 15,
             max_connections: 0,
             max_connections_per_user: 0,
             max_queues: 0,

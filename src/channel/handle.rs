@@ -52,6 +52,7 @@ pub struct WriteFlow {
     drained: tokio::sync::Notify,
     /// The writer has stopped: nothing will drain any more.
     writer_gone: AtomicBool,
+    gone: tokio::sync::Notify,
 }
 
 impl WriteFlow {
@@ -87,6 +88,21 @@ impl WriteFlow {
     pub fn writer_stopped(&self) {
         self.writer_gone.store(true, Ordering::Release);
         self.drained.notify_one();
+        self.gone.notify_waiters();
+    }
+
+    pub fn writer_is_gone(&self) -> bool {
+        self.writer_gone.load(Ordering::Acquire)
+    }
+
+    /// Completes once the writer task has ended (write error or send timeout):
+    /// the connection cannot answer any more and must end.
+    pub async fn writer_gone(&self) {
+        let gone = self.gone.notified();
+        if self.writer_is_gone() {
+            return;
+        }
+        gone.await;
     }
 
     /// Whether a delivery may be queued now; when not, `queue` is kicked later.

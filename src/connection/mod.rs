@@ -84,7 +84,11 @@ where
     let frame_max = broker.config.limits.frame_max;
     let flow = Arc::new(WriteFlow::default());
     let handle = Arc::new(ConnHandle::new(id, tx, frame_max, flow.clone()));
-    let writer = tokio::spawn(writer::run(wr, rx, flow));
+    let send_timeout = match broker.config.limits.write_timeout {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    };
+    let writer = tokio::spawn(writer::run(wr, rx, flow, send_timeout));
     let mut c = Connection {
         broker,
         handle: handle.clone(),
@@ -181,6 +185,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     async fn main_loop(&mut self) -> End {
         let mut shutdown = self.broker.shutdown_signal();
         let mut alarm = self.broker.alarm();
+        let flow = self.handle.flow.clone();
         // When the last whole frame arrived. The heartbeat deadline runs from
         // here, not from the last byte: a client trickling a byte at a time
         // into a frame it never finishes is never silent, yet must not hold
@@ -234,6 +239,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     _ = self.handle.flow.wait_drained() => {}
                     _ = shutdown.changed() => {}
                 }
+                if self.handle.flow.writer_is_gone() {
+                    return End::Gone;
+                }
                 last_frame = tokio::time::Instant::now();
             }
             let deadline = match self.heartbeat_deadline() {
@@ -253,6 +261,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             } else {
                 tokio::select! {
                     r = self.fill(deadline) => Some(r),
+                    // The writer gave up (write error, or the client stopped
+                    // reading for write_timeout): nothing more can be answered,
+                    // so end the connection and return its unacked deliveries.
+                    _ = flow.writer_gone() => return End::Gone,
                     _ = shutdown.changed() => None,
                     // A publisher stops being read as soon as the alarm goes
                     // off, not only after its next publish.

@@ -13,10 +13,41 @@ use crate::channel::handle::{Outbound, WriteFlow, MESSAGE_OVERHEAD};
 /// Stop gathering and write once this much is pending.
 const BURST: usize = 256 * 1024;
 
+/// Write everything, or give up when the peer has not taken any of it for
+/// `limit` (a client that stopped reading: RabbitMQ's `send_timeout`).
+async fn write_all<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    bytes: &[u8],
+    limit: Option<Duration>,
+) -> bool {
+    match limit {
+        None => wr.write_all(bytes).await.is_ok(),
+        Some(d) => {
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                match tokio::time::timeout(d, wr.write(rest)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return false,
+                    Ok(Ok(n)) => rest = &rest[n..],
+                    Err(_) => {
+                        tracing::warn!(
+                            "client took no data for {d:?} (not reading its socket); closing the connection"
+                        );
+                        return false;
+                    }
+                }
+            }
+            true
+        }
+    }
+}
+
+/// `send_timeout`: how long a write may make no progress before the
+/// connection is given up (`None`: wait forever).
 pub async fn run<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: UnboundedReceiver<Outbound>,
     flow: Arc<WriteFlow>,
+    send_timeout: Option<Duration>,
 ) {
     // Grows with the first bursts; an idle connection keeps only what it used.
     let mut buf: Vec<u8> = Vec::new();
@@ -28,7 +59,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 Err(_) => {
                     let mut hb = bytes::BytesMut::new();
                     crate::protocol::encode::heartbeat(&mut hb);
-                    if wr.write_all(&hb).await.is_err() {
+                    if !write_all(&mut wr, &hb, send_timeout).await {
                         break;
                     }
                     continue;
@@ -62,7 +93,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             }
         }
         if !buf.is_empty() {
-            if wr.write_all(&buf).await.is_err() {
+            if !write_all(&mut wr, &buf, send_timeout).await {
                 flow.written(counted);
                 break;
             }
