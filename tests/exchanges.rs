@@ -215,6 +215,21 @@ async fn deleting_amq_direct_is_403() {
     let _ = conn.close(200, "bye".into()).await;
 }
 
+/// RabbitMQ refuses to delete any `amq.` name, even one that does not exist
+/// ("deletion of system exchange 'amq.nonexistent' in vhost '/' not allowed").
+#[tokio::test]
+async fn deleting_any_amq_name_is_403_even_when_missing() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let res = within(
+        "delete",
+        ch.exchange_delete("amq.nonexistent".into(), ExchangeDeleteOptions::default()),
+    )
+    .await;
+    assert_code(res, 403);
+    let _ = conn.close(200, "bye".into()).await;
+}
+
 #[tokio::test]
 async fn predeclared_exchanges_exist() {
     let broker = Broker::start();

@@ -261,7 +261,8 @@ impl VHost {
         if name.is_empty() {
             return Err(self.default_exchange_refused());
         }
-        if is_predeclared(name) {
+        // RabbitMQ refuses any `amq.` name, declared or not.
+        if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
                 "deletion of system exchange '{name}' in vhost '{}' not allowed",
                 self.name
