@@ -2,7 +2,8 @@
 # Runs every check of the project, the same way locally and in CI:
 #   1. system packages needed to build (clang/libclang for RocksDB's bindgen, g++, python venv)
 #      and to test (openssl, for the TLS compat tests' certificates)
-#   2. cargo fmt --check, cargo clippy -D warnings and cargo test over the workspace (the
+#   2. the layering check (scripts/check-layers.sh: modules depend only downwards), then
+#      cargo fmt --check, cargo clippy -D warnings and cargo test over the workspace (the
 #      broker and perf/), all in the dev profile, so RocksDB is compiled once, into
 #      $CARGO_TARGET_DIR
 #   3. cargo build --all-targets (no-op after cargo test), then the Python compatibility suite (compat/, pika)
@@ -87,6 +88,7 @@ install_system_packages() {
 run_step "system packages" "$LOG_DIR/apt.log" install_system_packages || true
 
 # ---------------------------------------------------------------- 2. Rust checks
+run_step "layers" "$LOG_DIR/layers.log" bash scripts/check-layers.sh || true
 run_step "cargo fmt" "$LOG_DIR/fmt.log" cargo fmt --all -- --check || true
 run_step "cargo clippy" "$LOG_DIR/clippy.log" cargo clippy --workspace --all-targets -- -D warnings || true
 # --workspace builds the hopper binary that perf's smoke test (perf/tests/) drives.
