@@ -179,7 +179,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         out.flush()?;
     }
-    let sweeper = tokio::spawn(hopper::queue::deadletter::sweeper(broker.clone()));
+    let sweeper = tokio::spawn(hopper::broker::deadletter::sweeper(broker.clone()));
     let disk_watch = tokio::spawn(hopper::broker::disk::watch(broker.clone()));
     hopper::server::run(listeners, broker.clone(), shutdown_signal()).await;
     // Stop accepting (done), close clients with 320, let their pending work

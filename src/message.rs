@@ -81,3 +81,55 @@ impl Message {
         self.store_state.load(Ordering::Acquire) == FAILED
     }
 }
+
+/// Deduplication keys of messages (`x-message-deduplication`), shared by
+/// exchange caches and queues.
+pub mod dedup {
+    use amq_protocol::protocol::basic::AMQPProperties;
+    use amq_protocol::types::{AMQPValue, FieldTable};
+
+    /// The header a message carries its key in (the plugin's convention).
+    pub const KEY_HEADER: &str = "x-deduplication-header";
+
+    /// Whether `x-message-deduplication` is set.
+    pub fn enabled(args: &FieldTable) -> bool {
+        matches!(
+            args.inner().get("x-message-deduplication"),
+            Some(AMQPValue::Boolean(true))
+        )
+    }
+
+    /// The header naming the key, from `x-deduplication-header`.
+    pub fn key_header(args: &FieldTable) -> Option<String> {
+        args.inner()
+            .get(KEY_HEADER)
+            .and_then(crate::protocol::table::as_text)
+    }
+
+    fn value_text(v: &AMQPValue) -> Option<String> {
+        match v {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+            other => crate::protocol::table::as_i128(other).map(|n| n.to_string()),
+        }
+    }
+
+    pub fn header_value(props: &AMQPProperties, name: &str) -> Option<String> {
+        props
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(name))
+            .and_then(value_text)
+    }
+
+    /// A message's deduplication key.
+    pub fn message_key(header: Option<&str>, props: &AMQPProperties) -> Option<String> {
+        if let Some(h) = header {
+            if let Some(k) = header_value(props, h) {
+                return Some(k);
+            }
+        }
+        header_value(props, KEY_HEADER)
+            .or_else(|| props.message_id().as_ref().map(|m| m.to_string()))
+    }
+}

@@ -1,6 +1,7 @@
 //! Shared broker state: vhosts with their exchanges, queues and bindings, the
 //! store, and id counters. Recovery at boot rebuilds it from the store.
 
+pub mod deadletter;
 pub mod disk;
 pub mod publish;
 pub mod vhost;
@@ -13,6 +14,13 @@ use crate::config::Config;
 use crate::store::{Store, StoreError};
 pub use vhost::VHost;
 
+/// Where a direct reply-to reply goes: the requester's channel (which
+/// implements this, so the broker never names a channel).
+pub trait ReplyTarget: Send + Sync {
+    /// Deliver a reply to the reply consumer; false when it is gone.
+    fn deliver_reply(&self, routing_key: &str, raw_properties: &[u8], body: &[u8]) -> bool;
+}
+
 #[derive(Debug)]
 pub struct Broker {
     pub config: Config,
@@ -21,7 +29,7 @@ pub struct Broker {
     pub vhosts: DashMap<String, Arc<VHost>>,
     pub store: Arc<dyn Store>,
     /// Direct reply-to: routing token → the channel whose consumer gets replies.
-    pub reply_channels: DashMap<String, std::sync::Weak<crate::channel::handle::ChannelHandle>>,
+    pub reply_channels: DashMap<String, std::sync::Weak<dyn ReplyTarget>>,
     next_conn_id: AtomicU64,
     next_msg_id: AtomicU64,
     /// Flips to true when the broker shuts down: connections close with 320.

@@ -17,12 +17,13 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::deadletter;
 use super::{Broker, VHost};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::dedup::{self, Reservation, Seen};
 use crate::exchange::Exchange;
 use crate::message::Message;
-use crate::queue::{deadletter, now_ms, Enqueued, Queue};
+use crate::queue::{now_ms, Enqueued, Queue};
 use crate::store::{DedupDef, Store};
 
 /// The publisher's side: where its confirm and a returned message go.

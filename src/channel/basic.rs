@@ -2,7 +2,7 @@
 //! consume/cancel, get, ack/nack/reject, recover.
 
 use amq_protocol::protocol::{basic as b, AMQPClass};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
@@ -14,9 +14,10 @@ use super::{delete_auto_queue, requeue_all, Channel, ConnCtx};
 use crate::auth::{Permission, Resource};
 use crate::broker::publish::{publish, Publication, PublishSink, Publisher, WriteWaiter};
 use crate::broker::vhost::random_name;
+use crate::broker::{deadletter, ReplyTarget};
 use crate::error::{AmqpError, AmqpResult};
-use crate::protocol::{codes, short, ContentHeader};
-use crate::queue::deadletter;
+use crate::message::Message;
+use crate::protocol::{codes, encode, short, ContentHeader};
 use crate::queue::Queue;
 
 /// An `x-priority` consumer argument of any integer type.
@@ -104,9 +105,8 @@ impl Channel {
             .reply_channels
             .get(token)
             .and_then(|w| w.upgrade());
-        let delivered = target.is_some_and(|t| {
-            reply_to::deliver_reply(&t, p.routing_key.as_str(), &header.raw_properties, body)
-        });
+        let delivered = target
+            .is_some_and(|t| t.deliver_reply(p.routing_key.as_str(), &header.raw_properties, body));
         if !delivered && p.mandatory {
             self.handle.returned(
                 p.exchange.as_str(),
@@ -185,7 +185,7 @@ impl Channel {
             d.consumers.insert(tag.clone(), c.clone());
             c
         };
-        if !queue.add_consumer(consumer.clone()) {
+        if !consumer.subscribe() {
             self.handle.delivery.lock().consumers.remove(&tag);
             return Err(AmqpError::access_refused(format!(
                 "queue '{name}' in vhost '{}' in exclusive use",
@@ -224,9 +224,10 @@ impl Channel {
                 ));
             }
             let token = random_name("");
-            ctx.broker
-                .reply_channels
-                .insert(token.clone(), Arc::downgrade(&self.handle));
+            ctx.broker.reply_channels.insert(token.clone(), {
+                let target: Arc<dyn ReplyTarget> = self.handle.clone();
+                Arc::downgrade(&target)
+            });
             d.reply_consumer = Some(reply_to::ReplyConsumer {
                 tag: tag.clone(),
                 token,
@@ -261,7 +262,7 @@ impl Channel {
             })));
         }
         if let Some(c) = consumer {
-            if c.queue.remove_consumer(&c) {
+            if c.unsubscribe() {
                 delete_auto_queue(ctx.vhost, &c.queue);
             }
         }
@@ -272,10 +273,57 @@ impl Channel {
         let name = self.queue_name(m.queue.as_str())?;
         ctx.check(Permission::Read, Resource::Queue, &name)?;
         let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
-        if !queue.get(&self.handle, m.no_ack) {
-            self.reply(AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})));
+        match queue.get() {
+            Some((entry, msg, remaining)) => {
+                self.deliver_got(&queue, entry, &msg, remaining, m.no_ack)
+            }
+            None => self.reply(AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {}))),
         }
         Ok(())
+    }
+
+    /// basic.get-ok with the message taken from `queue`.
+    fn deliver_got(
+        &self,
+        queue: &Arc<Queue>,
+        entry: crate::queue::QueueEntry,
+        msg: &Message,
+        remaining: u32,
+        no_ack: bool,
+    ) {
+        let mut d = self.handle.delivery.lock();
+        let tag = d.next_tag;
+        d.next_tag += 1;
+        let mut out = BytesMut::with_capacity(msg.body.len() + 128);
+        encode::get_ok_method(
+            &mut out,
+            self.id(),
+            tag,
+            entry.redelivered,
+            &msg.exchange,
+            &msg.routing_key,
+            remaining,
+        );
+        encode::content(
+            &mut out,
+            self.id(),
+            &msg.raw_properties,
+            &msg.body,
+            self.handle.conn.frame_max(),
+        );
+        if no_ack {
+            queue.settled(&entry);
+        } else {
+            d.unacked.insert(
+                tag,
+                Unacked {
+                    queue: queue.clone(),
+                    entry,
+                    consumer: None,
+                },
+            );
+        }
+        self.handle.conn.send(out.freeze());
     }
 
     /// Take unacked deliveries out of the channel: one tag, or every tag up to
@@ -329,7 +377,7 @@ impl Channel {
         let taken = self.take_unacked(tag, multiple)?;
         let mut touched: HashMap<*const Queue, Arc<Queue>> = HashMap::new();
         for u in &taken {
-            Queue::release_credit(&u.consumer);
+            Consumer::release_credit(&u.consumer);
             u.queue.settled(&u.entry);
             touched
                 .entry(Arc::as_ptr(&u.queue))
@@ -349,7 +397,7 @@ impl Channel {
         let taken = self.take_unacked(tag, multiple)?;
         let mut touched: HashMap<*const Queue, Arc<Queue>> = HashMap::new();
         for u in &taken {
-            Queue::release_credit(&u.consumer);
+            Consumer::release_credit(&u.consumer);
             touched
                 .entry(Arc::as_ptr(&u.queue))
                 .or_insert_with(|| u.queue.clone());
@@ -392,7 +440,7 @@ impl Channel {
         }
         let taken = self.take_unacked(0, true)?;
         for u in &taken {
-            Queue::release_credit(&u.consumer);
+            Consumer::release_credit(&u.consumer);
         }
         requeue_all(taken.into_iter().map(|u| (u.queue, u.entry)));
         Ok(())

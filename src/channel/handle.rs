@@ -13,7 +13,8 @@ use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 
 use crate::protocol::encode;
-use crate::queue::{Queue, QueueEntry, Slot};
+use crate::queue::subscriber::Take;
+use crate::queue::{Queue, QueueEntry, Subscriber};
 
 /// What the connection's writer task is asked to do.
 #[derive(Debug)]
@@ -373,13 +374,43 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Deliver the head of `ready` to this consumer if its credit allows.
-    /// Called by the queue with its lock held.
-    pub fn try_deliver(
-        self: &Arc<Self>,
-        queue: &Arc<Queue>,
-        ready: &mut crate::queue::Ready,
-    ) -> bool {
+    /// Bookkeeping when one of this consumer's deliveries settles (ack,
+    /// reject, requeue): one more message of credit. basic.get deliveries
+    /// have no consumer.
+    pub fn release_credit(consumer: &Option<Arc<Consumer>>) {
+        if let Some(c) = consumer {
+            c.unacked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn as_subscriber(self: &Arc<Self>) -> Arc<dyn Subscriber> {
+        self.clone()
+    }
+
+    /// Register with the queue; false when an exclusive consumer holds it.
+    pub fn subscribe(self: &Arc<Self>) -> bool {
+        self.queue.add_consumer(self.as_subscriber())
+    }
+
+    /// Leave the queue; true when an auto-delete queue lost its last consumer.
+    pub fn unsubscribe(self: &Arc<Self>) -> bool {
+        self.queue.remove_consumer(&self.as_subscriber())
+    }
+}
+
+impl Subscriber for Consumer {
+    fn priority(&self) -> i64 {
+        self.priority
+    }
+
+    fn exclusive(&self) -> bool {
+        self.exclusive
+    }
+
+    /// Take the queue's head if credit, flow and the connection's write
+    /// backlog allow; the frames go out under the channel's lock so delivery
+    /// tags reach the client in order.
+    fn offer(self: Arc<Self>, queue: &Arc<Queue>, take: &mut Take<'_>) -> bool {
         let mut st = self.channel.delivery.lock();
         if st.closed || !st.flow_active {
             return false;
@@ -395,15 +426,7 @@ impl Consumer {
                 return false;
             }
         }
-        let Some(QueueEntry {
-            slot: Slot::Mem(msg),
-            ..
-        }) = ready.front()
-        else {
-            return false;
-        };
-        let msg = msg.clone();
-        let Some(entry) = ready.pop_front() else {
+        let Some((entry, msg)) = take() else {
             return false;
         };
         let tag = st.next_tag;
@@ -438,9 +461,26 @@ impl Consumer {
                 },
             );
         }
-        // Sent under the channel lock so delivery tags reach the client in order.
         self.channel.conn.send(out.freeze());
         true
+    }
+
+    /// basic.cancel to the client (when it announced consumer_cancel_notify).
+    fn cancelled(&self) {
+        self.channel.delivery.lock().consumers.remove(&self.tag);
+        if self.channel.conn.cancel_notify() {
+            use amq_protocol::protocol::{basic, AMQPClass};
+            let mut out = BytesMut::new();
+            encode::method(
+                &mut out,
+                self.channel.id,
+                &AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: crate::protocol::short(&self.tag),
+                    nowait: true,
+                })),
+            );
+            self.channel.conn.send(out.freeze());
+        }
     }
 }
 

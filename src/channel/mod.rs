@@ -372,7 +372,7 @@ impl Channel {
             )
         };
         for c in consumers.into_values() {
-            if c.queue.remove_consumer(&c) {
+            if c.unsubscribe() {
                 if let Some(v) = vhost {
                     delete_auto_queue(v, &c.queue);
                 }
@@ -407,22 +407,10 @@ pub(crate) fn delete_auto_queue(vhost: &Arc<VHost>, q: &Arc<Queue>) {
     }
 }
 
-/// Tell consumers of a deleted queue (basic.cancel, when the client supports it).
-pub(crate) fn notify_cancelled(consumers: &[Arc<handle::Consumer>]) {
+/// Tell the consumers of a deleted queue (basic.cancel, when the client supports it).
+pub(crate) fn notify_cancelled(consumers: &[Arc<dyn crate::queue::Subscriber>]) {
     for c in consumers {
-        c.channel.delivery.lock().consumers.remove(&c.tag);
-        if c.channel.conn.cancel_notify() {
-            let mut out = BytesMut::new();
-            encode::method(
-                &mut out,
-                c.channel.id,
-                &AMQPClass::Basic(b::AMQPMethod::Cancel(b::Cancel {
-                    consumer_tag: crate::protocol::short(&c.tag),
-                    nowait: true,
-                })),
-            );
-            c.channel.conn.send(out.freeze());
-        }
+        c.cancelled();
     }
 }
 

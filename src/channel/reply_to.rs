@@ -8,7 +8,6 @@
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use bytes::{Bytes, BytesMut};
-use std::sync::Arc;
 
 use super::handle::ChannelHandle;
 use crate::error::{AmqpError, AmqpResult};
@@ -52,8 +51,14 @@ pub fn rewrite_request(
 
 /// Deliver a reply straight to the requesting channel's reply consumer.
 /// Returns false when that consumer is gone (the reply is unroutable).
-pub fn deliver_reply(
-    target: &Arc<ChannelHandle>,
+impl crate::broker::ReplyTarget for ChannelHandle {
+    fn deliver_reply(&self, routing_key: &str, raw_properties: &[u8], body: &[u8]) -> bool {
+        deliver_reply(self, routing_key, raw_properties, body)
+    }
+}
+
+fn deliver_reply(
+    target: &ChannelHandle,
     routing_key: &str,
     raw_properties: &[u8],
     body: &[u8],

@@ -28,47 +28,8 @@ use std::collections::{HashMap, VecDeque};
 /// The community plugin's exchange type.
 pub const EXCHANGE_TYPE: &str = "x-message-deduplication";
 
-/// The header a message carries its key in (plugin convention).
-const KEY_HEADER: &str = "x-deduplication-header";
-
-/// Whether `x-message-deduplication` is set.
-pub fn enabled(args: &FieldTable) -> bool {
-    matches!(
-        args.inner().get("x-message-deduplication"),
-        Some(AMQPValue::Boolean(true))
-    )
-}
-
-/// The header naming the key, from `x-deduplication-header`.
-pub fn key_header(args: &FieldTable) -> Option<String> {
-    args.inner().get(KEY_HEADER).and_then(crate::queue::as_text)
-}
-
-fn value_text(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        other => crate::exchange::headers::as_i128(other).map(|n| n.to_string()),
-    }
-}
-
-fn header_value(props: &AMQPProperties, name: &str) -> Option<String> {
-    props
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(name))
-        .and_then(value_text)
-}
-
-/// A message's deduplication key.
-pub fn message_key(header: Option<&str>, props: &AMQPProperties) -> Option<String> {
-    if let Some(h) = header {
-        if let Some(k) = header_value(props, h) {
-            return Some(k);
-        }
-    }
-    header_value(props, KEY_HEADER).or_else(|| props.message_id().as_ref().map(|m| m.to_string()))
-}
+pub use crate::message::dedup::{enabled, key_header, message_key};
+use crate::message::dedup::{header_value, KEY_HEADER};
 
 /// The plugin's exchange arguments, checked as the plugin checks them (406).
 pub fn validate_plugin_arguments(args: &FieldTable) -> Result<(), String> {

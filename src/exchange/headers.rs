@@ -37,20 +37,7 @@ pub fn matches(binding: &FieldTable, headers: Option<&FieldTable>) -> bool {
     }
 }
 
-/// An integer of any AMQP integer type.
-pub fn as_i128(v: &AMQPValue) -> Option<i128> {
-    Some(match v {
-        AMQPValue::ShortShortInt(x) => *x as i128,
-        AMQPValue::ShortShortUInt(x) => *x as i128,
-        AMQPValue::ShortInt(x) => *x as i128,
-        AMQPValue::ShortUInt(x) => *x as i128,
-        AMQPValue::LongInt(x) => *x as i128,
-        AMQPValue::LongUInt(x) => *x as i128,
-        AMQPValue::LongLongInt(x) => *x as i128,
-        AMQPValue::Timestamp(x) => *x as i128,
-        _ => return None,
-    })
-}
+pub use crate::protocol::table::as_i128;
 
 fn as_bytes(v: &AMQPValue) -> Option<&[u8]> {
     match v {

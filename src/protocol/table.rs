@@ -191,6 +191,32 @@ pub fn method_too_deep(class_id: u16, method_id: u16, args: &[u8]) -> bool {
     walk() == Err(Stop::TooDeep)
 }
 
+/// An integer of any AMQP integer type.
+pub fn as_i128(v: &amq_protocol::types::AMQPValue) -> Option<i128> {
+    use amq_protocol::types::AMQPValue;
+    Some(match v {
+        AMQPValue::ShortShortInt(x) => *x as i128,
+        AMQPValue::ShortShortUInt(x) => *x as i128,
+        AMQPValue::ShortInt(x) => *x as i128,
+        AMQPValue::ShortUInt(x) => *x as i128,
+        AMQPValue::LongInt(x) => *x as i128,
+        AMQPValue::LongUInt(x) => *x as i128,
+        AMQPValue::LongLongInt(x) => *x as i128,
+        AMQPValue::Timestamp(x) => *x as i128,
+        _ => return None,
+    })
+}
+
+/// A text value (long or short string) of a field table.
+pub fn as_text(v: &amq_protocol::types::AMQPValue) -> Option<String> {
+    use amq_protocol::types::AMQPValue as V;
+    match v {
+        V::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        V::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
 /// `levels` tables nested inside each other, as wire bytes (length prefix
 /// first): each level is a length, an empty key and type 'F'.
 #[cfg(test)]

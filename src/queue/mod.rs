@@ -1,54 +1,29 @@
 //! A queue: ready messages in order, its consumers, round-robin delivery within
 //! each consumer's credit, requeue to the original position.
 //!
-//! All state is behind one short lock. Delivering takes the consumer's channel
-//! lock while the queue lock is held (see `channel::handle` for the lock order).
-//! This module never touches sockets: it hands encoded frames to the channel's
-//! connection writer.
+//! All state is behind one short lock. Consumers are `Subscriber`s: the
+//! queue offers its head and a subscriber that has credit takes the entry by
+//! value (its own lock is taken inside the queue's: queue lock first). This
+//! module never names a channel, never encodes frames and never touches
+//! sockets; it reads paged-out bodies back from the store (`load_head`).
 
-pub mod deadletter;
+mod entry;
+mod limits;
+pub mod subscriber;
+
+pub use entry::{now_ms, QueueEntry, Reason, Slot};
+use entry::{Ready, NEVER_ENQUEUED};
+pub use limits::{as_u64, Limits, Overflow};
+pub use subscriber::Subscriber;
 
 use amq_protocol::types::FieldTable;
-use bytes::BytesMut;
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::channel::handle::{ChannelHandle, Consumer, Unacked};
 use crate::message::Message;
-use crate::protocol::encode;
 use crate::store::{IndexMeta, QueueKey, Store};
-
-/// Where an entry's message is: in memory, or only in the store (deep queues
-/// and recovered backlogs keep just the id, and load the body when a consumer
-/// gets near it).
-#[derive(Debug, Clone)]
-pub enum Slot {
-    Mem(Arc<Message>),
-    Stored(u64),
-}
-
-/// A message's place in one queue.
-#[derive(Debug, Clone)]
-pub struct QueueEntry {
-    pub slot: Slot,
-    /// Position in this queue; requeued entries go back by it.
-    pub seq: u64,
-    pub redelivered: bool,
-    /// When the message expires here (ms since the Unix epoch), 0 for never.
-    pub expires_at: u64,
-    /// Priority here (0 unless the queue has `x-max-priority`).
-    pub priority: u8,
-    /// Body size, for `x-max-length-bytes`.
-    pub size: u32,
-    /// Deduplication key, in a queue with `x-message-deduplication`.
-    pub dedup_key: Option<Arc<str>>,
-}
-
-/// The `seq` of an entry that was refused at the door (reject-publish-dlx):
-/// it never had a place in the queue, nor an index entry in the store.
-const NEVER_ENQUEUED: u64 = u64::MAX;
 
 /// What `Queue::enqueue` did with a message.
 #[derive(Debug, Clone)]
@@ -85,111 +60,6 @@ impl DedupKeys {
     }
 }
 
-impl QueueEntry {
-    /// Order in a queue: higher priority first, then publish order.
-    fn order(&self) -> (std::cmp::Reverse<u8>, u64) {
-        (std::cmp::Reverse(self.priority), self.seq)
-    }
-
-    pub fn meta(&self) -> IndexMeta {
-        IndexMeta {
-            expires_at: self.expires_at,
-            priority: self.priority,
-            size: self.size,
-        }
-    }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Why a message is dead-lettered (the `reason` in `x-death`).
-pub type Reason = &'static str;
-
-impl QueueEntry {
-    pub fn msg_id(&self) -> u64 {
-        match &self.slot {
-            Slot::Mem(m) => m.id,
-            Slot::Stored(id) => *id,
-        }
-    }
-
-    /// The message, when it is in memory.
-    pub fn message(&self) -> Option<&Arc<Message>> {
-        match &self.slot {
-            Slot::Mem(m) => Some(m),
-            Slot::Stored(_) => None,
-        }
-    }
-
-    fn mem_bytes(&self) -> usize {
-        match &self.slot {
-            Slot::Mem(m) => m.body.len() + m.raw_properties.len(),
-            Slot::Stored(_) => 0,
-        }
-    }
-}
-
-/// The ready messages of a queue, with their total body size kept current
-/// (for `x-max-length-bytes`). Reads go through `Deref`; every change goes
-/// through a method that keeps `bytes` right.
-#[derive(Debug, Default)]
-pub struct Ready {
-    q: VecDeque<QueueEntry>,
-    bytes: u64,
-}
-
-impl std::ops::Deref for Ready {
-    type Target = VecDeque<QueueEntry>;
-    fn deref(&self) -> &VecDeque<QueueEntry> {
-        &self.q
-    }
-}
-
-impl Ready {
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-    fn push_back(&mut self, e: QueueEntry) {
-        self.bytes += e.size as u64;
-        self.q.push_back(e);
-    }
-    fn insert(&mut self, at: usize, e: QueueEntry) {
-        self.bytes += e.size as u64;
-        self.q.insert(at, e);
-    }
-    pub fn pop_front(&mut self) -> Option<QueueEntry> {
-        let e = self.q.pop_front()?;
-        self.bytes = self.bytes.saturating_sub(e.size as u64);
-        Some(e)
-    }
-    fn remove(&mut self, at: usize) -> Option<QueueEntry> {
-        let e = self.q.remove(at)?;
-        self.bytes = self.bytes.saturating_sub(e.size as u64);
-        Some(e)
-    }
-    fn retain(&mut self, keep: impl FnMut(&QueueEntry) -> bool) {
-        self.q.retain(keep);
-        self.bytes = self.q.iter().map(|e| e.size as u64).sum();
-    }
-    fn take(&mut self) -> VecDeque<QueueEntry> {
-        self.bytes = 0;
-        std::mem::take(&mut self.q)
-    }
-    fn get_mut(&mut self, i: usize) -> Option<&mut QueueEntry> {
-        // Only the slot changes through this: sizes stay.
-        self.q.get_mut(i)
-    }
-    fn sort_by_order(&mut self) {
-        self.q.make_contiguous().sort_by_key(|e| e.order());
-    }
-}
-
 /// How many stored messages to read back at once when a consumer reaches them.
 const LOAD_BATCH: usize = 256;
 
@@ -202,7 +72,7 @@ struct QueueState {
     /// Bytes of message bodies and properties held in memory by `ready`.
     mem_bytes: usize,
     next_seq: u64,
-    consumers: Vec<Arc<Consumer>>,
+    consumers: Vec<Arc<dyn Subscriber>>,
     /// Round-robin cursor into `consumers`.
     rr: usize,
     had_consumer: bool,
@@ -247,80 +117,7 @@ pub struct Queue {
 pub const FLOW_HIGH: usize = 2000;
 pub const FLOW_LOW: usize = 1000;
 
-/// What a full queue (`x-max-length`) does with one more message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overflow {
-    /// Drop (or later dead-letter) the oldest ready message.
-    DropHead,
-    /// Refuse the new message; its publisher gets basic.nack.
-    RejectPublish,
-    /// Refuse it (nack) and dead-letter it.
-    RejectPublishDlx,
-}
-
-/// Limits read from the queue's arguments.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_length: Option<u64>,
-    pub overflow: Overflow,
-    /// `x-message-ttl`, milliseconds.
-    pub message_ttl: Option<u64>,
-    /// `x-dead-letter-exchange` and `x-dead-letter-routing-key`.
-    pub dlx: Option<String>,
-    pub dlrk: Option<String>,
-    /// `x-expires`: delete the queue after this many ms unused.
-    pub expires: Option<u64>,
-    /// `x-max-priority`: deliver higher `priority` messages first.
-    pub max_priority: Option<u8>,
-    /// `x-max-length-bytes`: total body bytes of ready messages.
-    pub max_length_bytes: Option<u64>,
-    /// `x-single-active-consumer`.
-    pub single_active: bool,
-}
-
-impl Limits {
-    pub fn from_arguments(args: &FieldTable) -> Limits {
-        let max_length = args.inner().get("x-max-length").and_then(as_u64);
-        let overflow = match args.inner().get("x-overflow").and_then(as_text).as_deref() {
-            Some("reject-publish") => Overflow::RejectPublish,
-            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-            _ => Overflow::DropHead,
-        };
-        let text = |k: &str| args.inner().get(k).and_then(as_text);
-        Limits {
-            max_length,
-            overflow,
-            message_ttl: args.inner().get("x-message-ttl").and_then(as_u64),
-            dlx: text("x-dead-letter-exchange"),
-            dlrk: text("x-dead-letter-routing-key"),
-            expires: args.inner().get("x-expires").and_then(as_u64),
-            max_length_bytes: args.inner().get("x-max-length-bytes").and_then(as_u64),
-            max_priority: args
-                .inner()
-                .get("x-max-priority")
-                .and_then(as_u64)
-                .map(|p| p.min(255) as u8),
-            single_active: matches!(
-                args.inner().get("x-single-active-consumer"),
-                Some(amq_protocol::types::AMQPValue::Boolean(true))
-            ),
-        }
-    }
-}
-
-/// A non-negative integer argument of any AMQP integer type.
-pub fn as_u64(v: &amq_protocol::types::AMQPValue) -> Option<u64> {
-    crate::exchange::headers::as_i128(v).and_then(|x| u64::try_from(x).ok())
-}
-
-pub fn as_text(v: &amq_protocol::types::AMQPValue) -> Option<String> {
-    use amq_protocol::types::AMQPValue as V;
-    match v {
-        V::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        V::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
-}
+pub use crate::protocol::table::as_text;
 
 /// Bytes of messages a queue keeps in memory before paging stored ones out.
 pub const DEFAULT_MEMORY_LIMIT: usize = 8 * 1024 * 1024;
@@ -328,7 +125,7 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 8 * 1024 * 1024;
 /// What `Queue::delete` leaves for the caller to clean up.
 pub struct Deleted {
     pub messages: u32,
-    pub consumers: Vec<Arc<Consumer>>,
+    pub consumers: Vec<Arc<dyn Subscriber>>,
 }
 
 impl Queue {
@@ -342,8 +139,8 @@ impl Queue {
         store: Arc<dyn Store>,
     ) -> Self {
         let limits = Limits::from_arguments(&arguments);
-        let dedup = crate::exchange::dedup::enabled(&arguments).then(|| QueueDedup {
-            header: crate::exchange::dedup::key_header(&arguments),
+        let dedup = crate::message::dedup::enabled(&arguments).then(|| QueueDedup {
+            header: crate::message::dedup::key_header(&arguments),
             keys: Mutex::new(Default::default()),
         });
         let store_key = QueueKey {
@@ -440,7 +237,7 @@ impl Queue {
         let mut dedup_key = None;
         if let Some(d) = &self.dedup {
             if let Some(k) =
-                crate::exchange::dedup::message_key(d.header.as_deref(), &msg.properties)
+                crate::message::dedup::message_key(d.header.as_deref(), &msg.properties)
             {
                 let k: Arc<str> = Arc::from(k);
                 let mut keys = d.keys.lock();
@@ -609,7 +406,7 @@ impl Queue {
                 for (i, m) in loaded.into_iter().enumerate() {
                     let Some(m) = m else { continue };
                     let Some(k) =
-                        crate::exchange::dedup::message_key(d.header.as_deref(), &m.properties)
+                        crate::message::dedup::message_key(d.header.as_deref(), &m.properties)
                     else {
                         continue;
                     };
@@ -769,15 +566,27 @@ impl Queue {
             let mut delivered = false;
             let mut start = 0;
             while start < n && !delivered {
-                let prio = st.consumers[start].priority;
+                let prio = st.consumers[start].priority();
                 let mut end = start + 1;
-                while end < n && st.consumers[end].priority == prio {
+                while end < n && st.consumers[end].priority() == prio {
                     end += 1;
                 }
                 let len = end - start;
                 for i in 0..len {
                     let idx = start + (st.rr + i) % len;
-                    if st.consumers[idx].try_deliver(self, &mut st.ready) {
+                    let sub = st.consumers[idx].clone();
+                    let ready = &mut st.ready;
+                    let mut take = || {
+                        let e = ready.pop_front()?;
+                        if let Slot::Mem(m) = &e.slot {
+                            let m = m.clone();
+                            return Some((e, m));
+                        }
+                        // pump offers only an in-memory head; never reached
+                        ready.insert(0, e);
+                        None
+                    };
+                    if sub.offer(self, &mut take) {
                         st.rr = (idx - start + 1) % len;
                         st.mem_bytes = st.mem_bytes.saturating_sub(bytes);
                         delivered = true;
@@ -815,69 +624,36 @@ impl Queue {
         }
     }
 
-    /// basic.get: the head message, delivered on `channel`.
-    pub fn get(self: &Arc<Self>, channel: &Arc<ChannelHandle>, no_ack: bool) -> bool {
+    /// basic.get: take the head message (by value), with how many stay
+    /// ready after it. The caller delivers it, and settles it (no-ack) or
+    /// holds it unacked.
+    pub fn get(self: &Arc<Self>) -> Option<(QueueEntry, Arc<Message>, u32)> {
         self.touch();
         let mut st = self.state.lock();
         self.expire_head(&mut st, now_ms());
         self.load_head(&mut st);
-        match st.ready.front() {
+        let msg = match st.ready.front() {
             Some(QueueEntry {
                 slot: Slot::Mem(m), ..
-            }) if m.is_deliverable() => {}
-            _ => return false,
-        }
-        let Some(entry) = st.ready.pop_front() else {
-            return false;
+            }) if m.is_deliverable() => m.clone(),
+            _ => return None,
         };
+        let entry = st.ready.pop_front()?;
         st.mem_bytes = st.mem_bytes.saturating_sub(entry.mem_bytes());
         let remaining = st.ready.len() as u32;
-        let Slot::Mem(msg) = &entry.slot else {
-            return false;
-        };
-        let mut d = channel.delivery.lock();
-        let tag = d.next_tag;
-        d.next_tag += 1;
-        let mut out = BytesMut::with_capacity(msg.body.len() + 128);
-        encode::get_ok_method(
-            &mut out,
-            channel.id,
-            tag,
-            entry.redelivered,
-            &msg.exchange,
-            &msg.routing_key,
-            remaining,
-        );
-        encode::content(
-            &mut out,
-            channel.id,
-            &msg.raw_properties,
-            &msg.body,
-            channel.conn.frame_max(),
-        );
-        if no_ack {
-            self.settled(&entry);
-        } else {
-            d.unacked.insert(
-                tag,
-                Unacked {
-                    queue: self.clone(),
-                    entry,
-                    consumer: None,
-                },
-            );
+        if st.ready.len() <= FLOW_LOW {
+            self.clear_flow();
         }
-        channel.conn.send(out.freeze());
-        true
+        Some((entry, msg, remaining))
     }
 
     /// Register a consumer; fails when an exclusive consumer holds the queue,
     /// or when `consumer` is exclusive and there are others.
-    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> bool {
+    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<dyn Subscriber>) -> bool {
         self.touch();
         let mut st = self.state.lock();
-        if st.consumers.iter().any(|c| c.exclusive)
-            || (consumer.exclusive && !st.consumers.is_empty())
+        if st.consumers.iter().any(|c| c.exclusive())
+            || (consumer.exclusive() && !st.consumers.is_empty())
         {
             return false;
         }
@@ -885,7 +661,7 @@ impl Queue {
         // active consumer is the oldest of the highest priority).
         let at = st
             .consumers
-            .partition_point(|c| c.priority >= consumer.priority);
+            .partition_point(|c| c.priority() >= consumer.priority());
         st.consumers.insert(at, consumer);
         st.had_consumer = true;
         // No delivery yet: consume-ok must reach the client first (the caller kicks).
@@ -894,11 +670,11 @@ impl Queue {
 
     /// Remove a consumer; returns true when an auto-delete queue lost its last
     /// consumer and should now be deleted.
-    pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
+    pub fn remove_consumer(&self, consumer: &Arc<dyn Subscriber>) -> bool {
         self.touch();
         let mut st = self.state.lock();
         let before = st.consumers.len();
-        st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+        st.consumers.retain(|c| !subscriber::same(c, consumer));
         if st.consumers.len() != before && st.rr >= st.consumers.len() {
             st.rr = 0;
         }
@@ -909,7 +685,7 @@ impl Queue {
     }
 
     pub fn has_exclusive_consumer(&self) -> bool {
-        self.state.lock().consumers.iter().any(|c| c.exclusive)
+        self.state.lock().consumers.iter().any(|c| c.exclusive())
     }
 
     /// Drop all ready messages; returns how many.
@@ -944,127 +720,7 @@ impl Queue {
             consumers: std::mem::take(&mut st.consumers),
         }
     }
-
-    /// Consumers' unacked counter bookkeeping when their delivery settles.
-    pub fn release_credit(consumer: &Option<Arc<Consumer>>) {
-        if let Some(c) = consumer {
-            c.unacked.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::channel::handle::{ChannelHandle, ConnHandle, Outbound, WriteFlow};
-    use amq_protocol::protocol::BasicProperties;
-    use bytes::Bytes;
-    use std::sync::atomic::AtomicU32;
-    use std::time::Duration;
-    use tokio::sync::mpsc;
-
-    fn queue() -> Arc<Queue> {
-        Arc::new(Queue::new(
-            "q".into(),
-            "/".into(),
-            false,
-            None,
-            false,
-            FieldTable::default(),
-            Arc::new(crate::store::NullStore),
-        ))
-    }
-
-    fn message(id: u64) -> Arc<Message> {
-        Arc::new(Message::new(
-            id,
-            String::new(),
-            "q".into(),
-            BasicProperties::default(),
-            Bytes::new(),
-            Bytes::from_static(b"x"),
-        ))
-    }
-
-    /// A consumer with prefetch 1 that never acks by itself; the receiver
-    /// keeps its connection's outbound channel open.
-    fn consumer(q: &Arc<Queue>) -> (Arc<Consumer>, mpsc::UnboundedReceiver<Outbound>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let conn = Arc::new(ConnHandle::new(
-            1,
-            tx,
-            131_072,
-            Arc::new(WriteFlow::default()),
-        ));
-        let c = Arc::new(Consumer {
-            tag: "c".into(),
-            channel: Arc::new(ChannelHandle::new(1, conn)),
-            queue: q.clone(),
-            no_ack: false,
-            exclusive: false,
-            prefetch: 1,
-            priority: 0,
-            unacked: AtomicU32::new(0),
-        });
-        assert!(q.add_consumer(c.clone()));
-        (c, rx)
-    }
-
-    #[test]
-    fn no_flow_control_without_consumers() {
-        let q = queue();
-        for id in 0..(FLOW_HIGH as u64 + 10) {
-            q.enqueue(message(id));
-        }
-        assert!(!q.in_flow(), "a queue nobody consumes from never throttles");
-    }
-
-    #[test]
-    fn flow_set_past_high_and_cleared_below_low() {
-        let q = queue();
-        let (c, _rx) = consumer(&q);
-        // One message goes out (prefetch 1); the rest stay ready.
-        for id in 0..=(FLOW_HIGH as u64) {
-            q.enqueue(message(id));
-            assert!(!q.in_flow(), "below the high mark at {id}");
-        }
-        q.enqueue(message(FLOW_HIGH as u64 + 1));
-        assert!(q.in_flow());
-        // The consumer acks one at a time: flow stays on down to the low mark.
-        while q.message_count() as usize > FLOW_LOW + 1 {
-            c.unacked.store(0, Ordering::Relaxed);
-            q.kick();
-            assert!(q.in_flow(), "still {} ready", q.message_count());
-        }
-        c.unacked.store(0, Ordering::Relaxed);
-        q.kick();
-        assert_eq!(q.message_count() as usize, FLOW_LOW);
-        assert!(!q.in_flow());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn flow_wait_is_bounded_and_ends_when_cleared() {
-        let q = queue();
-        let (_c, _rx) = consumer(&q);
-        for id in 0..(FLOW_HIGH as u64 + 10) {
-            q.enqueue(message(id));
-        }
-        assert!(q.in_flow());
-        // Bounded: a stuck consumer slows its publishers, never stops them.
-        let start = tokio::time::Instant::now();
-        q.flow_wait(Duration::from_millis(10)).await;
-        assert_eq!(start.elapsed(), Duration::from_millis(10));
-        // A purge clears flow control and wakes the waiting publisher.
-        let waiter = tokio::spawn({
-            let q = q.clone();
-            async move { q.flow_wait(Duration::from_secs(3600)).await }
-        });
-        tokio::task::yield_now().await;
-        q.purge();
-        tokio::time::timeout(Duration::from_secs(1), waiter)
-            .await
-            .expect("woken by the purge")
-            .expect("join");
-        assert!(!q.in_flow());
-    }
-}
+mod tests;

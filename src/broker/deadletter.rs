@@ -14,9 +14,9 @@ use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use bytes::Bytes;
 use std::sync::Arc;
 
-use super::{now_ms, Queue, QueueEntry, Slot};
-use crate::broker::{Broker, VHost};
+use super::{Broker, VHost};
 use crate::message::Message;
+use crate::queue::{now_ms, Enqueued, Queue, QueueEntry, Slot};
 use crate::store::{IndexMeta, QueueKey};
 
 /// Route every waiting dead letter of `q`.
@@ -97,7 +97,7 @@ fn publish(
     let mut accepted = Vec::new();
     let mut stored: Vec<(QueueKey, IndexMeta)> = Vec::new();
     for t in targets {
-        if let super::Enqueued::Accepted(meta) = t.enqueue(copy.clone()) {
+        if let Enqueued::Accepted(meta) = t.enqueue(copy.clone()) {
             if persistent && stores(&t) {
                 stored.push((t.key(), meta));
             }
@@ -144,7 +144,7 @@ fn text(s: &str) -> AMQPValue {
 }
 
 fn get_text(t: &FieldTable, k: &str) -> Option<String> {
-    t.inner().get(k).and_then(super::as_text)
+    t.inner().get(k).and_then(crate::queue::as_text)
 }
 
 /// The properties of the dead-lettered copy: `x-death` updated, the
@@ -172,7 +172,7 @@ fn dead_properties(msg: &Message, q: &Queue, reason: &str) -> AMQPProperties {
                 _ => FieldTable::default(),
             };
             let count = match t.inner().get("count") {
-                Some(v) => super::as_u64(v).unwrap_or(0),
+                Some(v) => crate::queue::as_u64(v).unwrap_or(0),
                 None => 0,
             };
             t.insert("count".into(), AMQPValue::LongLongInt(count as i64 + 1));
@@ -293,7 +293,7 @@ pub async fn sweeper(broker: Arc<Broker>) {
                 if q.unused_expired(now) {
                     tracing::info!(queue = %q.name, vhost = %v.name, "deleting queue unused for its x-expires");
                     match v.remove_queue(&q) {
-                        Ok(d) => crate::channel::notify_cancelled(&d.consumers),
+                        Ok(d) => d.consumers.iter().for_each(|c| c.cancelled()),
                         Err(e) => {
                             tracing::error!(queue = %q.name, error = %e, "cannot delete expired queue")
                         }

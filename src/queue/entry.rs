@@ -1,0 +1,144 @@
+//! A message's place in a queue (`QueueEntry`, in memory or only in the
+//! store) and the ordered list of ready entries with its byte count. Plain
+//! data: no locks, no store access, no delivery.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::message::Message;
+use crate::store::IndexMeta;
+
+/// Where an entry's message is: in memory, or only in the store (deep queues
+/// and recovered backlogs keep just the id, and load the body when a consumer
+/// gets near it).
+#[derive(Debug, Clone)]
+pub enum Slot {
+    Mem(Arc<Message>),
+    Stored(u64),
+}
+
+/// A message's place in one queue.
+#[derive(Debug, Clone)]
+pub struct QueueEntry {
+    pub slot: Slot,
+    /// Position in this queue; requeued entries go back by it.
+    pub seq: u64,
+    pub redelivered: bool,
+    /// When the message expires here (ms since the Unix epoch), 0 for never.
+    pub expires_at: u64,
+    /// Priority here (0 unless the queue has `x-max-priority`).
+    pub priority: u8,
+    /// Body size, for `x-max-length-bytes`.
+    pub size: u32,
+    /// Deduplication key, in a queue with `x-message-deduplication`.
+    pub dedup_key: Option<Arc<str>>,
+}
+
+/// The `seq` of an entry that was refused at the door (reject-publish-dlx):
+/// it never had a place in the queue, nor an index entry in the store.
+pub(super) const NEVER_ENQUEUED: u64 = u64::MAX;
+
+impl QueueEntry {
+    /// Order in a queue: higher priority first, then publish order.
+    pub(super) fn order(&self) -> (std::cmp::Reverse<u8>, u64) {
+        (std::cmp::Reverse(self.priority), self.seq)
+    }
+
+    pub fn meta(&self) -> IndexMeta {
+        IndexMeta {
+            expires_at: self.expires_at,
+            priority: self.priority,
+            size: self.size,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a message is dead-lettered (the `reason` in `x-death`).
+pub type Reason = &'static str;
+
+impl QueueEntry {
+    pub fn msg_id(&self) -> u64 {
+        match &self.slot {
+            Slot::Mem(m) => m.id,
+            Slot::Stored(id) => *id,
+        }
+    }
+
+    /// The message, when it is in memory.
+    pub fn message(&self) -> Option<&Arc<Message>> {
+        match &self.slot {
+            Slot::Mem(m) => Some(m),
+            Slot::Stored(_) => None,
+        }
+    }
+
+    pub(super) fn mem_bytes(&self) -> usize {
+        match &self.slot {
+            Slot::Mem(m) => m.body.len() + m.raw_properties.len(),
+            Slot::Stored(_) => 0,
+        }
+    }
+}
+
+/// The ready messages of a queue, with their total body size kept current
+/// (for `x-max-length-bytes`). Reads go through `Deref`; every change goes
+/// through a method that keeps `bytes` right.
+#[derive(Debug, Default)]
+pub(super) struct Ready {
+    q: VecDeque<QueueEntry>,
+    bytes: u64,
+}
+
+impl std::ops::Deref for Ready {
+    type Target = VecDeque<QueueEntry>;
+    fn deref(&self) -> &VecDeque<QueueEntry> {
+        &self.q
+    }
+}
+
+impl Ready {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    pub(super) fn push_back(&mut self, e: QueueEntry) {
+        self.bytes += e.size as u64;
+        self.q.push_back(e);
+    }
+    pub(super) fn insert(&mut self, at: usize, e: QueueEntry) {
+        self.bytes += e.size as u64;
+        self.q.insert(at, e);
+    }
+    pub(super) fn pop_front(&mut self) -> Option<QueueEntry> {
+        let e = self.q.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(e.size as u64);
+        Some(e)
+    }
+    pub(super) fn remove(&mut self, at: usize) -> Option<QueueEntry> {
+        let e = self.q.remove(at)?;
+        self.bytes = self.bytes.saturating_sub(e.size as u64);
+        Some(e)
+    }
+    pub(super) fn retain(&mut self, keep: impl FnMut(&QueueEntry) -> bool) {
+        self.q.retain(keep);
+        self.bytes = self.q.iter().map(|e| e.size as u64).sum();
+    }
+    pub(super) fn take(&mut self) -> VecDeque<QueueEntry> {
+        self.bytes = 0;
+        std::mem::take(&mut self.q)
+    }
+    pub(super) fn get_mut(&mut self, i: usize) -> Option<&mut QueueEntry> {
+        // Only the slot changes through this: sizes stay.
+        self.q.get_mut(i)
+    }
+    pub(super) fn sort_by_order(&mut self) {
+        self.q.make_contiguous().sort_by_key(|e| e.order());
+    }
+}

@@ -1,0 +1,37 @@
+//! What a queue needs from whoever consumes from it, so the queue never
+//! names a channel: a channel's basic.consume implements `Subscriber`, and
+//! tests can offer a queue a plain fake.
+//!
+//! The queue decides *what* is delivered (its head, in order, after expiry,
+//! only once the store has it) and to *whom* (priority groups, round-robin,
+//! single active consumer); the subscriber decides *whether* it can take a
+//! delivery now (credit, flow, write backpressure) and how it reaches the
+//! client. Entries change hands by value: the queue's ready list stays private.
+
+use std::sync::Arc;
+
+use super::{Queue, QueueEntry};
+use crate::message::Message;
+
+/// Pops the queue's head for a subscriber that takes it.
+pub type Take<'a> = dyn FnMut() -> Option<(QueueEntry, Arc<Message>)> + 'a;
+
+pub trait Subscriber: Send + Sync + std::fmt::Debug {
+    /// Higher gets messages first (`x-priority`).
+    fn priority(&self) -> i64;
+    /// Holds the queue alone (basic.consume exclusive).
+    fn exclusive(&self) -> bool;
+    /// The queue offers its head message (in memory, deliverable). If the
+    /// subscriber can take a delivery now it calls `take` (exactly once),
+    /// delivers what it got and returns true; otherwise false, leaving the
+    /// head where it is. Called with the queue's lock held: it may take its
+    /// own locks (the queue's lock comes first), never the queue's.
+    fn offer(self: Arc<Self>, queue: &Arc<Queue>, take: &mut Take<'_>) -> bool;
+    /// The queue was deleted under the subscription (basic.cancel to the client).
+    fn cancelled(&self);
+}
+
+/// Whether two subscriber handles are the same subscription.
+pub fn same(a: &Arc<dyn Subscriber>, b: &Arc<dyn Subscriber>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
