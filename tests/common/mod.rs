@@ -629,6 +629,8 @@ pub async fn assert_broker_healthy(broker: &Broker) {
 }
 
 /// A raw, byte-level AMQP 0-9-1 client.
+pub mod durable;
+
 pub mod raw {
     use super::WAIT;
     use lapin::protocol::{self as proto, AMQPClass};
