@@ -2,8 +2,10 @@
 # Runs every check of the project, the same way locally and in CI:
 #   1. system packages needed to build (clang/libclang for RocksDB's bindgen, g++, python venv)
 #      and to test (openssl, for the TLS compat tests' certificates)
-#   2. cargo fmt --check, cargo clippy -D warnings, cargo test (all in the dev profile,
-#      so RocksDB is compiled once, into $CARGO_TARGET_DIR)
+#   2. the layering check (scripts/check-layers.sh: modules depend only downwards), then
+#      cargo fmt --check, cargo clippy -D warnings and cargo test over the workspace (the
+#      broker and perf/), all in the dev profile, so RocksDB is compiled once, into
+#      $CARGO_TARGET_DIR
 #   3. cargo build --all-targets (no-op after cargo test), then the Python compatibility suite (compat/, pika)
 #      against that binary, in a venv at $HOPPER_VENV (default ~/.cache/hopper-venv).
 # Every step runs even if an earlier one failed (except the compat suite, which needs
@@ -86,9 +88,11 @@ install_system_packages() {
 run_step "system packages" "$LOG_DIR/apt.log" install_system_packages || true
 
 # ---------------------------------------------------------------- 2. Rust checks
+run_step "layers" "$LOG_DIR/layers.log" bash scripts/check-layers.sh || true
 run_step "cargo fmt" "$LOG_DIR/fmt.log" cargo fmt --all -- --check || true
-run_step "cargo clippy" "$LOG_DIR/clippy.log" cargo clippy --all-targets -- -D warnings || true
-run_step "cargo test" "$LOG_DIR/cargo-test.log" cargo test || true
+run_step "cargo clippy" "$LOG_DIR/clippy.log" cargo clippy --workspace --all-targets -- -D warnings || true
+# --workspace builds the hopper binary that perf's smoke test (perf/tests/) drives.
+run_step "cargo test" "$LOG_DIR/cargo-test.log" cargo test --workspace || true
 
 # ---------------------------------------------------------------- 3. Python compat suite
 setup_venv() {
@@ -113,7 +117,7 @@ run_compat() {
         "$VENV/bin/python" -m pytest compat -p no:cacheprovider
 }
 
-if run_step "cargo build" "$LOG_DIR/build.log" cargo build --all-targets; then
+if run_step "cargo build" "$LOG_DIR/build.log" cargo build --workspace --all-targets; then
     if run_step "python venv" "$LOG_DIR/venv.log" setup_venv; then
         run_step "compat (pytest)" "$LOG_DIR/compat.log" run_compat || true
     else

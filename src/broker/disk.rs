@@ -94,8 +94,8 @@ mod tests {
     use crate::message::Message;
     use crate::store::health::Health;
     use crate::store::{
-        BindingDef, Completion, ExchangeDef, IndexMeta, NullStore, QueueDef, QueueKey, Recovered,
-        Store, StoreError,
+        BindingDef, Completion, DedupDef, ExchangeDef, IndexMeta, NullStore, QueueDef, QueueKey,
+        Recovered, Store, StoreError,
     };
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -201,8 +201,14 @@ mod tests {
         fn delete_binding(&self, d: &BindingDef) -> Result<(), StoreError> {
             NullStore.delete_binding(d)
         }
-        fn persist(&self, m: Arc<Message>, q: Vec<(QueueKey, IndexMeta)>, done: Completion) {
-            NullStore.persist(m, q, done)
+        fn persist(
+            &self,
+            m: Arc<Message>,
+            q: Vec<(QueueKey, IndexMeta)>,
+            d: Option<DedupDef>,
+            done: Completion,
+        ) {
+            NullStore.persist(m, q, d, done)
         }
         fn remove(&self, q: &QueueKey, id: u64) {
             NullStore.remove(q, id)

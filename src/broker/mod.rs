@@ -2,6 +2,7 @@
 //! store, and id counters. Recovery at boot rebuilds it from the store.
 
 pub mod disk;
+pub mod publish;
 pub mod vhost;
 
 use dashmap::DashMap;

@@ -87,8 +87,7 @@ impl RocksStore {
                 bytes += (k.len() + v.len()) as u64;
                 it.next();
             }
-            it.status()
-                .map_err(|e| damaged(db.path(), e.as_ref()))?;
+            it.status().map_err(|e| damaged(db.path(), e.as_ref()))?;
             out.column_families.push((name.to_string(), records, bytes));
         }
         out.table_files = db
@@ -249,4 +248,100 @@ pub(super) fn resume(db: &DB) -> Result<(), String> {
     synced.set_sync(true);
     db.write_opt(WriteBatch::default(), &synced)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use crate::store::health::Health;
+    use crate::store::{IndexMeta, QueueKey, Store};
+    use amq_protocol::protocol::basic::AMQPProperties;
+    use bytes::Bytes;
+    use std::sync::{mpsc, Arc};
+
+    fn persist(store: &RocksStore, id: u64) -> bool {
+        let msg = Arc::new(Message::new(
+            id,
+            "ex".into(),
+            "rk".into(),
+            AMQPProperties::default().with_delivery_mode(2),
+            Bytes::from_static(&[0x10, 0x00, 2]),
+            Bytes::from_static(b"body"),
+        ));
+        let queue = QueueKey {
+            vhost: "/".into(),
+            name: "q".into(),
+        };
+        let (tx, rx) = mpsc::channel();
+        store.persist(
+            msg,
+            vec![(queue, IndexMeta::default())],
+            None,
+            Box::new(move |ok| {
+                let _ = tx.send(ok);
+            }),
+        );
+        rx.recv().expect("completion")
+    }
+
+    /// A failed write (injected: no real disk needed) reports the store
+    /// down at once; the committer's next attempt finds writes working and
+    /// reports it back, with nothing to do but wait for it.
+    #[test]
+    fn failed_write_reports_down_then_resumes_by_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path()).expect("open");
+        let mut health = store.health();
+        assert_eq!(*health.borrow_and_update(), Health::Ok);
+        store.fail_points.fail_next_writes(1);
+        assert!(!persist(&store, 1), "the failed write is nacked");
+        assert!(health.has_changed().expect("store open"));
+        assert!(health.borrow_and_update().is_failing());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), health.changed())
+                .await
+                .expect("resumed within the backoff")
+                .expect("store open");
+        });
+        assert_eq!(*health.borrow(), Health::Ok);
+        assert!(persist(&store, 2), "writes work again");
+        store.shutdown();
+        drop(store);
+        let store = RocksStore::open(dir.path()).expect("reopen");
+        let loaded = store.load(&[1, 2]).expect("load");
+        assert!(loaded[0].is_none(), "the nacked message was never written");
+        assert!(loaded[1].is_some());
+    }
+
+    #[test]
+    fn store_older_than_its_mark_is_refused_naming_the_manifest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = RocksStore::open(dir.path()).expect("open");
+            assert!(persist(&store, 1));
+            store.shutdown();
+        }
+        let recorded: u64 = std::fs::read_to_string(dir.path().join(MARK))
+            .expect("mark written")
+            .trim()
+            .parse()
+            .expect("a number");
+        assert!(recorded > 0);
+        // As if RocksDB had dropped the MANIFEST's last records.
+        std::fs::write(dir.path().join(MARK), format!("{}\n", recorded + 1000)).expect("write");
+        let err = RocksStore::open(dir.path())
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("MANIFEST-"), "{err}");
+        assert!(err.contains("docs/OPERATIONS.md"), "{err}");
+        // A sound store with an up-to-date mark opens.
+        std::fs::write(dir.path().join(MARK), format!("{recorded}\n")).expect("write");
+        let store = RocksStore::open(dir.path()).expect("open");
+        assert_eq!(store.verify().expect("verify").column_families.len(), 4);
+    }
 }
