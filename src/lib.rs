@@ -12,7 +12,8 @@
 //! - `broker`: vhosts with exchanges, queues, bindings; recovery at boot.
 //! - `exchange`: routing (direct, fanout, topic, headers).
 //! - `queue`: ready messages, consumers, round-robin delivery, requeue.
-//! - `store`: the storage trait; `store::rocks` is the only RocksDB user.
+//! - `store`: the storage trait; `store::rocks` is the only RocksDB user;
+//!   `store::health` reports failed writes and the way back (disk alarm).
 //! - `auth`: users (password hashes), vhost access and permissions.
 //! - `config`: the configuration file.
 //!

@@ -52,16 +52,19 @@ pub struct Alarms {
     pub memory: bool,
     /// The data directory's filesystem has less free than `limits.disk_free_limit`.
     pub disk: bool,
+    /// The store's writes fail (a full disk whatever the limit, an I/O
+    /// error) until it resumes: a disk alarm too, as far as clients can tell.
+    pub store: bool,
 }
 
 impl Alarms {
     pub fn any(&self) -> bool {
-        self.memory || self.disk
+        self.memory || self.disk || self.store
     }
 
     /// The reason sent in connection.blocked (RabbitMQ's wording).
     pub fn reason(&self) -> &'static str {
-        match (self.memory, self.disk) {
+        match (self.memory, self.disk || self.store) {
             (true, true) => "low on memory & disk",
             (false, true) => "low on disk",
             _ => "low on memory",
@@ -197,6 +200,21 @@ impl Broker {
                 }
             }
             a.disk = on;
+        });
+    }
+
+    /// The store says whether its writes fail (see `disk::watch`): publishers
+    /// are blocked from its first failed write until it has resumed.
+    pub fn set_store_failing(&self, failing: bool) {
+        self.set_alarm(|a| {
+            if a.store != failing {
+                if failing {
+                    tracing::warn!("disk alarm: store writes fail, blocking publishers");
+                } else {
+                    tracing::info!("disk alarm cleared: the store resumed");
+                }
+            }
+            a.store = failing;
         });
     }
 

@@ -8,6 +8,7 @@
 pub mod codec;
 #[cfg(feature = "rocks")]
 pub mod failpoint;
+pub mod health;
 #[cfg(feature = "rocks")]
 pub mod rocks;
 
@@ -136,6 +137,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn forget_dedup(&self, _vhost: &str, _exchange: &str, _key: &str) {}
     /// Finish pending writes and stop; later writes fail.
     fn shutdown(&self) {}
+    /// Whether writes work: `Failing` from the first failed write until the
+    /// store has resumed by itself (the broker raises the disk alarm).
+    /// A store that cannot fail says `Ok` for ever.
+    fn health(&self) -> tokio::sync::watch::Receiver<health::Health> {
+        tokio::sync::watch::channel(health::Health::Ok).1
+    }
 }
 
 /// A store that keeps nothing: every write succeeds at once.

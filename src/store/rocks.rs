@@ -22,8 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+mod check;
+pub use check::{repair, Verified};
+
 use super::codec;
 use super::failpoint::FailPoints;
+use super::health::{self, Health, Recovery};
 use super::{
     BindingDef, Completion, DedupDef, ExchangeDef, IndexMeta, QueueDef, QueueKey, Recovered, Store,
     StoreError,
@@ -34,6 +38,7 @@ const CF_DEFINITIONS: &str = "definitions";
 const CF_MESSAGES: &str = "messages";
 const CF_INDEX: &str = "index";
 const CF_DEDUP: &str = "dedup";
+const ALL_CFS: [&str; 4] = [CF_DEFINITIONS, CF_MESSAGES, CF_INDEX, CF_DEDUP];
 /// Most operations folded into one write.
 const MAX_BATCH_OPS: usize = 8192;
 
@@ -81,6 +86,7 @@ pub struct RocksStore {
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     refs: Arc<Mutex<Refs>>,
     pub stats: Arc<Stats>,
+    health: tokio::sync::watch::Receiver<Health>,
     /// Fault injection for tests (unarmed: one atomic load per batch).
     pub fail_points: Arc<FailPoints>,
 }
@@ -112,9 +118,13 @@ impl RocksStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        // A torn last record (crash mid-write: never confirmed) is dropped;
-        // corruption anywhere else refuses to open instead of losing data quietly.
-        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+        // A crash damages only what was never synced, so never confirmed: the
+        // end of the newest log, torn or followed by garbage. Replay stops
+        // there (point-in-time recovery). RocksDB still refuses a store whose
+        // later logs or tables hold data past that point, and checks closed
+        // logs against the sizes the MANIFEST recorded for them.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+        opts.set_track_and_verify_wals_in_manifest(true);
         // Bounded memory and a short WAL to replay at boot: memtables are
         // flushed well before RocksDB's 64 MiB-per-table defaults would.
         opts.set_max_total_wal_size(64 * 1024 * 1024);
@@ -125,36 +135,38 @@ impl RocksStore {
             o.set_max_write_buffer_number(2);
             o
         };
-        let mut msg_opts = small(32 * 1024 * 1024);
+        // After a failed write (a full disk) RocksDB resumes by itself once
+        // the free space exceeds its largest memtable (its file manager's
+        // reserve), so memtables stay small enough to resume on a small disk
+        // (16 MiB free), and the unused default family's too (64 MiB if left
+        // at RocksDB's default).
+        let mut msg_opts = small(16 * 1024 * 1024);
         msg_opts.set_compression_type(rocksdb::DBCompressionType::None);
         let cfs = vec![
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, small(1024 * 1024)),
             ColumnFamilyDescriptor::new(CF_DEFINITIONS, small(4 * 1024 * 1024)),
             ColumnFamilyDescriptor::new(CF_MESSAGES, msg_opts),
             ColumnFamilyDescriptor::new(CF_INDEX, small(8 * 1024 * 1024)),
             ColumnFamilyDescriptor::new(CF_DEDUP, small(4 * 1024 * 1024)),
         ];
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
-            let text = e.to_string();
-            if text.contains("lock") {
-                StoreError::Io(format!(
-                    "data directory {} is in use by another broker ({text})",
-                    dir.display()
-                ))
-            } else {
-                io(e)
-            }
-        })?;
+        let mut names = ALL_CFS.to_vec();
+        names.push(rocksdb::DEFAULT_COLUMN_FAMILY_NAME);
+        check::refuse_if_older(&opts, dir, &names)?;
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| check::open_error(dir, e))?;
+        let mark = check::Mark::new(dir, &db);
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let refs = Arc::new(Mutex::new(Refs::new()));
         let stats = Arc::new(Stats::default());
+        let recovery = Recovery::default();
+        let health = recovery.subscribe();
         let fail_points = Arc::new(FailPoints::default());
         let committer = {
             let (db, refs, stats, fp) =
                 (db.clone(), refs.clone(), stats.clone(), fail_points.clone());
             std::thread::Builder::new()
                 .name("store-committer".into())
-                .spawn(move || committer(db, rx, refs, stats, fp))
+                .spawn(move || committer(db, rx, refs, stats, fp, recovery, mark))
                 .map_err(|e| StoreError::Io(format!("cannot start the committer thread: {e}")))?
         };
         Ok(RocksStore {
@@ -163,6 +175,7 @@ impl RocksStore {
             committer: Mutex::new(Some(committer)),
             refs,
             stats,
+            health,
             fail_points,
         })
     }
@@ -219,11 +232,13 @@ fn committer(
     refs: Arc<Mutex<Refs>>,
     stats: Arc<Stats>,
     fail_points: Arc<FailPoints>,
+    mut recovery: Recovery,
+    mut mark: check::Mark,
 ) {
     let mut synced = WriteOptions::default();
     synced.set_sync(true);
     let unsynced = WriteOptions::default();
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = health::next_op(&rx, &mut recovery, || check::resume(&db)) {
         let mut next = Some(first);
         let mut batch = WriteBatch::default();
         let mut completions: Vec<Completion> = Vec::new();
@@ -298,7 +313,8 @@ fn committer(
             }
             next = rx.try_recv().ok();
         }
-        if !batch.is_empty() {
+        let wrote = !batch.is_empty();
+        if wrote {
             let opts = if persisted > 0 { &synced } else { &unsynced };
             if result.is_ok() && fail_points.before_write() {
                 result = Err(StoreError::Io("injected write failure (fail point)".into()));
@@ -314,8 +330,11 @@ fn committer(
             }
         }
         let ok = result.is_ok();
-        if let Err(e) = &result {
-            tracing::error!(error = %e, messages = completions.len(), "store write failed; publishes will be nacked");
+        if wrote || result.is_err() {
+            recovery.write_result(std::time::Instant::now(), &result, completions.len());
+        }
+        if ok && persisted > 0 {
+            mark.after_synced_write(&db);
         }
         // One ack per channel for the whole batch, not one per message.
         crate::batch::run(|| {
@@ -327,9 +346,11 @@ fn committer(
             let mut batch = WriteBatch::default();
             let r = op(&db, &mut refs.lock(), &mut batch)
                 .and_then(|_| db.write_opt(batch, &synced).map_err(io));
+            recovery.write_result(std::time::Instant::now(), &r, 0);
             let _ = reply.send(r);
         }
     }
+    mark.at_close(&db);
 }
 
 impl Store for RocksStore {
@@ -603,6 +624,10 @@ impl Store for RocksStore {
             .and_then(|r| r.ok())
             .and_then(|(k, _)| codec::index_msg_id(&k))
             .unwrap_or(0)
+    }
+
+    fn health(&self) -> tokio::sync::watch::Receiver<Health> {
+        self.health.clone()
     }
 
     fn shutdown(&self) {
