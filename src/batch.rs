@@ -1,7 +1,8 @@
 //! Deferring per-channel work to the end of a batch.
 //!
-//! The store's committer completes many publishes at once; without this, each
-//! completion would send its own basic.ack. Inside `run`, channels register
+//! The store's confirmer thread completes many publishes at once; without
+//! this, each completion would send its own basic.ack. Only that thread runs
+//! batches (`store::rocks::confirmer`). Inside `run`, channels register
 //! themselves with `defer` instead of flushing, and each registered channel
 //! flushes once when the batch ends: one `multiple=true` ack per channel per
 //! commit. Outside a batch, `defer` returns false and the caller flushes now.

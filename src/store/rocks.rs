@@ -84,6 +84,8 @@ pub struct RocksStore {
     db: Arc<DB>,
     tx: Mutex<Option<mpsc::Sender<Op>>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Runs the completions of written batches (see `confirmer`).
+    confirmer: Mutex<Option<std::thread::JoinHandle<()>>>,
     refs: Arc<Mutex<Refs>>,
     pub stats: Arc<Stats>,
     health: tokio::sync::watch::Receiver<Health>,
@@ -161,23 +163,41 @@ impl RocksStore {
         let recovery = Recovery::default();
         let health = recovery.subscribe();
         let fail_points = Arc::new(FailPoints::default());
+        let (done_tx, done_rx) = mpsc::channel();
+        let confirmer = std::thread::Builder::new()
+            .name("store-confirmer".into())
+            .spawn(move || confirmer(done_rx))
+            .map_err(|e| StoreError::Io(format!("cannot start the confirmer thread: {e}")))?;
         let committer = {
             let (db, refs, stats, fp) =
                 (db.clone(), refs.clone(), stats.clone(), fail_points.clone());
             std::thread::Builder::new()
                 .name("store-committer".into())
-                .spawn(move || committer(db, rx, refs, stats, fp, recovery, mark))
+                .spawn(move || committer(db, rx, done_tx, refs, stats, fp, recovery, mark))
                 .map_err(|e| StoreError::Io(format!("cannot start the committer thread: {e}")))?
         };
         Ok(RocksStore {
             db,
             tx: Mutex::new(Some(tx)),
             committer: Mutex::new(Some(committer)),
+            confirmer: Mutex::new(Some(confirmer)),
             refs,
             stats,
             health,
             fail_points,
         })
+    }
+
+    /// Dropping the sender ends the committer after it drained everything;
+    /// its end ends the confirmer after the last completions ran.
+    fn stop_threads(&self) {
+        self.tx.lock().take();
+        if let Some(h) = self.committer.lock().take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.confirmer.lock().take() {
+            let _ = h.join();
+        }
     }
 
     fn submit(&self, op: Op) -> bool {
@@ -226,9 +246,34 @@ fn remove_in_batch(
     Ok(())
 }
 
+/// A written batch's completions and whether the write succeeded.
+type Done = (Vec<Completion>, bool);
+
+/// Runs the completions of written batches, in write order, off the
+/// committer thread: the committer only writes (and starts the next fsync
+/// while confirms of the last one go out), and everything the completions
+/// do (mark messages stored, kick queues, flush confirms, settle
+/// deduplication keys) runs here. Batches that completed meanwhile run
+/// together: each channel flushes one `multiple=true` ack for all of them.
+fn confirmer(rx: mpsc::Receiver<Done>) {
+    while let Ok(first) = rx.recv() {
+        crate::batch::run(|| {
+            let mut next = Some(first);
+            while let Some((completions, ok)) = next.take() {
+                for done in completions {
+                    done(ok);
+                }
+                next = rx.try_recv().ok();
+            }
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn committer(
     db: Arc<DB>,
     rx: mpsc::Receiver<Op>,
+    done_tx: mpsc::Sender<Done>,
     refs: Arc<Mutex<Refs>>,
     stats: Arc<Stats>,
     fail_points: Arc<FailPoints>,
@@ -336,12 +381,12 @@ fn committer(
         if ok && persisted > 0 {
             mark.after_synced_write(&db);
         }
-        // One ack per channel for the whole batch, not one per message.
-        crate::batch::run(|| {
-            for done in completions {
-                done(ok);
+        if !completions.is_empty() {
+            if let Err(mpsc::SendError((completions, ok))) = done_tx.send((completions, ok)) {
+                // No confirmer (never: it ends after the committer): run them here.
+                crate::batch::run(|| completions.into_iter().for_each(|done| done(ok)));
             }
-        });
+        }
         if let Some((op, reply)) = definition {
             let mut batch = WriteBatch::default();
             let r = op(&db, &mut refs.lock(), &mut batch)
@@ -631,11 +676,7 @@ impl Store for RocksStore {
     }
 
     fn shutdown(&self) {
-        // Dropping the sender ends the committer after it drained everything.
-        self.tx.lock().take();
-        if let Some(h) = self.committer.lock().take() {
-            let _ = h.join();
-        }
+        self.stop_threads();
         let s = &self.stats;
         tracing::info!(
             synced_writes = s.synced_writes.load(Ordering::Relaxed),
@@ -647,10 +688,7 @@ impl Store for RocksStore {
 
 impl Drop for RocksStore {
     fn drop(&mut self) {
-        self.tx.lock().take();
-        if let Some(h) = self.committer.lock().take() {
-            let _ = h.join();
-        }
+        self.stop_threads();
     }
 }
 
