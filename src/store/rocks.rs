@@ -8,9 +8,11 @@
 //! them).
 //!
 //! One committer thread owns every write. It takes everything pending, writes it
-//! as one `WriteBatch` (synced when it holds a persistent publish), then runs the
-//! publishers' completions: concurrent publishers share each fsync, and batching
-//! grows with load without any timer. Removals (acks) ride along unsynced.
+//! as one `WriteBatch` (synced when it holds a persistent publish), then hands
+//! the publishers' completions to the confirmer thread: concurrent publishers
+//! share each fsync, and batching grows with load without any timer. Removals
+//! (acks) ride along unsynced. Neither thread names the broker: completions
+//! are closures the publish path gave the store.
 
 use crate::protocol::table::parse_properties;
 use bytes::Bytes;
