@@ -3,7 +3,6 @@
 //! written to the store before the operation is answered.
 
 use amq_protocol::types::{AMQPValue, FieldTable};
-use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use std::sync::Arc;
 
@@ -45,6 +44,11 @@ pub struct VHost {
     pub exchanges: DashMap<String, Arc<Exchange>>,
     pub queues: DashMap<String, Arc<Queue>>,
     store: Arc<dyn Store>,
+    /// Serializes the creating declares of this vhost, so the synced store
+    /// write of a durable one happens outside the maps' shard locks (which
+    /// every publish's lookups take) while two declares of one name still
+    /// cannot both create it.
+    declares: parking_lot::Mutex<()>,
 }
 
 /// Parameters of queue.declare.
@@ -141,6 +145,7 @@ impl VHost {
             exchanges,
             queues: DashMap::new(),
             store,
+            declares: parking_lot::Mutex::new(()),
         }
     }
 
@@ -200,9 +205,11 @@ impl VHost {
         if spec.name.is_empty() {
             return Err(self.default_exchange_refused());
         }
-        let existing = match self.exchanges.entry(spec.name.clone()) {
-            Entry::Occupied(e) => e.get().clone(),
-            Entry::Vacant(v) => {
+        let serial = self.declares.lock();
+        let found = self.exchanges.get(&spec.name).map(|x| x.clone());
+        let existing = match found {
+            Some(x) => x,
+            None => {
                 if spec.name.starts_with("amq.") {
                     return Err(AmqpError::access_refused(format!(
                         "exchange name '{}' contains reserved prefix 'amq.*'",
@@ -225,17 +232,21 @@ impl VHost {
                     };
                     blocking(|| self.store.put_exchange(&def)).map_err(store_failed)?;
                 }
-                v.insert(Arc::new(Exchange::new(
-                    spec.name,
-                    kind,
-                    spec.durable,
-                    spec.auto_delete,
-                    spec.internal,
-                    spec.arguments,
-                )));
+                self.exchanges.insert(
+                    spec.name.clone(),
+                    Arc::new(Exchange::new(
+                        spec.name,
+                        kind,
+                        spec.durable,
+                        spec.auto_delete,
+                        spec.internal,
+                        spec.arguments,
+                    )),
+                );
                 return Ok(());
             }
         };
+        drop(serial);
         let x = &existing;
         let mismatch = |field: &str, got: &str, have: &str| {
             AmqpError::precondition(format!(
@@ -329,17 +340,18 @@ impl VHost {
             spec.name.clone()
         };
         let server_named = spec.server_named || spec.name.is_empty();
-        match self.queues.entry(name.clone()) {
-            Entry::Occupied(e) => {
-                let q = e.get().clone();
-                drop(e);
+        let serial = self.declares.lock();
+        let found = self.queues.get(&name).map(|q| q.clone());
+        match found {
+            Some(q) => {
+                drop(serial);
                 self.check_exclusive(&q, conn_id)?;
                 self.check_queue_equivalence(&q, &spec)?;
                 q.touch();
                 let (m, c) = (q.message_count(), q.consumer_count());
                 Ok((q, m, c))
             }
-            Entry::Vacant(v) => {
+            None => {
                 if name.starts_with("amq.") && !server_named {
                     return Err(AmqpError::access_refused(format!(
                         "queue name '{name}' contains reserved prefix 'amq.*'"
@@ -365,7 +377,7 @@ impl VHost {
                     spec.arguments,
                     self.store.clone(),
                 ));
-                v.insert(q.clone());
+                self.queues.insert(q.name.clone(), q.clone());
                 Ok((q, 0, 0))
             }
         }
