@@ -110,7 +110,8 @@ class Broker:
         log = open(self.log_path, "ab")
         log.write(f"---- starting hopper at {time.strftime('%H:%M:%S')} ----\n".encode())
         log.flush()
-        cmd = [self.binary, "--listen", "127.0.0.1:0", "--data-dir", self.data_dir, *self.extra_args]
+        cmd = [self.binary, "--listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0",
+               "--data-dir", self.data_dir, *self.extra_args]
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,

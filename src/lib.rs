@@ -15,6 +15,8 @@
 //! - `store`: the storage trait; `store::rocks` is the only RocksDB user.
 //! - `auth`: users (password hashes), vhost access and permissions.
 //! - `config`: the configuration file.
+//! - `http`: the management HTTP API (RabbitMQ's `/api`): reads broker state,
+//!   changes it through the same broker functions AMQP uses.
 
 #![deny(unsafe_code)]
 #![warn(clippy::unwrap_used)]
@@ -28,6 +30,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod exchange;
+pub mod http;
 pub mod message;
 pub mod protocol;
 pub mod queue;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use super::codec;
 use super::{
     BindingDef, Completion, DedupDef, ExchangeDef, IndexMeta, QueueDef, QueueKey, Recovered, Store,
-    StoreError,
+    StoreError, StoredObject,
 };
 use crate::message::Message;
 
@@ -300,6 +300,22 @@ fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats:
 }
 
 impl Store for RocksStore {
+    fn put_object(&self, obj: &StoredObject) -> Result<(), StoreError> {
+        let (k, v) = (codec::object_key(&obj.kind, &obj.key), obj.value.clone());
+        self.definition(move |db, _, b| {
+            b.put_cf(cf(db, CF_DEFINITIONS)?, k, v);
+            Ok(())
+        })
+    }
+
+    fn delete_object(&self, kind: &str, key: &str) -> Result<(), StoreError> {
+        let k = codec::object_key(kind, key);
+        self.definition(move |db, _, b| {
+            b.delete_cf(cf(db, CF_DEFINITIONS)?, k);
+            Ok(())
+        })
+    }
+
     fn put_exchange(&self, def: &ExchangeDef) -> Result<(), StoreError> {
         let (k, v) = (
             codec::exchange_key(&def.vhost, &def.name),
@@ -500,6 +516,9 @@ impl Store for RocksStore {
                 Some(&codec::BINDING) => rec
                     .bindings
                     .push(codec::decode_binding(&v).ok_or_else(bad)?),
+                Some(&codec::OBJECT) => rec
+                    .objects
+                    .push(codec::decode_object(&k, &v).ok_or_else(bad)?),
                 _ => return Err(bad()),
             }
         }

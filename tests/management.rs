@@ -1,0 +1,804 @@
+//! The management HTTP API, driven by `rabbitmq_http_client` (the library
+//! under rabbitmqadmin v2, whose strict response types are the conformance
+//! oracle) and by raw HTTP for status codes, auth failures and bad input.
+//! With HOPPER_TEST_EXTERNAL_URI set, the same tests run against RabbitMQ's
+//! management API on port 15672 of that host.
+
+mod common;
+
+use common::Broker;
+use rabbitmq_http_client::blocking_api::Client;
+use rabbitmq_http_client::commons::QueueType;
+use rabbitmq_http_client::requests::{ExchangeParams, QueueParams};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+fn client(b: &mut Broker) -> Client<String, &'static str, &'static str> {
+    Client::new(format!("{}/api", b.mgmt_url()), "guest", "guest")
+}
+
+/// A unique name per test run (the external broker keeps state between runs).
+fn name(base: &str) -> String {
+    format!("mgmt-{base}-{}", std::process::id())
+}
+
+struct Answer {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// One raw HTTP/1.1 request (Connection: close), for exact status codes.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<&str>,
+) -> Answer {
+    use base64::Engine;
+    let mut s = TcpStream::connect(addr).expect("connect to the management API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some((u, p)) = auth {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        req.push_str(&format!("Authorization: Basic {token}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    req.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the answer");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    Answer {
+        status,
+        headers: head.to_lowercase(),
+        body: rest.to_string(),
+    }
+}
+
+const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
+
+#[test]
+fn overview_whoami_nodes_vhosts_parse_in_the_client() {
+    let mut b = Broker::start();
+    let c = client(&mut b);
+    let o = c.overview().expect("overview");
+    assert!(!o.rabbitmq_version.is_empty());
+    assert!(o.listeners.iter().any(|l| l.protocol == "amqp"));
+    let me = c.current_user().expect("whoami");
+    assert_eq!(me.name, "guest");
+    assert!(me.tags.contains(&"administrator".to_string()));
+    let nodes = c.list_nodes().expect("nodes");
+    assert_eq!(nodes.len(), 1);
+    assert!(!nodes[0].rabbitmq_version().is_empty());
+    let vhosts = c.list_vhosts().expect("vhosts");
+    assert!(vhosts.iter().any(|v| v.name == "/"));
+    c.health_check_cluster_wide_alarms().expect("no alarms");
+    c.health_check_local_alarms().expect("no local alarms");
+    c.health_check_port_listener(b.addr().port())
+        .expect("AMQP port listens");
+    assert!(
+        c.health_check_port_listener(1).is_err(),
+        "nothing listens on port 1"
+    );
+    let a = http(b.mgmt_addr(), "GET", "/api/aliveness-test/%2F", GUEST, None);
+    assert_eq!((a.status, a.json()), (200, json!({"status": "ok"})));
+    let a = http(b.mgmt_addr(), "GET", "/api/healthchecks/node/", GUEST, None);
+    assert_eq!((a.status, a.json()), (200, json!({"status": "ok"})));
+}
+
+#[test]
+fn queue_declare_list_get_purge_delete() {
+    let mut b = Broker::start();
+    let c = client(&mut b);
+    let q = name("q");
+    c.declare_queue("/", &QueueParams::new_durable_classic_queue(&q, None))
+        .expect("declare");
+    let info = c.get_queue_info("/", &q).expect("queue info");
+    assert!(info.durable && !info.auto_delete && !info.exclusive);
+    assert_eq!(info.vhost, "/");
+    assert!(c.list_queues().expect("list").iter().any(|i| i.name == q));
+    assert!(c
+        .list_queues_in("/")
+        .expect("list in")
+        .iter()
+        .any(|i| i.name == q));
+
+    // Publish over AMQP, see it through the API, get it back.
+    let uri = b.uri();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = common::connect_uri(&uri).await.unwrap();
+        common::fill_queue(&conn, &q, &[b"hello"]).await;
+        conn.close(200, "bye".into()).await.unwrap();
+    });
+    let info = c.get_queue_info("/", &q).expect("queue info");
+    assert_eq!(info.message_count, 1);
+    let got = c.get_messages("/", &q, 5, "ack_requeue_true").expect("get");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, "hello");
+    assert_eq!(got[0].routing_key, q);
+    assert!(!got[0].redelivered);
+    // Requeued: still there, now redelivered.
+    let again = c
+        .get_messages("/", &q, 5, "ack_requeue_false")
+        .expect("get");
+    assert_eq!(again.len(), 1);
+    assert!(again[0].redelivered);
+    assert_eq!(c.get_queue_info("/", &q).unwrap().message_count, 0);
+
+    rt.block_on(async {
+        let conn = common::connect_uri(&uri).await.unwrap();
+        common::fill_queue(&conn, &q, &[b"x"]).await;
+        conn.close(200, "bye".into()).await.unwrap();
+    });
+    c.purge_queue("/", &q).expect("purge");
+    assert_eq!(c.get_queue_info("/", &q).unwrap().message_count, 0);
+    c.delete_queue("/", &q, false).expect("delete");
+    assert!(c.get_queue_info("/", &q).is_err());
+    c.delete_queue("/", &q, true).expect("idempotent delete");
+}
+
+#[test]
+fn put_answers_201_then_204_and_400_when_inequivalent() {
+    let mut b = Broker::start();
+    let a = b.mgmt_addr();
+    let q = name("put");
+    let path = format!("/api/queues/%2F/{q}");
+    let r = http(a, "PUT", &path, GUEST, Some(r#"{"durable":true}"#));
+    assert_eq!(r.status, 201, "{}", r.body);
+    // python rabbitmqadmin sends booleans as strings.
+    let r = http(
+        a,
+        "PUT",
+        &path,
+        GUEST,
+        Some(r#"{"durable":"true","auto_delete":"false"}"#),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = http(a, "PUT", &path, GUEST, Some(r#"{"durable":false}"#));
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        json!({"error": "bad_request", "reason": format!(
+            "inequivalent arg 'durable' for queue '{q}' in vhost '/': received 'false' but current is 'true'"
+        )})
+    );
+    // The same queue through AMQP is the same object.
+    let uri = b.uri();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let conn = common::connect_uri(&uri).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let opts = lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(q.as_str().into(), opts, Default::default())
+            .await
+            .expect("AMQP redeclare is equivalent");
+        let _ = conn.close(200, "bye".into()).await;
+    });
+    let x = name("x");
+    let xpath = format!("/api/exchanges/%2F/{x}");
+    assert_eq!(
+        http(
+            a,
+            "PUT",
+            &xpath,
+            GUEST,
+            Some(r#"{"type":"topic","durable":true}"#)
+        )
+        .status,
+        201
+    );
+    assert_eq!(
+        http(
+            a,
+            "PUT",
+            &xpath,
+            GUEST,
+            Some(r#"{"type":"topic","durable":true}"#)
+        )
+        .status,
+        204
+    );
+    let r = http(
+        a,
+        "PUT",
+        &xpath,
+        GUEST,
+        Some(r#"{"type":"fanout","durable":true}"#),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.json()["reason"]
+        .as_str()
+        .unwrap()
+        .contains("inequivalent arg 'type'"));
+    let r = http(
+        a,
+        "PUT",
+        "/api/exchanges/%2F/mgmt-bogus",
+        GUEST,
+        Some(r#"{"type":"bogus"}"#),
+    );
+    assert_eq!(
+        (r.status, r.json()["reason"].clone()),
+        (400, json!("unknown exchange type 'bogus'"))
+    );
+    assert_eq!(http(a, "DELETE", &xpath, GUEST, None).status, 204);
+    assert_eq!(http(a, "DELETE", &xpath, GUEST, None).status, 404);
+    assert_eq!(http(a, "DELETE", &path, GUEST, None).status, 204);
+}
+
+#[test]
+fn exchanges_and_bindings_through_the_client() {
+    let mut b = Broker::start();
+    let c = client(&mut b);
+    let x = name("bx");
+    let q = name("bq");
+    c.declare_exchange("/", &ExchangeParams::durable_direct(&x, None))
+        .expect("exchange");
+    c.declare_queue(
+        "/",
+        &QueueParams::new(&q, QueueType::Classic, false, false, None),
+    )
+    .expect("queue");
+    assert!(c
+        .list_exchanges_in("/")
+        .unwrap()
+        .iter()
+        .any(|e| e.name == x));
+    assert!(c
+        .list_exchanges_in("/")
+        .unwrap()
+        .iter()
+        .any(|e| e.name.is_empty()));
+    c.bind_queue("/", &q, &x, Some("rk"), None).expect("bind");
+    let bs = c.list_queue_bindings("/", &q).expect("queue bindings");
+    assert!(bs.iter().any(|b| b.source == x && b.routing_key == "rk"));
+    assert!(
+        bs.iter().any(|b| b.source.is_empty() && b.routing_key == q),
+        "default binding"
+    );
+    let from = c
+        .list_exchange_bindings_with_source("/", &x)
+        .expect("source");
+    assert_eq!(from.len(), 1);
+    // Delete by properties_key, as the client does.
+    let a = b.mgmt_addr();
+    let key = from[0].properties_key.clone().expect("properties_key");
+    let path = format!("/api/bindings/%2F/e/{x}/q/{q}/{key}");
+    assert_eq!(http(a, "GET", &path, GUEST, None).status, 200);
+    assert_eq!(http(a, "DELETE", &path, GUEST, None).status, 204);
+    assert_eq!(http(a, "DELETE", &path, GUEST, None).status, 404);
+    assert!(c
+        .list_exchange_bindings_with_source("/", &x)
+        .unwrap()
+        .is_empty());
+    // Create over raw HTTP: 201 with the properties key in Location.
+    let r = http(
+        a,
+        "POST",
+        &format!("/api/bindings/%2F/e/{x}/q/{q}"),
+        GUEST,
+        Some(r#"{"routing_key":""}"#),
+    );
+    assert_eq!(r.status, 201);
+    assert!(
+        r.headers.contains("location: ") && r.headers.contains("/~"),
+        "{}",
+        r.headers
+    );
+    let r = http(
+        a,
+        "POST",
+        &format!("/api/bindings/%2F/e/nope/q/{q}"),
+        GUEST,
+        Some("{}"),
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["reason"], "no exchange 'nope' in vhost '/'");
+    c.delete_exchange("/", &x, false).unwrap();
+    c.delete_queue("/", &q, false).unwrap();
+}
+
+#[test]
+fn auth_failures_answer_401_with_rabbitmq_texts() {
+    let mut b = Broker::start();
+    let a = b.mgmt_addr();
+    let r = http(a, "GET", "/api/overview", None, None);
+    assert_eq!(r.status, 401);
+    assert!(r
+        .headers
+        .contains("www-authenticate: basic realm=\"rabbitmq management\""));
+    let r = http(a, "GET", "/api/overview", Some(("guest", "wrong")), None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "not_authorized");
+    // A user without tags may use AMQP but not the API.
+    let c = client(&mut b);
+    let u = name("notags");
+    let status = http(
+        a,
+        "PUT",
+        &format!("/api/users/{u}"),
+        GUEST,
+        Some(r#"{"password":"pw","tags":""}"#),
+    )
+    .status;
+    assert_eq!(status, 201);
+    let r = http(a, "GET", "/api/overview", Some((&u, "pw")), None);
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            401,
+            json!({"error": "not_authorised", "reason": "Not management user"})
+        )
+    );
+    // With `management` it may, but not list users.
+    assert_eq!(
+        http(
+            a,
+            "PUT",
+            &format!("/api/users/{u}"),
+            GUEST,
+            Some(r#"{"password":"pw","tags":"management"}"#)
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        http(a, "GET", "/api/overview", Some((&u, "pw")), None).status,
+        200
+    );
+    assert_eq!(
+        http(a, "GET", "/api/users", Some((&u, "pw")), None).status,
+        401
+    );
+    // It sees no vhost it has no permissions in: objects there are missing.
+    assert_eq!(
+        http(a, "GET", "/api/queues/%2F", Some((&u, "pw")), None).status,
+        404
+    );
+    c.delete_user(&u, false).expect("delete user");
+}
+
+#[test]
+fn bad_input_never_500() {
+    let mut b = Broker::start();
+    let a = b.mgmt_addr();
+    let long = "x".repeat(256);
+    let cases: &[(&str, String, Option<&str>, u16)] = &[
+        (
+            "PUT",
+            "/api/queues/%2F/badjson".into(),
+            Some("{not json"),
+            400,
+        ),
+        ("PUT", "/api/queues/%2F/badjson".into(), Some("[1,2]"), 400),
+        (
+            "PUT",
+            "/api/queues/%2F/badbool".into(),
+            Some(r#"{"durable":"maybe"}"#),
+            400,
+        ),
+        ("PUT", format!("/api/queues/%2F/{long}"), Some("{}"), 400),
+        ("PUT", "/api/queues/no-such-vhost/q".into(), Some("{}"), 404),
+        ("GET", "/api/queues/no-such-vhost".into(), None, 404),
+        ("GET", "/api/queues/%2F/no-such-queue".into(), None, 404),
+        ("GET", "/api/queues?page=99".into(), None, 400),
+        ("GET", "/api/queues?page=1&page_size=501".into(), None, 400),
+        ("GET", "/api/queues/%zz".into(), None, 400),
+        (
+            "POST",
+            "/api/queues/%2F/no-such-queue/get".into(),
+            Some(r#"{"count":1,"ackmode":"ack_requeue_true","encoding":"auto"}"#),
+            404,
+        ),
+        (
+            "PUT",
+            "/api/queues/%2F/amq.reserved".into(),
+            Some("{}"),
+            401,
+        ),
+        ("DELETE", "/api/exchanges/%2F/amq.direct".into(), None, 401),
+        (
+            "PUT",
+            "/api/queues/%2F/args".into(),
+            Some(r#"{"arguments":{"x-max-length":-1}}"#),
+            400,
+        ),
+        (
+            "PUT",
+            "/api/permissions/%2F/nobody".into(),
+            Some(r#"{"configure":".*","write":".*","read":".*"}"#),
+            400,
+        ),
+        (
+            "PUT",
+            "/api/permissions/%2F/guest".into(),
+            Some(r#"{"configure":"(","write":".*","read":".*"}"#),
+            400,
+        ),
+        ("GET", "/api/nothing-here".into(), None, 404),
+    ];
+    for (method, path, body, want) in cases {
+        let r = http(a, method, path, GUEST, *body);
+        assert_eq!(r.status, *want, "{method} {path}: {}", r.body);
+        let j = r.json();
+        assert!(
+            j["error"].is_string() && j["reason"].is_string(),
+            "{method} {path}: {j}"
+        );
+    }
+    // Deep nesting is refused, not a stack overflow.
+    let deep = format!(
+        "{{\"arguments\":{{\"a\":{}1{}}}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    assert_eq!(
+        http(a, "PUT", "/api/queues/%2F/deep", GUEST, Some(&deep)).status,
+        400
+    );
+    // Still serving.
+    assert_eq!(http(a, "GET", "/api/overview", GUEST, None).status, 200);
+}
+
+#[test]
+fn lists_page_sort_filter_and_columns() {
+    let mut b = Broker::start();
+    let a = b.mgmt_addr();
+    let base = name("page");
+    for i in 0..5 {
+        let r = http(
+            a,
+            "PUT",
+            &format!("/api/queues/%2F/{base}-{i}"),
+            GUEST,
+            Some("{}"),
+        );
+        assert_eq!(r.status, 201);
+    }
+    let filter = format!("name=^{base}-&use_regex=true");
+    let r = http(
+        a,
+        "GET",
+        &format!("/api/queues/%2F?{filter}&page=2&page_size=2&sort=name&sort_reverse=true"),
+        GUEST,
+        None,
+    );
+    let j = r.json();
+    assert_eq!(j["filtered_count"], 5);
+    assert_eq!(j["page_count"], 3);
+    assert_eq!(j["item_count"], 2);
+    assert_eq!(j["items"][0]["name"], format!("{base}-2"));
+    let r = http(
+        a,
+        "GET",
+        &format!("/api/queues/%2F?{filter}&columns=name,messages"),
+        GUEST,
+        None,
+    );
+    let items = r.json();
+    assert_eq!(items.as_array().unwrap().len(), 5);
+    assert_eq!(
+        items[0],
+        json!({"name": format!("{base}-0"), "messages": 0})
+    );
+    // Flower asks for vhost "/" as an empty segment.
+    let r = http(a, "GET", "/api/queues//", GUEST, None);
+    assert_eq!(r.status, 200);
+    assert!(r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|q| q["name"] == format!("{base}-0")));
+    for i in 0..5 {
+        http(
+            a,
+            "DELETE",
+            &format!("/api/queues/%2F/{base}-{i}"),
+            GUEST,
+            None,
+        );
+    }
+}
+
+#[test]
+fn users_vhosts_permissions_survive_a_restart() {
+    let mut b = Broker::start();
+    if b.is_external() {
+        return; // restarts need our own broker
+    }
+    let a = b.mgmt_addr();
+    assert_eq!(http(a, "PUT", "/api/vhosts/app", GUEST, None).status, 201);
+    assert_eq!(http(a, "PUT", "/api/vhosts/app", GUEST, None).status, 204);
+    let r = http(
+        a,
+        "PUT",
+        "/api/users/alice",
+        GUEST,
+        Some(r#"{"password":"s3cret","tags":"monitoring"}"#),
+    );
+    assert_eq!(r.status, 201);
+    let r = http(
+        a,
+        "PUT",
+        "/api/permissions/app/alice",
+        GUEST,
+        Some(r#"{"configure":"^a-","write":".*","read":".*"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    // The new user logs in over AMQP into the new vhost at once.
+    let uri = b.uri_with("alice", "s3cret", "app");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = common::connect_uri(&uri).await.expect("alice connects");
+        conn.close(200, "bye".into()).await.unwrap();
+    });
+    b.terminate();
+    b.start_again();
+    let a = b.mgmt_addr();
+    let c = client(&mut b);
+    assert!(c.list_vhosts().unwrap().iter().any(|v| v.name == "app"));
+    let u = c.get_user("alice").expect("alice survived");
+    assert_eq!(u.tags.0, vec!["monitoring".to_string()]);
+    let p = c
+        .get_permissions("app", "alice")
+        .expect("permissions survived");
+    assert_eq!(p.configure, "^a-");
+    let uri = b.uri_with("alice", "s3cret", "app");
+    rt.block_on(async {
+        let conn = common::connect_uri(&uri).await.expect("alice connects");
+        conn.close(200, "bye".into()).await.unwrap();
+    });
+    // Monitoring sees everything but changes nothing.
+    assert_eq!(
+        http(a, "GET", "/api/nodes", Some(("alice", "s3cret")), None).status,
+        200
+    );
+    assert_eq!(
+        http(
+            a,
+            "PUT",
+            "/api/vhosts/other",
+            Some(("alice", "s3cret")),
+            None
+        )
+        .status,
+        401
+    );
+    // Deleting the vhost removes its permissions; deleting the user, the login.
+    assert_eq!(
+        http(a, "DELETE", "/api/vhosts/app", GUEST, None).status,
+        204
+    );
+    assert_eq!(
+        http(a, "DELETE", "/api/vhosts/app", GUEST, None).status,
+        404
+    );
+    assert_eq!(
+        http(a, "DELETE", "/api/users/alice", GUEST, None).status,
+        204
+    );
+    b.terminate();
+    b.start_again();
+    let a = b.mgmt_addr();
+    assert_eq!(http(a, "GET", "/api/users/alice", GUEST, None).status, 404);
+    assert_eq!(http(a, "GET", "/api/vhosts/app", GUEST, None).status, 404);
+}
+
+#[test]
+fn definitions_round_trip() {
+    let mut b = Broker::start();
+    if b.is_external() {
+        return;
+    }
+    let c = client(&mut b);
+    c.declare_exchange("/", &ExchangeParams::durable_direct("d-x", None))
+        .unwrap();
+    c.declare_queue("/", &QueueParams::new_durable_classic_queue("d-q", None))
+        .unwrap();
+    c.bind_queue("/", "d-q", "d-x", Some("k"), None).unwrap();
+    let defs = c
+        .export_cluster_wide_definitions_as_data()
+        .expect("export parses");
+    assert!(defs.queues.iter().any(|q| q.name == "d-q"));
+    let text = c.export_cluster_wide_definitions().unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    for k in [
+        "users",
+        "vhosts",
+        "permissions",
+        "parameters",
+        "policies",
+        "queues",
+        "exchanges",
+        "bindings",
+    ] {
+        assert!(doc[k].is_array(), "{k} missing");
+    }
+    assert!(!doc["exchanges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["name"] == "amq.direct"));
+    // Into a fresh broker.
+    let mut fresh = Broker::start();
+    let c2 = client(&mut fresh);
+    c2.import_definitions(doc).expect("import");
+    assert!(c2.get_queue_info("/", "d-q").unwrap().durable);
+    let bs = c2.list_queue_bindings("/", "d-q").unwrap();
+    assert!(bs.iter().any(|b| b.source == "d-x" && b.routing_key == "k"));
+    // Importing again merges: nothing changes, no error.
+    let again: Value =
+        serde_json::from_str(&c2.export_cluster_wide_definitions().unwrap()).unwrap();
+    c2.import_definitions(again).expect("re-import");
+}
+
+#[test]
+fn connections_are_listed_and_closed_with_320() {
+    let mut b = Broker::start();
+    let c = client(&mut b);
+    let uri = b.uri();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let conn = rt.block_on(async { common::connect_uri(&uri).await.unwrap() });
+    let _ch = rt.block_on(conn.create_channel()).unwrap();
+    // RabbitMQ registers connections in its stats with a delay; Hopper at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let ours = loop {
+        let list = c.list_connections().expect("connections");
+        if let Some(x) = list
+            .into_iter()
+            .find(|x| x.client_properties.product.contains("lapin"))
+        {
+            break x;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lapin connection is not listed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(ours.username, "guest");
+    assert_eq!(ours.protocol, "AMQP 0-9-1");
+    c.get_connection_info(&ours.name).expect("one connection");
+    // A consumer on it is listed with its channel.
+    let q = name("consumed");
+    let _consuming = rt.block_on(async {
+        let ch = conn.create_channel().await.unwrap();
+        let opts = lapin::options::QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare(q.as_str().into(), opts, Default::default())
+            .await
+            .unwrap();
+        let consumer = common::consume(&ch, &q, false).await;
+        (ch, consumer)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let consumer = loop {
+        let list = c.list_consumers().expect("consumers");
+        if let Some(x) = list.into_iter().find(|x| x.queue.name == q) {
+            break x;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the consumer is not listed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(consumer.manual_ack);
+    let details = consumer.channel_details.expect("channel details");
+    assert_eq!(details.connection_name, ours.name);
+    let mut events = conn.events_listener();
+    c.close_connection(&ours.name, Some("test says bye"), false)
+        .expect("close");
+    let err = rt.block_on(common::within("the broker closes the connection", async {
+        use futures::StreamExt;
+        loop {
+            match events.next().await {
+                Some(lapin::Event::Error(e)) => break e,
+                Some(_) => continue,
+                None => panic!("connection events ended without an error"),
+            }
+        }
+    }));
+    assert_eq!(common::reply_code(&err), Some(320), "{err:?}");
+    assert!(format!("{err}").contains("test says bye"), "{err}");
+    // Gone from the list once it has closed; closing it again is a 404.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while c
+        .list_connections()
+        .unwrap()
+        .iter()
+        .any(|x| x.name == ours.name)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection is still listed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let a = b.mgmt_addr();
+    let path = format!(
+        "/api/connections/{}",
+        ours.name.replace(' ', "%20").replace('>', "%3E")
+    );
+    assert_eq!(http(a, "DELETE", &path, GUEST, None).status, 404);
+}
+
+#[test]
+fn load_definitions_at_boot() {
+    if std::env::var(common::EXTERNAL_ENV).is_ok_and(|v| !v.trim().is_empty()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let defs = dir.path().join("definitions.json");
+    // The shape RabbitMQ 3.10 exports (`rabbitmqctl export_definitions`).
+    std::fs::write(
+        &defs,
+        r#"{"rabbit_version":"3.10.8","rabbitmq_version":"3.10.8","product_name":"RabbitMQ",
+            "product_version":"3.10.8",
+            "users":[{"name":"app","password_hash":"8IOEQFuDLyeFN56e3XpEo+uN0Q/OYRjYm9wZXPx4GjQY1INn",
+                      "hashing_algorithm":"rabbit_password_hashing_sha256","tags":["management"],"limits":{}}],
+            "vhosts":[{"name":"/"},{"name":"apps"}],
+            "permissions":[{"user":"app","vhost":"apps","configure":".*","write":".*","read":".*"}],
+            "topic_permissions":[],"parameters":[],"global_parameters":[],"policies":[],
+            "queues":[{"name":"jobs","vhost":"apps","durable":true,"auto_delete":false,
+                       "arguments":{"x-queue-type":"classic","x-max-length":10}}],
+            "exchanges":[{"name":"work","vhost":"apps","type":"topic","durable":true,
+                          "auto_delete":false,"internal":false,"arguments":{}}],
+            "bindings":[{"source":"work","vhost":"apps","destination":"jobs",
+                         "destination_type":"queue","routing_key":"job.*","arguments":{}}]}"#,
+    )
+    .unwrap();
+    let config = dir.path().join("broker.toml");
+    let text = format!(
+        "load_definitions = {:?}\n{}",
+        defs.to_str().unwrap(),
+        include_str!("../conf/broker.toml")
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut b = Broker::start_with_args(&["--config", config.to_str().unwrap()]);
+    let a = b.mgmt_addr();
+    let q = http(a, "GET", "/api/queues/apps/jobs", GUEST, None);
+    assert_eq!(q.status, 200, "{}", q.body);
+    assert_eq!(q.json()["arguments"], json!({"x-max-length": 10}));
+    let bs = http(a, "GET", "/api/bindings/apps/e/work/q/jobs", GUEST, None).json();
+    assert_eq!(bs[0]["routing_key"], "job.*");
+    // The user from the file logs in (password "secret") with its tag.
+    let me = http(a, "GET", "/api/whoami", Some(("app", "secret")), None);
+    assert_eq!(
+        (me.status, me.json()["tags"].clone()),
+        (200, json!(["management"]))
+    );
+    let uri = b.uri_with("app", "secret", "apps");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let conn = common::connect_uri(&uri)
+            .await
+            .expect("app logs in to apps");
+        conn.close(200, "bye".into()).await.unwrap();
+    });
+}
