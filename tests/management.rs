@@ -86,7 +86,7 @@ fn overview_whoami_nodes_vhosts_parse_in_the_client() {
     assert!(o.listeners.iter().any(|l| l.protocol == "amqp"));
     let me = c.current_user().expect("whoami");
     assert_eq!(me.name, "guest");
-    assert!(me.tags.contains(&"administrator".to_string()));
+    assert!(me.tags.contains("administrator"));
     let nodes = c.list_nodes().expect("nodes");
     assert_eq!(nodes.len(), 1);
     assert!(!nodes[0].rabbitmq_version().is_empty());

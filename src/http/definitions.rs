@@ -142,8 +142,7 @@ pub fn export(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
         return Err(not_allowed());
     }
     let doc = document(r, vhost)?;
-    if r.query.get("download").is_some() {
-        let name = r.query.get("download").cloned().unwrap_or_default();
+    if let Some(name) = r.query.get("download") {
         let disposition = format!("attachment; filename=\"{}\"", name.replace('"', ""));
         return Ok(Reply::JsonWith(
             doc,
