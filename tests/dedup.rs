@@ -183,3 +183,132 @@ async fn queue_refuses_a_key_it_holds_until_the_message_leaves() {
     assert_eq!(message_count(&ch, &q).await, 1);
     let _ = conn.close(200, "bye".into()).await;
 }
+
+/// The community plugin's exchange type: routes like fanout, keys on the
+/// `x-deduplication-header` header only, `x-cache-size` required.
+#[tokio::test]
+async fn plugin_exchange_type_routes_like_fanout_and_drops_duplicates() {
+    let broker = Broker::start();
+    if broker.is_external() {
+        return; // needs RabbitMQ's deduplication plugin
+    }
+    let (conn, ch) = connect_channel(&broker).await;
+    let x = unique("plugin-x");
+    // Missing x-cache-size: 406 as the plugin answers.
+    let res = ch
+        .exchange_declare(
+            x.as_str().into(),
+            ExchangeKind::Custom("x-message-deduplication".into()),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    assert_code(res, 406);
+    let ch = conn.create_channel().await.expect("channel");
+    within(
+        "exchange.declare",
+        ch.exchange_declare(
+            x.as_str().into(),
+            ExchangeKind::Custom("x-message-deduplication".into()),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args(&[("x-cache-size", AMQPValue::LongInt(100))]),
+        ),
+    )
+    .await
+    .expect("exchange.declare");
+    let q1 = declare_queue(&ch, "plugin-q1").await;
+    let q2 = declare_queue(&ch, "plugin-q2").await;
+    for (q, key) in [(&q1, "a"), (&q2, "b")] {
+        within(
+            "queue.bind",
+            ch.queue_bind(
+                q.as_str().into(),
+                x.as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("queue.bind");
+    }
+    confirm_select(&ch).await;
+    let keyed = |k: &str| {
+        BasicProperties::default().with_headers(args(&[(
+            "x-deduplication-header",
+            AMQPValue::LongString(LongString::from(k)),
+        )]))
+    };
+    for (body, k) in [("one", "k1"), ("again", "k1"), ("two", "k2")] {
+        let c = publish_confirmed(&ch, &x, "any-key", body.as_bytes(), keyed(k)).await;
+        assert!(c.is_ack());
+    }
+    // message-id alone is not a key on the plugin's type.
+    for _ in 0..2 {
+        publish_confirmed(&ch, &x, "", b"mid", with_id("same-id")).await;
+    }
+    let want = vec![
+        b"one".to_vec(),
+        b"two".to_vec(),
+        b"mid".to_vec(),
+        b"mid".to_vec(),
+    ];
+    assert_eq!(
+        drain(&ch, &q1).await,
+        want,
+        "every binding gets it, any key"
+    );
+    assert_eq!(drain(&ch, &q2).await, want);
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// A publish nacked because its queue is full leaves no key behind: the
+/// producer's retry is stored, not confirmed as a duplicate and dropped.
+#[tokio::test]
+async fn a_nacked_publish_leaves_no_key() {
+    let broker = Broker::start();
+    if broker.is_external() {
+        return;
+    }
+    let (conn, ch) = connect_channel(&broker).await;
+    let (x, q) = topology(&ch).await;
+    let full = declare_durable_queue(
+        &ch,
+        "dedup-full",
+        args(&[
+            ("x-max-length", AMQPValue::LongInt(1)),
+            (
+                "x-overflow",
+                AMQPValue::LongString(LongString::from("reject-publish")),
+            ),
+        ]),
+    )
+    .await;
+    within(
+        "queue.bind",
+        ch.queue_bind(
+            full.as_str().into(),
+            x.as_str().into(),
+            "full".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("queue.bind");
+    confirm_select(&ch).await;
+    assert!(publish_confirmed(&ch, &x, "full", b"m1", with_id("m1"))
+        .await
+        .is_ack());
+    let c = publish_confirmed(&ch, &x, "full", b"m2", with_id("m2")).await;
+    assert!(c.is_nack(), "queue full: {c:?}");
+    assert_eq!(drain(&ch, &full).await, vec![b"m1".to_vec()]);
+    let c = publish_confirmed(&ch, &x, "full", b"m2", with_id("m2")).await;
+    assert!(c.is_ack(), "the retry is accepted: {c:?}");
+    assert_eq!(drain(&ch, &full).await, vec![b"m2".to_vec()]);
+    assert!(drain(&ch, &q).await.is_empty());
+    let _ = conn.close(200, "bye".into()).await;
+}

@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod disk;
+pub mod publish;
 pub mod users;
 pub mod vhost;
 

@@ -209,6 +209,10 @@ impl VHost {
                         spec.name
                     )));
                 }
+                if kind == ExchangeKind::Dedup {
+                    crate::exchange::dedup::validate_plugin_arguments(&spec.arguments)
+                        .map_err(AmqpError::precondition)?;
+                }
                 if spec.durable {
                     let def = ExchangeDef {
                         vhost: self.name.clone(),

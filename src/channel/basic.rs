@@ -2,7 +2,7 @@
 //! consume/cancel, get, ack/nack/reject, recover.
 
 use amq_protocol::protocol::{basic as b, AMQPClass};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
@@ -12,13 +12,12 @@ use super::reply_to;
 use super::tx::TxCommit;
 use super::{delete_auto_queue, requeue_all, Channel, ConnCtx};
 use crate::auth::{Permission, Resource};
+use crate::broker::publish::{publish, Publication, PublishSink, Publisher, WriteWaiter};
 use crate::broker::vhost::random_name;
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{dedup, Exchange};
-use crate::message::Message;
-use crate::protocol::{codes, encode, short, ContentHeader};
+use crate::protocol::{codes, short, ContentHeader};
+use crate::queue::deadletter;
 use crate::queue::Queue;
-use crate::queue::{deadletter, Enqueued};
 
 /// An `x-priority` consumer argument of any integer type.
 fn consumer_priority(v: &amq_protocol::types::AMQPValue) -> Option<i64> {
@@ -58,13 +57,6 @@ impl Channel {
                 return self.publish_reply(ctx, &p, token, &header, &body);
             }
         }
-        let x = ctx.vhost.exchange(p.exchange.as_str())?;
-        if x.internal {
-            return Err(AmqpError::access_refused(format!(
-                "cannot publish to internal exchange '{}' in vhost '{}'",
-                x.name, ctx.vhost.name
-            )));
-        }
         if let Some(user_id) = header.properties.user_id() {
             if user_id.as_str() != ctx.user {
                 return Err(AmqpError::precondition(format!(
@@ -77,155 +69,21 @@ impl Channel {
             let mut c = self.handle.confirms.lock();
             c.enabled.then(|| c.register())
         };
-        if self.is_duplicate(ctx, &x, &header) {
-            // Confirmed, not routed: the producer's retry is absorbed.
-            if let Some(seq) = seq {
-                self.handle.confirms.lock().complete(seq, true);
-            }
-            return Ok(());
-        }
-        let queues = ctx.vhost.route_with_alternates(
-            &x,
-            p.routing_key.as_str(),
-            header.properties.headers().as_ref(),
-        );
-        if queues.is_empty() {
-            if p.mandatory {
-                self.send_return(&p, &header, &body);
-            }
-            if let Some(seq) = seq {
-                self.handle.confirms.lock().complete(seq, true);
-            }
-            return Ok(());
-        }
-        let ttl = match header.properties.expiration() {
-            None => None,
-            Some(e) => Some(e.as_str().parse::<u64>().map_err(|_| {
-                AmqpError::precondition(format!("invalid expiration '{}': {{error,no_integer}}", e))
-            })?),
+        let from = Publisher {
+            sink: self.handle.clone(),
+            seq,
+            tx: commit.map(|c| c.clone() as Arc<dyn WriteWaiter>),
         };
-        let msg = Arc::new(
-            Message::new(
-                ctx.broker.next_message_id(),
-                p.exchange.as_str().to_string(),
-                p.routing_key.as_str().to_string(),
-                header.properties,
-                header.raw_properties,
-                body,
-            )
-            .with_ttl(ttl),
-        );
-        let stores = |q: &Arc<Queue>| q.durable && q.exclusive_owner.is_none();
-        let persistent = msg.is_persistent();
-        // Persistent: queues hold the message back until the synced write
-        // returns; then it is delivered and confirmed, or withdrawn and nacked.
-        if persistent && queues.iter().any(stores) {
-            msg.mark_pending();
-        }
-        let mut accepted = Vec::with_capacity(queues.len());
-        let mut stored = Vec::new();
-        let mut refused = false;
-        for q in queues {
-            match q.enqueue(msg.clone()) {
-                Enqueued::Accepted(meta) => {
-                    if persistent && stores(&q) {
-                        stored.push((q.key(), meta));
-                    }
-                    accepted.push(q);
-                }
-                Enqueued::Refused => {
-                    refused = true;
-                    // reject-publish-dlx dead-letters what it refuses.
-                    deadletter::flush(ctx.broker, ctx.vhost, &q);
-                }
-                Enqueued::Duplicate => {}
-            }
-        }
-        let queues = accepted;
-        for q in &queues {
-            // x-max-length may have dropped a head message to its dead-letter exchange.
-            deadletter::flush(ctx.broker, ctx.vhost, q);
-            if q.in_flow() && !ctx.flow.iter().any(|f| Arc::ptr_eq(f, q)) {
-                ctx.flow.push(q.clone());
-            }
-        }
-        if stored.is_empty() {
-            if !msg.is_deliverable() {
-                // Every durable queue refused it: nothing to write after all.
-                msg.mark_stored();
-                for q in &queues {
-                    q.kick();
-                }
-            }
-            if let Some(seq) = seq {
-                // A queue that refused the message (full, reject-publish) nacks it.
-                self.handle.confirms.lock().complete(seq, !refused);
-            }
-            return Ok(());
-        }
-        let handle = self.handle.clone();
-        let m = msg.clone();
-        let commit = commit.cloned();
-        if let Some(c) = &commit {
-            c.add();
-        }
-        ctx.broker.store.persist(
-            msg,
-            stored,
-            Box::new(move |ok| {
-                if ok {
-                    m.mark_stored();
-                    for q in &queues {
-                        q.kick();
-                    }
-                } else {
-                    m.mark_failed();
-                    for q in &queues {
-                        q.withdraw(m.id);
-                    }
-                }
-                if let Some(seq) = seq {
-                    handle.complete_confirm(seq, ok && !refused);
-                }
-                if let Some(c) = commit {
-                    c.done(ok);
-                }
-            }),
-        );
+        let publication = Publication {
+            exchange: p.exchange.as_str().to_string(),
+            routing_key: p.routing_key.as_str().to_string(),
+            mandatory: p.mandatory,
+            properties: header.properties,
+            raw_properties: header.raw_properties,
+            body,
+        };
+        publish(ctx.broker, ctx.vhost, publication, from, ctx.flow)?;
         Ok(())
-    }
-
-    /// Exchange-level deduplication: true when the exchange has seen this
-    /// message's key. New keys of a durable exchange are written to the store.
-    fn is_duplicate(&self, ctx: &ConnCtx<'_>, x: &Exchange, header: &ContentHeader) -> bool {
-        let Some(cache) = &x.dedup else {
-            return false;
-        };
-        let Some(key) = dedup::message_key(cache.header.as_deref(), &header.properties) else {
-            return false;
-        };
-        match cache.check(&key, crate::queue::now_ms()) {
-            dedup::Seen::Duplicate => true,
-            dedup::Seen::New {
-                expires_at,
-                evicted,
-            } => {
-                if x.durable {
-                    for old in evicted {
-                        ctx.broker
-                            .store
-                            .forget_dedup(&ctx.vhost.name, &x.name, &old);
-                    }
-                    ctx.broker.store.remember_dedup(crate::store::DedupDef {
-                        vhost: ctx.vhost.name.clone(),
-                        exchange: x.name.clone(),
-                        key,
-                        expires_at,
-                    });
-                }
-                false
-            }
-        }
     }
 
     /// A reply to a direct reply-to request: straight to the requester's channel.
@@ -250,34 +108,17 @@ impl Channel {
             reply_to::deliver_reply(&t, p.routing_key.as_str(), &header.raw_properties, body)
         });
         if !delivered && p.mandatory {
-            self.send_return(p, header, body);
+            self.handle.returned(
+                p.exchange.as_str(),
+                p.routing_key.as_str(),
+                &header.raw_properties,
+                body,
+            );
         }
         if let Some(seq) = seq {
             self.handle.confirms.lock().complete(seq, true);
         }
         Ok(())
-    }
-
-    fn send_return(&self, p: &b::Publish, header: &ContentHeader, body: &Bytes) {
-        let mut out = BytesMut::with_capacity(body.len() + 128);
-        encode::method(
-            &mut out,
-            self.id(),
-            &AMQPClass::Basic(b::AMQPMethod::Return(b::Return {
-                reply_code: codes::NO_ROUTE,
-                reply_text: "NO_ROUTE".into(),
-                exchange: p.exchange.clone(),
-                routing_key: p.routing_key.clone(),
-            })),
-        );
-        encode::content(
-            &mut out,
-            self.id(),
-            &header.raw_properties,
-            body,
-            self.handle.conn.frame_max(),
-        );
-        self.handle.conn.send(out.freeze());
     }
 
     pub(super) fn qos(&mut self, ctx: &mut ConnCtx<'_>, m: b::Qos) -> AmqpResult<()> {

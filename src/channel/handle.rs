@@ -322,6 +322,35 @@ impl ChannelHandle {
     }
 }
 
+impl crate::broker::publish::PublishSink for ChannelHandle {
+    fn confirm(self: Arc<Self>, seq: u64, ack: bool) {
+        self.complete_confirm(seq, ack);
+    }
+
+    fn returned(&self, exchange: &str, routing_key: &str, raw_properties: &Bytes, body: &Bytes) {
+        use amq_protocol::protocol::{basic, AMQPClass};
+        let mut out = BytesMut::with_capacity(body.len() + 128);
+        encode::method(
+            &mut out,
+            self.id,
+            &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                reply_code: crate::protocol::codes::NO_ROUTE,
+                reply_text: "NO_ROUTE".into(),
+                exchange: crate::protocol::short(exchange),
+                routing_key: crate::protocol::short(routing_key),
+            })),
+        );
+        encode::content(
+            &mut out,
+            self.id,
+            raw_properties,
+            body,
+            self.conn.frame_max(),
+        );
+        self.conn.send(out.freeze());
+    }
+}
+
 impl crate::batch::Flush for ChannelHandle {
     fn flush(&self) {
         self.flush_confirms();

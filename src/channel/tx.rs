@@ -40,6 +40,15 @@ pub struct TxCommit {
     channel: Arc<ChannelHandle>,
 }
 
+impl crate::broker::publish::WriteWaiter for TxCommit {
+    fn add(&self) {
+        TxCommit::add(self);
+    }
+    fn done(&self, ok: bool) {
+        TxCommit::done(self, ok);
+    }
+}
+
 impl TxCommit {
     fn new(channel: Arc<ChannelHandle>) -> Arc<Self> {
         // One count for the commit itself, released when every publish is handed on.

@@ -18,6 +18,9 @@ pub enum ExchangeKind {
     Fanout,
     Topic,
     Headers,
+    /// The deduplication plugin's type: routes like fanout, after the
+    /// exchange's cache has let the message through.
+    Dedup,
 }
 
 impl ExchangeKind {
@@ -27,6 +30,7 @@ impl ExchangeKind {
             "fanout" => Some(ExchangeKind::Fanout),
             "topic" => Some(ExchangeKind::Topic),
             "headers" => Some(ExchangeKind::Headers),
+            dedup::EXCHANGE_TYPE => Some(ExchangeKind::Dedup),
             _ => None,
         }
     }
@@ -37,6 +41,7 @@ impl ExchangeKind {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
+            ExchangeKind::Dedup => dedup::EXCHANGE_TYPE,
         }
     }
 }
@@ -100,7 +105,7 @@ impl Exchange {
             durable,
             auto_delete,
             internal,
-            dedup: dedup::DedupCache::from_arguments(&arguments),
+            dedup: dedup::DedupCache::for_exchange(kind.as_str(), &arguments),
             arguments,
             bindings: RwLock::new(Bindings::default()),
         }
@@ -186,7 +191,9 @@ impl Exchange {
                     out.extend(ds.iter().cloned());
                 }
             }
-            ExchangeKind::Fanout => out.extend(bs.all.iter().map(|b| b.dest.clone())),
+            ExchangeKind::Fanout | ExchangeKind::Dedup => {
+                out.extend(bs.all.iter().map(|b| b.dest.clone()))
+            }
             ExchangeKind::Topic => out.extend(
                 bs.all
                     .iter()

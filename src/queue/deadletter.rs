@@ -121,6 +121,7 @@ fn publish(
     broker.store.persist(
         copy,
         stored,
+        None,
         Box::new(move |ok| {
             if ok {
                 m.mark_stored();

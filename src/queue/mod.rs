@@ -11,7 +11,7 @@ pub mod deadletter;
 use amq_protocol::types::FieldTable;
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -51,22 +51,38 @@ pub struct QueueEntry {
 const NEVER_ENQUEUED: u64 = u64::MAX;
 
 /// What `Queue::enqueue` did with a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Enqueued {
     /// In the queue; its index entry records this.
     Accepted(IndexMeta),
     /// Refused (queue deleted, or full with reject-publish): nack.
     Refused,
-    /// A message with the same deduplication key is in the queue: dropped,
-    /// but confirmed.
-    Duplicate,
+    /// A message with the same deduplication key is in the queue: dropped.
+    /// Confirmed, but only once that original is: it is given when its store
+    /// write is still pending.
+    Duplicate(Option<Arc<Message>>),
 }
 
 /// Queue-level deduplication: the keys of the messages in the queue.
 #[derive(Debug)]
 struct QueueDedup {
     header: Option<String>,
-    keys: Mutex<std::collections::HashSet<Arc<str>>>,
+    keys: Mutex<DedupKeys>,
+}
+
+#[derive(Debug, Default)]
+struct DedupKeys {
+    keys: std::collections::HashSet<Arc<str>>,
+    /// Originals whose store write is still pending, by key: a duplicate's
+    /// confirm waits for them. Pruned when the queue is kicked after a write.
+    pending: HashMap<Arc<str>, Arc<Message>>,
+}
+
+impl DedupKeys {
+    fn remove(&mut self, k: &Arc<str>) {
+        self.keys.remove(k);
+        self.pending.remove(k);
+    }
 }
 
 impl QueueEntry {
@@ -460,8 +476,13 @@ impl Queue {
                 crate::exchange::dedup::message_key(d.header.as_deref(), &msg.properties)
             {
                 let k: Arc<str> = Arc::from(k);
-                if !d.keys.lock().insert(k.clone()) {
-                    return Enqueued::Duplicate;
+                let mut keys = d.keys.lock();
+                if !keys.keys.insert(k.clone()) {
+                    let original = keys.pending.get(&k).filter(|m| !m.is_deliverable());
+                    return Enqueued::Duplicate(original.cloned());
+                }
+                if !msg.is_deliverable() {
+                    keys.pending.insert(k.clone(), msg.clone());
                 }
                 dedup_key = Some(k);
             }
@@ -626,7 +647,7 @@ impl Queue {
                         continue;
                     };
                     let k: Arc<str> = Arc::from(k);
-                    keys.insert(k.clone());
+                    keys.keys.insert(k.clone());
                     if let Some(e) = st.ready.get_mut(chunk_no * LOAD_BATCH + i) {
                         e.dedup_key = Some(k);
                     }
@@ -652,6 +673,13 @@ impl Queue {
 
     /// Deliver again after consumers gained credit or a store write completed.
     pub fn kick(self: &Arc<Self>) {
+        if let Some(d) = &self.dedup {
+            let mut keys = d.keys.lock();
+            if !keys.pending.is_empty() {
+                keys.pending
+                    .retain(|_, m| !m.is_deliverable() && !m.is_failed());
+            }
+        }
         let mut st = self.state.lock();
         self.pump(&mut st);
         if st.mem_bytes > self.memory_limit {
@@ -741,6 +769,10 @@ impl Queue {
         if let Some(at) = st.ready.iter().position(|e| e.msg_id() == msg_id) {
             if let Some(e) = st.ready.remove(at) {
                 st.mem_bytes = st.mem_bytes.saturating_sub(e.mem_bytes());
+                // A message that was never stored leaves no key: a retry is new.
+                if let (Some(d), Some(k)) = (&self.dedup, &e.dedup_key) {
+                    d.keys.lock().remove(k);
+                }
             }
         }
         self.pump(&mut st);

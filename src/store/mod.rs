@@ -7,6 +7,8 @@
 
 pub mod codec;
 #[cfg(feature = "rocks")]
+pub mod failpoint;
+#[cfg(feature = "rocks")]
 pub mod rocks;
 
 use amq_protocol::types::FieldTable;
@@ -118,7 +120,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Write a persistent message for these durable queues with a synced write,
     /// then call `done`. Writes from many publishers share one sync.
     /// Each queue comes with the message's expiry there (ms since the epoch, 0: never).
-    fn persist(&self, msg: Arc<Message>, queues: Vec<(QueueKey, IndexMeta)>, done: Completion);
+    /// `dedup` is the deduplication key the message brought to a durable
+    /// exchange: it is written in the same batch as the message, so the store
+    /// never holds a key without its message.
+    fn persist(
+        &self,
+        msg: Arc<Message>,
+        queues: Vec<(QueueKey, IndexMeta)>,
+        dedup: Option<DedupDef>,
+        done: Completion,
+    );
+    /// Call `done` once everything submitted before this call has been
+    /// written (or has failed): a barrier behind earlier persists.
+    fn after(&self, done: Completion) {
+        done(true)
+    }
     /// A message left a queue for good; needs no sync (a lost removal is a
     /// redelivery after a crash, never a loss).
     fn remove(&self, queue: &QueueKey, msg_id: u64);
@@ -128,9 +144,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn recover(&self) -> Result<Recovered, StoreError>;
     /// The highest message id in the store, so new ids continue above it.
     fn max_message_id(&self) -> u64;
-    /// Remember a deduplication key (written with the next synced batch, so
-    /// before the confirm of the message that carried it).
-    fn remember_dedup(&self, _def: DedupDef) {}
     /// Forget a key evicted from an exchange's cache.
     fn forget_dedup(&self, _vhost: &str, _exchange: &str, _key: &str) {}
     /// Keep an opaque definition (a synced write, like the other definitions).
@@ -168,7 +181,13 @@ impl Store for NullStore {
     fn delete_binding(&self, _: &BindingDef) -> Result<(), StoreError> {
         Ok(())
     }
-    fn persist(&self, _: Arc<Message>, _: Vec<(QueueKey, IndexMeta)>, done: Completion) {
+    fn persist(
+        &self,
+        _: Arc<Message>,
+        _: Vec<(QueueKey, IndexMeta)>,
+        _: Option<DedupDef>,
+        done: Completion,
+    ) {
         done(true)
     }
     fn remove(&self, _: &QueueKey, _: u64) {}

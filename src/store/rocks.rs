@@ -2,8 +2,10 @@
 //!
 //! Column families: `definitions` (exchanges, queues, bindings), `messages`
 //! (message id → routing info, raw properties, body; written once however many
-//! queues hold it) and `index` (queue + message id → nothing; a queue's contents
-//! in order).
+//! queues hold it), `index` (queue + message id → expiry, priority, size; a
+//! queue's contents in order) and `dedup` (a durable exchange's deduplication
+//! keys → expiry, written only in the same batch as the message that brought
+//! them).
 //!
 //! One committer thread owns every write. It takes everything pending, writes it
 //! as one `WriteBatch` (synced when it holds a persistent publish), then runs the
@@ -21,6 +23,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use super::codec;
+use super::failpoint::FailPoints;
 use super::{
     BindingDef, Completion, DedupDef, ExchangeDef, IndexMeta, QueueDef, QueueKey, Recovered, Store,
     StoreError, StoredObject,
@@ -44,16 +47,19 @@ enum Op {
     Persist {
         msg: Arc<Message>,
         queues: Vec<(QueueKey, IndexMeta)>,
+        /// The key the message brought to a durable deduplicating exchange.
+        dedup: Option<DedupDef>,
         done: Completion,
     },
+    /// Completes after everything submitted before it.
+    Barrier(Completion),
     Remove {
         queue: QueueKey,
         msg_id: u64,
     },
-    /// Remember (expiry) or forget (None) a deduplication key; unsynced.
-    Dedup {
+    /// Forget a deduplication key (evicted or expired); unsynced.
+    ForgetDedup {
         key: Vec<u8>,
-        expires_at: Option<u64>,
     },
     /// A definition change, written and synced on its own; the caller waits.
     Definition {
@@ -75,6 +81,8 @@ pub struct RocksStore {
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     refs: Arc<Mutex<Refs>>,
     pub stats: Arc<Stats>,
+    /// Fault injection for tests (unarmed: one atomic load per batch).
+    pub fail_points: Arc<FailPoints>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -140,11 +148,13 @@ impl RocksStore {
         let (tx, rx) = mpsc::channel();
         let refs = Arc::new(Mutex::new(Refs::new()));
         let stats = Arc::new(Stats::default());
+        let fail_points = Arc::new(FailPoints::default());
         let committer = {
-            let (db, refs, stats) = (db.clone(), refs.clone(), stats.clone());
+            let (db, refs, stats, fp) =
+                (db.clone(), refs.clone(), stats.clone(), fail_points.clone());
             std::thread::Builder::new()
                 .name("store-committer".into())
-                .spawn(move || committer(db, rx, refs, stats))
+                .spawn(move || committer(db, rx, refs, stats, fp))
                 .map_err(|e| StoreError::Io(format!("cannot start the committer thread: {e}")))?
         };
         Ok(RocksStore {
@@ -153,6 +163,7 @@ impl RocksStore {
             committer: Mutex::new(Some(committer)),
             refs,
             stats,
+            fail_points,
         })
     }
 
@@ -202,7 +213,13 @@ fn remove_in_batch(
     Ok(())
 }
 
-fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats: Arc<Stats>) {
+fn committer(
+    db: Arc<DB>,
+    rx: mpsc::Receiver<Op>,
+    refs: Arc<Mutex<Refs>>,
+    stats: Arc<Stats>,
+    fail_points: Arc<FailPoints>,
+) {
     let mut synced = WriteOptions::default();
     synced.set_sync(true);
     let unsynced = WriteOptions::default();
@@ -217,8 +234,21 @@ fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats:
         while let Some(op) = next.take() {
             ops += 1;
             match op {
-                Op::Persist { msg, queues, done } => {
+                Op::Persist {
+                    msg,
+                    queues,
+                    dedup,
+                    done,
+                } => {
                     let r = (|| -> Result<(), StoreError> {
+                        if let Some(d) = &dedup {
+                            // Same batch as the message: never a key without it.
+                            batch.put_cf(
+                                cf(&db, CF_DEDUP)?,
+                                codec::dedup_key(&d.vhost, &d.exchange, &d.key),
+                                d.expires_at.to_be_bytes(),
+                            );
+                        }
                         let value = codec::encode_message(
                             &msg.exchange,
                             &msg.routing_key,
@@ -252,11 +282,11 @@ fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats:
                         tracing::error!(error = %e, "store removal failed");
                     }
                 }
-                Op::Dedup { key, expires_at } => match (cf(&db, CF_DEDUP), expires_at) {
-                    (Ok(c), Some(exp)) => batch.put_cf(c, key, exp.to_be_bytes()),
-                    (Ok(c), None) => batch.delete_cf(c, key),
-                    (Err(e), _) => tracing::error!(error = %e, "dedup write failed"),
+                Op::ForgetDedup { key } => match cf(&db, CF_DEDUP) {
+                    Ok(c) => batch.delete_cf(c, key),
+                    Err(e) => tracing::error!(error = %e, "dedup write failed"),
                 },
+                Op::Barrier(done) => completions.push(done),
                 Op::Definition { op, reply } => {
                     // Written after what came before it, on its own.
                     definition = Some((op, reply));
@@ -270,6 +300,9 @@ fn committer(db: Arc<DB>, rx: mpsc::Receiver<Op>, refs: Arc<Mutex<Refs>>, stats:
         }
         if !batch.is_empty() {
             let opts = if persisted > 0 { &synced } else { &unsynced };
+            if result.is_ok() && fail_points.before_write() {
+                result = Err(StoreError::Io("injected write failure (fail point)".into()));
+            }
             if result.is_ok() {
                 result = db.write_opt(batch, opts).map_err(io);
             }
@@ -431,30 +464,41 @@ impl Store for RocksStore {
         })
     }
 
-    fn persist(&self, msg: Arc<Message>, queues: Vec<(QueueKey, IndexMeta)>, done: Completion) {
+    fn persist(
+        &self,
+        msg: Arc<Message>,
+        queues: Vec<(QueueKey, IndexMeta)>,
+        dedup: Option<DedupDef>,
+        done: Completion,
+    ) {
         let tx = self.tx.lock().clone();
         let Some(tx) = tx else {
             return done(false);
         };
         // If the committer is gone, the completion still runs, as a failure.
-        if let Err(mpsc::SendError(Op::Persist { done, .. })) =
-            tx.send(Op::Persist { msg, queues, done })
-        {
+        if let Err(mpsc::SendError(Op::Persist { done, .. })) = tx.send(Op::Persist {
+            msg,
+            queues,
+            dedup,
+            done,
+        }) {
             done(false);
         }
     }
 
-    fn remember_dedup(&self, def: DedupDef) {
-        self.submit(Op::Dedup {
-            key: codec::dedup_key(&def.vhost, &def.exchange, &def.key),
-            expires_at: Some(def.expires_at),
-        });
+    fn after(&self, done: Completion) {
+        let tx = self.tx.lock().clone();
+        let Some(tx) = tx else {
+            return done(false);
+        };
+        if let Err(mpsc::SendError(Op::Barrier(done))) = tx.send(Op::Barrier(done)) {
+            done(false);
+        }
     }
 
     fn forget_dedup(&self, vhost: &str, exchange: &str, key: &str) {
-        self.submit(Op::Dedup {
+        self.submit(Op::ForgetDedup {
             key: codec::dedup_key(vhost, exchange, key),
-            expires_at: None,
         });
     }
 
@@ -638,6 +682,7 @@ mod tests {
         store.persist(
             m,
             queues,
+            None,
             Box::new(move |ok| {
                 // The completion runs only after the write: the message is readable now.
                 let cf = s2
@@ -716,6 +761,7 @@ mod tests {
                         store.persist(
                             msg(t * per + i + 1, "b"),
                             vec![(q("a"), IndexMeta::default())],
+                            None,
                             Box::new(move |ok| tx.send(ok).unwrap()),
                         );
                     }
