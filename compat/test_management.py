@@ -71,6 +71,13 @@ def test_rabbitmqadmin_declares_lists_binds_gets_and_deletes(mgmt, amqp):
     assert got[0]["routing_key"] == "a.b"
     assert ch.queue_declare(q, passive=True).method.message_count == 0
 
+    out = admin(mgmt, "publish", f"exchange={x}", "routing_key=a.c", "payload=via api")
+    assert "Message published" in out and "NOT routed" not in out
+    out = admin(mgmt, "publish", f"exchange={x}", "routing_key=zzz", "payload=lost")
+    assert "NOT routed" in out
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"via api" and method.routing_key == "a.c"
+
     ch.basic_publish("", q, b"to purge")
     admin(mgmt, "purge", "queue", f"name={q}")
     assert ch.queue_declare(q, passive=True).method.message_count == 0

@@ -802,3 +802,72 @@ fn load_definitions_at_boot() {
         conn.close(200, "bye".into()).await.unwrap();
     });
 }
+
+#[test]
+fn publish_through_the_api_reports_routed_and_the_message_arrives() {
+    let mut b = Broker::start();
+    let c = client(&mut b);
+    let q = name("pub");
+    c.declare_queue("/", &QueueParams::new_durable_classic_queue(&q, None))
+        .unwrap();
+    let props = serde_json::Map::new();
+    let routed = c
+        .publish_message("/", "", &q, "hello api", props.clone())
+        .expect("publish");
+    assert!(routed.routed);
+    let unrouted = c
+        .publish_message("/", "amq.direct", "no-such-key", "lost", props)
+        .expect("publish");
+    assert!(!unrouted.routed);
+    // Persistent, with properties and headers, base64 payload: as sent.
+    let a = b.mgmt_addr();
+    let body = json!({
+        "routing_key": q,
+        "payload": "AAEC/w==",
+        "payload_encoding": "base64",
+        "properties": {"delivery_mode": 2, "content_type": "application/x", "headers": {"h": "v", "n": 7}},
+    });
+    let r = http(
+        a,
+        "POST",
+        "/api/exchanges/%2F/amq.default/publish",
+        GUEST,
+        Some(&body.to_string()),
+    );
+    assert_eq!((r.status, r.json()), (200, json!({"routed": true})));
+    let got = c
+        .get_messages("/", &q, 2, "ack_requeue_false")
+        .expect("get");
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].payload, "hello api");
+    assert_eq!(got[1].payload_encoding, "base64");
+    assert_eq!(got[1].payload, "AAEC/w==");
+    // Over AMQP too: a message published through the API is an ordinary one.
+    c.publish_message("/", "", &q, "for lapin", serde_json::Map::new())
+        .unwrap();
+    let uri = b.uri();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let conn = common::connect_uri(&uri).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let bodies = common::drain(&ch, &q).await;
+        assert_eq!(bodies, vec![b"for lapin".to_vec()]);
+        conn.close(200, "bye".into()).await.unwrap();
+    });
+    let bad = http(
+        a,
+        "POST",
+        "/api/exchanges/%2F/no-such-x/publish",
+        GUEST,
+        Some(r#"{"routing_key":"k","payload":"x","payload_encoding":"string","properties":{}}"#),
+    );
+    assert_eq!(bad.status, 404);
+    let bad = http(
+        a,
+        "POST",
+        "/api/exchanges/%2F/amq.default/publish",
+        GUEST,
+        Some(r#"{"routing_key":"k","payload":"!!","payload_encoding":"base64","properties":{}}"#),
+    );
+    assert_eq!(bad.status, 400);
+    c.delete_queue("/", &q, false).unwrap();
+}

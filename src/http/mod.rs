@@ -17,6 +17,7 @@ pub mod list;
 pub mod message;
 pub mod objects;
 pub mod overview;
+pub mod publish;
 pub mod reply;
 pub mod users;
 
@@ -242,6 +243,9 @@ async fn dispatch(r: &Req<'_>, seg: &[&str]) -> ApiResult {
         }
         (&M::DELETE, ["exchanges", vh, x]) => {
             objects::delete_exchange(r, vhost_name(vh), exchange_name(x))
+        }
+        (&M::POST, ["exchanges", vh, x, "publish"]) => {
+            publish::publish(r, vhost_name(vh), exchange_name(x)).await
         }
         (&M::GET, ["exchanges", vh, x, "bindings", "source"]) => bindings::list_bindings(
             r,
