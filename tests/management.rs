@@ -77,6 +77,23 @@ fn http(
 
 const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
 
+/// Wait until the API reports `n` messages in `q`: RabbitMQ's counts lag by
+/// its stats interval (5 s); Hopper's are current at once.
+fn wait_count(c: &Client<String, &'static str, &'static str>, q: &str, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = c.get_queue_info("/", q).expect("queue info").message_count;
+        if got == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{q}: {got} messages, not {n}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn overview_whoami_nodes_vhosts_parse_in_the_client() {
     let mut b = Broker::start();
@@ -87,9 +104,12 @@ fn overview_whoami_nodes_vhosts_parse_in_the_client() {
     let me = c.current_user().expect("whoami");
     assert_eq!(me.name, "guest");
     assert!(me.tags.contains("administrator"));
-    let nodes = c.list_nodes().expect("nodes");
-    assert_eq!(nodes.len(), 1);
-    assert!(!nodes[0].rabbitmq_version().is_empty());
+    if !b.is_external() {
+        // The client wants 3.13's node fields (being_drained); 3.10 lacks them.
+        let nodes = c.list_nodes().expect("nodes");
+        assert_eq!(nodes.len(), 1);
+        assert!(!nodes[0].rabbitmq_version().is_empty());
+    }
     let vhosts = c.list_vhosts().expect("vhosts");
     assert!(vhosts.iter().any(|v| v.name == "/"));
     c.health_check_cluster_wide_alarms().expect("no alarms");
@@ -131,8 +151,7 @@ fn queue_declare_list_get_purge_delete() {
         common::fill_queue(&conn, &q, &[b"hello"]).await;
         conn.close(200, "bye".into()).await.unwrap();
     });
-    let info = c.get_queue_info("/", &q).expect("queue info");
-    assert_eq!(info.message_count, 1);
+    wait_count(&c, &q, 1);
     let got = c.get_messages("/", &q, 5, "ack_requeue_true").expect("get");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, "hello");
@@ -144,7 +163,7 @@ fn queue_declare_list_get_purge_delete() {
         .expect("get");
     assert_eq!(again.len(), 1);
     assert!(again[0].redelivered);
-    assert_eq!(c.get_queue_info("/", &q).unwrap().message_count, 0);
+    wait_count(&c, &q, 0);
 
     rt.block_on(async {
         let conn = common::connect_uri(&uri).await.unwrap();
@@ -152,7 +171,7 @@ fn queue_declare_list_get_purge_delete() {
         conn.close(200, "bye".into()).await.unwrap();
     });
     c.purge_queue("/", &q).expect("purge");
-    assert_eq!(c.get_queue_info("/", &q).unwrap().message_count, 0);
+    wait_count(&c, &q, 0);
     c.delete_queue("/", &q, false).expect("delete");
     assert!(c.get_queue_info("/", &q).is_err());
     c.delete_queue("/", &q, true).expect("idempotent delete");
@@ -373,11 +392,23 @@ fn auth_failures_answer_401_with_rabbitmq_texts() {
         http(a, "GET", "/api/users", Some((&u, "pw")), None).status,
         401
     );
-    // It sees no vhost it has no permissions in: objects there are missing.
+    // Not in a vhost it has no permissions in (RabbitMQ 3.10's answer).
+    let r = http(a, "GET", "/api/queues/%2F", Some((&u, "pw")), None);
     assert_eq!(
-        http(a, "GET", "/api/queues/%2F", Some((&u, "pw")), None).status,
-        404
+        (r.status, r.json()),
+        (
+            401,
+            json!({"error": "not_authorised", "reason": "User not authorised to access virtual host"})
+        )
     );
+    let r = http(
+        a,
+        "GET",
+        "/api/queues/no-such-vhost",
+        Some((&u, "pw")),
+        None,
+    );
+    assert_eq!(r.status, 404);
     c.delete_user(&u, false).expect("delete user");
 }
 
@@ -443,22 +474,29 @@ fn bad_input_never_500() {
     for (method, path, body, want) in cases {
         let r = http(a, method, path, GUEST, *body);
         assert_eq!(r.status, *want, "{method} {path}: {}", r.body);
+        if b.is_external() {
+            // RabbitMQ sometimes sends no body, or an Erlang term as the reason.
+            continue;
+        }
         let j = r.json();
         assert!(
             j["error"].is_string() && j["reason"].is_string(),
             "{method} {path}: {j}"
         );
     }
-    // Deep nesting is refused, not a stack overflow.
+    // Deep nesting is refused (over 64 levels, as on the AMQP side), not a
+    // stack overflow. RabbitMQ accepts it.
     let deep = format!(
         "{{\"arguments\":{{\"a\":{}1{}}}}}",
         "[".repeat(200),
         "]".repeat(200)
     );
-    assert_eq!(
-        http(a, "PUT", "/api/queues/%2F/deep", GUEST, Some(&deep)).status,
-        400
-    );
+    if !b.is_external() {
+        assert_eq!(
+            http(a, "PUT", "/api/queues/%2F/deep", GUEST, Some(&deep)).status,
+            400
+        );
+    }
     // Still serving.
     assert_eq!(http(a, "GET", "/api/overview", GUEST, None).status, 200);
 }
@@ -494,25 +532,31 @@ fn lists_page_sort_filter_and_columns() {
     let r = http(
         a,
         "GET",
-        &format!("/api/queues/%2F?{filter}&columns=name,messages"),
+        &format!("/api/queues/%2F?{filter}&page=1&columns=name,durable&sort=name"),
         GUEST,
         None,
     );
-    let items = r.json();
+    let items = r.json()["items"].clone();
     assert_eq!(items.as_array().unwrap().len(), 5);
     assert_eq!(
         items[0],
-        json!({"name": format!("{base}-0"), "messages": 0})
+        json!({"name": format!("{base}-0"), "durable": false})
     );
-    // Flower asks for vhost "/" as an empty segment.
-    let r = http(a, "GET", "/api/queues//", GUEST, None);
-    assert_eq!(r.status, 200);
-    assert!(r
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|q| q["name"] == format!("{base}-0")));
+    // Without `page`, `name` filters nothing (as RabbitMQ 3.10).
+    let all = http(a, "GET", &format!("/api/queues/%2F?{filter}"), GUEST, None).json();
+    assert!(all.as_array().unwrap().len() >= 5);
+    if !b.is_external() {
+        // Flower asks for vhost "/" as an empty segment; RabbitMQ 3.10
+        // answers 404, Hopper reads it as "/".
+        let r = http(a, "GET", "/api/queues//", GUEST, None);
+        assert_eq!(r.status, 200);
+        assert!(r
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["name"] == format!("{base}-0")));
+    }
     for i in 0..5 {
         http(
             a,
@@ -683,35 +727,38 @@ fn connections_are_listed_and_closed_with_320() {
     assert_eq!(ours.username, "guest");
     assert_eq!(ours.protocol, "AMQP 0-9-1");
     c.get_connection_info(&ours.name).expect("one connection");
-    // A consumer on it is listed with its channel.
-    let q = name("consumed");
-    let _consuming = rt.block_on(async {
-        let ch = conn.create_channel().await.unwrap();
-        let opts = lapin::options::QueueDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
+    // A consumer on it is listed with its channel (the client wants 3.13's
+    // consumer_timeout, which 3.10 lacks).
+    if !b.is_external() {
+        let q = name("consumed");
+        let _consuming = rt.block_on(async {
+            let ch = conn.create_channel().await.unwrap();
+            let opts = lapin::options::QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            };
+            ch.queue_declare(q.as_str().into(), opts, Default::default())
+                .await
+                .unwrap();
+            let consumer = common::consume(&ch, &q, false).await;
+            (ch, consumer)
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let consumer = loop {
+            let list = c.list_consumers().expect("consumers");
+            if let Some(x) = list.into_iter().find(|x| x.queue.name == q) {
+                break x;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the consumer is not listed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         };
-        ch.queue_declare(q.as_str().into(), opts, Default::default())
-            .await
-            .unwrap();
-        let consumer = common::consume(&ch, &q, false).await;
-        (ch, consumer)
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let consumer = loop {
-        let list = c.list_consumers().expect("consumers");
-        if let Some(x) = list.into_iter().find(|x| x.queue.name == q) {
-            break x;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the consumer is not listed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(consumer.manual_ack);
-    let details = consumer.channel_details.expect("channel details");
-    assert_eq!(details.connection_name, ours.name);
+        assert!(consumer.manual_ack);
+        let details = consumer.channel_details.expect("channel details");
+        assert_eq!(details.connection_name, ours.name);
+    }
     let mut events = conn.events_listener();
     c.close_connection(&ours.name, Some("test says bye"), false)
         .expect("close");
@@ -860,7 +907,13 @@ fn publish_through_the_api_reports_routed_and_the_message_arrives() {
         GUEST,
         Some(r#"{"routing_key":"k","payload":"x","payload_encoding":"string","properties":{}}"#),
     );
-    assert_eq!(bad.status, 404);
+    assert_eq!(
+        (bad.status, bad.json()["reason"].clone()),
+        (
+            400,
+            json!("404 NOT_FOUND - no exchange 'no-such-x' in vhost '/'")
+        )
+    );
     let bad = http(
         a,
         "POST",

@@ -1,8 +1,10 @@
-//! List queries as RabbitMQ's management API takes them: `name` (with
-//! `use_regex=true` a regular expression, else a substring), `sort` (a dotted
+//! List queries as RabbitMQ's management API takes them: `sort` (a dotted
 //! key; empty leaves the order alone) and `sort_reverse`, `columns=a,b.c`, and
 //! `page`/`page_size` (max 500), which wrap the answer in RabbitMQ's page
-//! object. Without `page` the whole list comes back: no silent cap.
+//! object, with `name` (with `use_regex=true` a regular expression, else a
+//! substring) filtering the pages (RabbitMQ 3.10 ignores `name` without
+//! `page`, and so does this). Without `page` the whole list comes back: no
+//! silent cap.
 
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -15,9 +17,9 @@ const MAX_PAGE_SIZE: usize = 500;
 /// Apply the query to a list and build the answer.
 pub fn answer(items: Vec<Value>, q: &HashMap<String, String>) -> Result<Value, ApiError> {
     let total = items.len();
-    let mut items = filter(items, q)?;
-    sort(&mut items, q);
     let paged = q.contains_key("page") || q.contains_key("page_size");
+    let mut items = if paged { filter(items, q)? } else { items };
+    sort(&mut items, q);
     let columns = q
         .get("columns")
         .filter(|c| !c.is_empty())
@@ -197,8 +199,18 @@ mod tests {
         assert_eq!(v["page_count"], 3);
         assert_eq!(v["item_count"], 3);
         assert_eq!(v["items"][0]["name"], "q3");
-        let v = answer(items(), &q(&[("name", "^q[12]$"), ("use_regex", "true")])).unwrap();
-        assert_eq!(v.as_array().unwrap().len(), 2);
+        let v = answer(
+            items(),
+            &q(&[("name", "^q[12]$"), ("use_regex", "true"), ("page", "1")]),
+        )
+        .unwrap();
+        assert_eq!(v["filtered_count"], 2);
+        let v = answer(items(), &q(&[("name", "q1")])).unwrap();
+        assert_eq!(
+            v.as_array().unwrap().len(),
+            7,
+            "name filters pages only, as in RabbitMQ"
+        );
         let v = answer(
             items(),
             &q(&[
@@ -212,10 +224,13 @@ mod tests {
         assert!(answer(items(), &q(&[("page", "9")])).is_err());
         assert!(answer(items(), &q(&[("page", "0")])).is_err());
         assert!(answer(items(), &q(&[("page", "1"), ("page_size", "501")])).is_err());
-        let all = answer(items(), &q(&[("name", "("), ("use_regex", "true")])).unwrap();
+        let all = answer(
+            items(),
+            &q(&[("name", "("), ("use_regex", "true"), ("page", "1")]),
+        )
+        .unwrap();
         assert_eq!(
-            all.as_array().unwrap().len(),
-            7,
+            all["filtered_count"], 7,
             "an invalid pattern filters nothing"
         );
     }

@@ -39,12 +39,18 @@ pub fn check(
         .map_err(|_| ApiError::not_authorised("Access refused."))
 }
 
-/// A vhost the caller may see; missing or invisible answer 404.
+/// A vhost the caller may see: a missing one answers 404, one the caller
+/// has no access to 401 (RabbitMQ 3.10's answers, checked).
 pub fn visible_vhost(r: &Req<'_>, name: &str) -> Result<Arc<VHost>, ApiError> {
     match r.broker.vhost(name) {
         Some(v) if r.caller.may_see_vhost(r.broker, name) => Ok(v),
-        _ => Err(ApiError::not_found()),
+        Some(_) => Err(no_vhost_access()),
+        None => Err(ApiError::not_found()),
     }
+}
+
+fn no_vhost_access() -> ApiError {
+    ApiError::not_authorised("User not authorised to access virtual host")
 }
 
 /// A vhost the caller may change objects in; missing answers RabbitMQ's
@@ -52,7 +58,7 @@ pub fn visible_vhost(r: &Req<'_>, name: &str) -> Result<Arc<VHost>, ApiError> {
 fn usable_vhost(r: &Req<'_>, name: &str) -> Result<Arc<VHost>, ApiError> {
     match r.broker.vhost(name) {
         Some(v) if r.caller.may_use_vhost(r.broker, name) => Ok(v),
-        Some(_) => Err(ApiError::not_authorised("Access refused.")),
+        Some(_) => Err(no_vhost_access()),
         None => Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "not_found",

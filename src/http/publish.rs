@@ -40,7 +40,10 @@ pub async fn publish(r: &Req<'_>, vhost: &str, exchange: &str) -> ApiResult {
     let body = body_object(&r.body)?;
     let v = visible_vhost(r, vhost)?;
     if !v.exchanges.contains_key(exchange) {
-        return Err(ApiError::not_found());
+        // RabbitMQ 3.10 answers the channel error as a 400.
+        return Err(ApiError::bad_request(format!(
+            "404 NOT_FOUND - no exchange '{exchange}' in vhost '{vhost}'"
+        )));
     }
     check(r, vhost, Permission::Write, Resource::Exchange, exchange)?;
     let routing_key = get_str(&body, "routing_key")?.unwrap_or("").to_string();
