@@ -470,6 +470,7 @@ fn bad_input_never_500() {
             400,
         ),
         ("GET", "/api/nothing-here".into(), None, 404),
+        ("DELETE", "/api/overview".into(), None, 405),
     ];
     for (method, path, body, want) in cases {
         let r = http(a, method, path, GUEST, *body);
@@ -495,6 +496,15 @@ fn bad_input_never_500() {
         assert_eq!(
             http(a, "PUT", "/api/queues/%2F/deep", GUEST, Some(&deep)).status,
             400
+        );
+    }
+    if !b.is_external() {
+        // Policies are not there yet: said so, not a 404.
+        let body = r#"{"pattern":".*","definition":{"max-length":1}}"#;
+        let r = http(a, "PUT", "/api/policies/%2F/p", GUEST, Some(body));
+        assert_eq!(
+            (r.status, r.json()["error"].clone()),
+            (501, json!("not_implemented"))
         );
     }
     // Still serving.

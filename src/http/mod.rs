@@ -309,6 +309,15 @@ async fn dispatch(r: &Req<'_>, seg: &[&str]) -> ApiResult {
         }
         (&M::GET, ["policies" | "operator-policies" | "parameters", _]) => overview::empty_list(r),
 
+        // Said plainly rather than a 404 that tools would read as "no such vhost".
+        (
+            &M::PUT | &M::DELETE,
+            ["policies" | "operator-policies" | "parameters" | "global-parameters", ..],
+        ) => Err(ApiError::new(
+            axum::http::StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "policies and runtime parameters are not supported by Hopper yet",
+        )),
         (_, _) if known_path(seg) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::not_found()),
     }
