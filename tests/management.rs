@@ -610,6 +610,24 @@ fn users_vhosts_permissions_survive_a_restart() {
         let conn = common::connect_uri(&uri).await.expect("alice connects");
         conn.close(200, "bye".into()).await.unwrap();
     });
+    // A durable queue in the new vhost, and the per-vhost definitions form.
+    let r = http(
+        a,
+        "PUT",
+        "/api/queues/app/a-q",
+        Some(("alice", "s3cret")),
+        Some(r#"{"durable":true}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let defs = http(a, "GET", "/api/definitions/app", GUEST, None).json();
+    assert_eq!(
+        defs["queues"],
+        json!([{"name": "a-q", "durable": true, "auto_delete": false, "arguments": {}}])
+    );
+    assert!(
+        defs.get("users").is_none(),
+        "per-vhost definitions have no users"
+    );
     b.terminate();
     b.start_again();
     let a = b.mgmt_addr();
@@ -621,6 +639,11 @@ fn users_vhosts_permissions_survive_a_restart() {
         .get_permissions("app", "alice")
         .expect("permissions survived");
     assert_eq!(p.configure, "^a-");
+    assert!(
+        c.get_queue_info("app", "a-q")
+            .expect("durable queue survived")
+            .durable
+    );
     let uri = b.uri_with("alice", "s3cret", "app");
     rt.block_on(async {
         let conn = common::connect_uri(&uri).await.expect("alice connects");
@@ -660,6 +683,10 @@ fn users_vhosts_permissions_survive_a_restart() {
     let a = b.mgmt_addr();
     assert_eq!(http(a, "GET", "/api/users/alice", GUEST, None).status, 404);
     assert_eq!(http(a, "GET", "/api/vhosts/app", GUEST, None).status, 404);
+    assert_eq!(
+        http(a, "GET", "/api/queues/app/a-q", GUEST, None).status,
+        404
+    );
 }
 
 #[test]

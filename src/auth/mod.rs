@@ -367,6 +367,61 @@ mod tests {
     }
 
     #[test]
+    fn users_and_permissions_change_at_run_time() {
+        let a = access(&format!(
+            "[[users]]\nname = \"all\"\npassword_hash = \"{GUEST}\"\ntags = [\"administrator\"]\n"
+        ));
+        assert_eq!(a.tags("all"), Some(vec!["administrator".to_string()]));
+        // A new user: can log in, has no vhost until granted one.
+        let h = PasswordHash::new(b"pw", HashingAlgorithm::Sha256);
+        assert!(a.put_user("new", h.clone(), vec!["management".into()]));
+        assert_eq!(a.authenticate("new", b"pw"), Ok(()));
+        assert!(!a.may_open_vhost("new", "/"));
+        let vhosts = ["/".to_string(), "v2".to_string()];
+        assert!(a.set_permissions("new", VhostPermissions::full("v2"), &vhosts));
+        assert!(a.may_open_vhost("new", "v2") && !a.may_open_vhost("new", "/"));
+        // Changing the password keeps the permissions.
+        assert!(!a.put_user(
+            "new",
+            PasswordHash::new(b"pw2", HashingAlgorithm::Sha256),
+            vec![]
+        ));
+        assert_eq!(
+            a.authenticate("new", b"pw"),
+            Err(LoginFailure::InvalidCredentials)
+        );
+        assert!(a.may_open_vhost("new", "v2"));
+        // A user with access everywhere keeps the other vhosts when one changes.
+        let none = VhostPermissions {
+            vhost: "v2".into(),
+            configure: permissions::Pattern::new("").unwrap(),
+            write: permissions::Pattern::new("").unwrap(),
+            read: permissions::Pattern::new("^r$").unwrap(),
+        };
+        assert!(a.set_permissions("all", none, &vhosts));
+        assert!(a
+            .check("all", "/", Permission::Configure, Resource::Queue, "q")
+            .is_ok());
+        assert!(a
+            .check("all", "v2", Permission::Configure, Resource::Queue, "q")
+            .is_err());
+        assert!(a
+            .check("all", "v2", Permission::Read, Resource::Queue, "r")
+            .is_ok());
+        assert_eq!(a.permissions(&vhosts).len(), 3);
+        assert!(a.clear_permissions("all", "v2", &vhosts));
+        assert!(!a.may_open_vhost("all", "v2"));
+        a.vhost_deleted("v2");
+        assert!(!a.may_open_vhost("new", "v2"));
+        assert!(a.delete_user("new"));
+        assert_eq!(
+            a.authenticate("new", b"pw2"),
+            Err(LoginFailure::UnknownUser)
+        );
+        assert!(!a.set_permissions("new", VhostPermissions::full("/"), &vhosts));
+    }
+
+    #[test]
     fn vhosts_and_checks() {
         let a = access(&format!(
             "[[users]]\nname = \"all\"\npassword_hash = \"{GUEST}\"\n\

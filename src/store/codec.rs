@@ -368,6 +368,20 @@ mod tests {
     }
 
     #[test]
+    fn objects_roundtrip_and_stay_apart_from_other_records() {
+        let k = object_key("user", "a\u{0}b/é");
+        let o = decode_object(&k, b"{}").unwrap();
+        assert_eq!(
+            (o.kind.as_str(), o.key.as_str(), &o.value[..]),
+            ("user", "a\u{0}b/é", &b"{}"[..])
+        );
+        assert_eq!(k[0], OBJECT);
+        assert!(decode_object(&exchange_key("/", "x"), b"").is_none());
+        // The kind is length-prefixed: "user" + "s" is not "users" + "".
+        assert_ne!(object_key("user", "s"), object_key("users", ""));
+    }
+
+    #[test]
     fn index_keys_sort_by_queue_then_id() {
         let a = QueueKey {
             vhost: "/".into(),
