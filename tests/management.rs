@@ -516,6 +516,18 @@ fn lists_page_sort_filter_and_columns() {
     let mut b = Broker::start();
     let a = b.mgmt_addr();
     let base = name("page");
+    let other = name("other");
+    assert_eq!(
+        http(
+            a,
+            "PUT",
+            &format!("/api/queues/%2F/{other}"),
+            GUEST,
+            Some("{}")
+        )
+        .status,
+        201
+    );
     for i in 0..5 {
         let r = http(
             a,
@@ -536,6 +548,9 @@ fn lists_page_sort_filter_and_columns() {
     );
     let j = r.json();
     assert_eq!(j["filtered_count"], 5);
+    // total_count counts what the name filter left out (the default queue
+    // set of a fresh broker is empty; "other" below is one more).
+    assert!(j["total_count"].as_u64().unwrap() > 5, "{j}");
     assert_eq!(j["page_count"], 3);
     assert_eq!(j["item_count"], 2);
     assert_eq!(j["items"][0]["name"], format!("{base}-2"));
@@ -567,6 +582,13 @@ fn lists_page_sort_filter_and_columns() {
             .iter()
             .any(|q| q["name"] == format!("{base}-0")));
     }
+    http(
+        a,
+        "DELETE",
+        &format!("/api/queues/%2F/{other}"),
+        GUEST,
+        None,
+    );
     for i in 0..5 {
         http(
             a,

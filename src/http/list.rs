@@ -17,6 +17,15 @@ const MAX_PAGE_SIZE: usize = 500;
 /// Apply the query to a list and build the answer.
 pub fn answer(items: Vec<Value>, q: &HashMap<String, String>) -> Result<Value, ApiError> {
     let total = items.len();
+    answer_counted(items, total, q)
+}
+
+/// `answer` for a list already narrowed by `name_matcher`, out of `total`.
+pub fn answer_counted(
+    items: Vec<Value>,
+    total: usize,
+    q: &HashMap<String, String>,
+) -> Result<Value, ApiError> {
     let paged = q.contains_key("page") || q.contains_key("page_size");
     let mut items = if paged { filter(items, q)? } else { items };
     sort(&mut items, q);
@@ -78,20 +87,29 @@ fn parse_positive(v: Option<&String>, default: usize, what: &str) -> Result<usiz
     }
 }
 
-fn filter(items: Vec<Value>, q: &HashMap<String, String>) -> Result<Vec<Value>, ApiError> {
-    let Some(name) = q.get("name").filter(|n| !n.is_empty()) else {
-        return Ok(items);
-    };
-    let regex = q.get("use_regex").is_some_and(|v| v == "true");
-    let matcher: Box<dyn Fn(&str) -> bool> = if regex {
+/// The `name` filter of a paged query, if any: callers with many objects
+/// can skip building JSON for names it rejects (`answer` filters again).
+pub fn name_matcher(q: &HashMap<String, String>) -> Option<Box<dyn Fn(&str) -> bool>> {
+    if !(q.contains_key("page") || q.contains_key("page_size")) {
+        return None;
+    }
+    let name = q.get("name").filter(|n| !n.is_empty())?;
+    if q.get("use_regex").is_some_and(|v| v == "true") {
         // RabbitMQ (3.10, checked) ignores a pattern that does not compile.
-        let Ok(re) = regex::RegexBuilder::new(name).size_limit(1 << 20).build() else {
-            return Ok(items);
-        };
-        Box::new(move |s| re.is_match(s))
+        let re = regex::RegexBuilder::new(name)
+            .size_limit(1 << 20)
+            .build()
+            .ok()?;
+        Some(Box::new(move |s| re.is_match(s)))
     } else {
         let needle = name.to_lowercase();
-        Box::new(move |s| s.to_lowercase().contains(&needle))
+        Some(Box::new(move |s| s.to_lowercase().contains(&needle)))
+    }
+}
+
+fn filter(items: Vec<Value>, q: &HashMap<String, String>) -> Result<Vec<Value>, ApiError> {
+    let Some(matcher) = name_matcher(q) else {
+        return Ok(items);
     };
     Ok(items
         .into_iter()

@@ -175,13 +175,21 @@ pub fn exchange_json(vhost: &str, x: &Exchange) -> Value {
 // ---- queues ----
 
 pub fn list_queues(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
+    // Names are filtered before any JSON is built: with many queues the
+    // JSON is the cost.
+    let matcher = list::name_matcher(&r.query);
     let mut items = Vec::new();
+    let mut total = 0;
     for v in vhosts_for(r, vhost)? {
         let mut qs: Vec<Arc<Queue>> = v.queues.iter().map(|q| q.clone()).collect();
+        total += qs.len();
+        if let Some(m) = &matcher {
+            qs.retain(|q| m(&q.name));
+        }
         qs.sort_by(|a, b| a.name.cmp(&b.name));
         items.extend(qs.iter().map(|q| queue_json(q)));
     }
-    Ok(Reply::Json(list::answer(items, &r.query)?))
+    Ok(Reply::Json(list::answer_counted(items, total, &r.query)?))
 }
 
 fn find_queue(r: &Req<'_>, vhost: &str, name: &str) -> Result<(Arc<VHost>, Arc<Queue>), ApiError> {
