@@ -87,9 +87,12 @@ fn parse_positive(v: Option<&String>, default: usize, what: &str) -> Result<usiz
     }
 }
 
+/// A test on object names.
+pub type NameMatcher = Box<dyn Fn(&str) -> bool>;
+
 /// The `name` filter of a paged query, if any: callers with many objects
 /// can skip building JSON for names it rejects (`answer` filters again).
-pub fn name_matcher(q: &HashMap<String, String>) -> Option<Box<dyn Fn(&str) -> bool>> {
+pub fn name_matcher(q: &HashMap<String, String>) -> Option<NameMatcher> {
     if !(q.contains_key("page") || q.contains_key("page_size")) {
         return None;
     }
