@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod mgmt;
+
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
