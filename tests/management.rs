@@ -346,6 +346,16 @@ fn bad_input_never_500() {
         );
     }
     if !b.is_external() {
+        // A definitions file with a name AMQP cannot carry is refused whole.
+        let defs = json!({"queues": [{"name": "q".repeat(256), "vhost": "/", "durable": true}]});
+        let r = http(
+            a,
+            "POST",
+            "/api/definitions",
+            GUEST,
+            Some(&defs.to_string()),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
         // Policies are not there yet: said so, not a 404.
         let body = r#"{"pattern":".*","definition":{"max-length":1}}"#;
         let r = http(a, "PUT", "/api/policies/%2F/p", GUEST, Some(body));

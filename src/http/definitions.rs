@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::auth::not_allowed;
 use super::objects::{exchange_json, queue_json, vhosts_for, API_CONN};
 use super::overview::{PRODUCT_NAME, RABBITMQ_VERSION};
-use super::reply::{get_bool, get_str, get_table, ApiError, ApiResult, Reply};
+use super::reply::{check_name, get_bool, get_str, get_table, ApiError, ApiResult, Reply};
 use super::Req;
 use crate::auth::hashing::{HashingAlgorithm, PasswordHash};
 use crate::auth::permissions::{Pattern, VhostPermissions};
@@ -205,8 +205,13 @@ fn obj(v: &Value) -> Result<&Map<String, Value>, ApiError> {
         .ok_or_else(|| ApiError::bad_request("definitions items must be objects"))
 }
 
+/// A name or key of a definitions item: present, at most 255 bytes (AMQP's
+/// short strings).
 fn text<'a>(m: &'a Map<String, Value>, key: &str) -> Result<&'a str, ApiError> {
-    get_str(m, key)?.ok_or_else(|| ApiError::bad_request(format!("definitions item without {key}")))
+    let t = get_str(m, key)?
+        .ok_or_else(|| ApiError::bad_request(format!("definitions item without {key}")))?;
+    check_name(key, t)?;
+    Ok(t)
 }
 
 fn store_failed(e: crate::store::StoreError) -> ApiError {
@@ -328,6 +333,7 @@ pub fn apply(b: &Arc<Broker>, doc: &Value, only_vhost: Option<&str>) -> Result<(
         }
         let to_exchange = get_str(m, "destination_type")? == Some("exchange");
         let key = get_str(m, "routing_key")?.unwrap_or("");
+        check_name("routing_key", key)?;
         let args = get_table(m, "arguments")?;
         v.bind(
             text(m, "destination")?,
