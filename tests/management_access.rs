@@ -249,7 +249,12 @@ fn connections_are_listed_and_closed_with_320() {
     let uri = b.uri();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let conn = rt.block_on(async { common::connect_uri(&uri).await.unwrap() });
-    let _ch = rt.block_on(conn.create_channel()).unwrap();
+    let _ch = rt.block_on(async {
+        let ch = conn.create_channel().await.unwrap();
+        common::confirm_select(&ch).await;
+        ch.basic_qos(7, Default::default()).await.unwrap();
+        ch
+    });
     // RabbitMQ registers connections in its stats with a delay; Hopper at once.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let ours = loop {
@@ -300,6 +305,26 @@ fn connections_are_listed_and_closed_with_320() {
         assert!(consumer.manual_ack);
         let details = consumer.channel_details.expect("channel details");
         assert_eq!(details.connection_name, ours.name);
+        // Its channels, with their modes and counts.
+        let chans: Vec<_> = c
+            .list_channels()
+            .expect("channels")
+            .into_iter()
+            .filter(|x| x.connection_details.name == ours.name)
+            .collect();
+        assert_eq!(chans.len(), 2, "{chans:?}");
+        assert!(chans
+            .iter()
+            .any(|x| x.has_publisher_confirms_enabled && x.prefetch_count == 7));
+        assert!(chans
+            .iter()
+            .any(|x| x.consumer_count == 1 && !x.has_publisher_confirms_enabled));
+        c.get_channel_info(&chans[0].name).expect("one channel");
+        let on_conn = c
+            .list_channels_on(&ours.name)
+            .expect("channels of the connection");
+        assert_eq!(on_conn.len(), 2);
+        assert_eq!(c.overview().unwrap().object_totals.channels, 2);
     }
     let mut events = conn.events_listener();
     c.close_connection(&ours.name, Some("test says bye"), false)

@@ -2,7 +2,9 @@
 //! connection registers itself once its handshake is done (user, vhost,
 //! client properties, when) and leaves when it ends; the API lists them and
 //! can ask one to close (the connection then sends 320 CONNECTION_FORCED
-//! itself). Nothing on the publish path reads it.
+//! itself). Channels are seen through `ChannelView`, which the channel layer
+//! implements (this module never names it). Nothing on the publish path
+//! reads the registry.
 
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
@@ -11,6 +13,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::Broker;
+
+/// A channel as the management API shows it, read when asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelSnapshot {
+    pub number: u16,
+    /// basic.qos global=false: per consumer.
+    pub prefetch_count: u16,
+    /// basic.qos global=true: shared by the channel's consumers.
+    pub global_prefetch_count: u16,
+    pub confirm: bool,
+    pub consumer_count: usize,
+    pub unacked: usize,
+    pub unconfirmed: usize,
+}
+
+/// An open channel, as the registry sees it.
+pub trait ChannelView: Send + Sync + std::fmt::Debug {
+    fn snapshot(&self) -> ChannelSnapshot;
+}
 
 /// What the management API shows about a connection.
 #[derive(Debug)]
@@ -29,6 +50,8 @@ pub struct ConnectionInfo {
     pub heartbeat: u16,
     /// Open channels (updated by the connection after each read burst).
     pub channels: AtomicUsize,
+    /// The open channels (replaced by the connection when they change).
+    channel_views: Mutex<Vec<Arc<dyn ChannelView>>>,
     close: tokio::sync::Notify,
     reason: Mutex<Option<String>>,
 }
@@ -67,8 +90,18 @@ impl ConnectionInfo {
         self.channels.load(Ordering::Relaxed)
     }
 
-    pub fn set_channel_count(&self, n: usize) {
-        self.channels.store(n, Ordering::Relaxed);
+    /// Replace the list of open channels.
+    pub fn set_channels(&self, views: Vec<Arc<dyn ChannelView>>) {
+        self.channels.store(views.len(), Ordering::Relaxed);
+        *self.channel_views.lock() = views;
+    }
+
+    /// The open channels now, by number.
+    pub fn channel_snapshots(&self) -> Vec<ChannelSnapshot> {
+        let views = self.channel_views.lock().clone();
+        let mut v: Vec<ChannelSnapshot> = views.iter().map(|c| c.snapshot()).collect();
+        v.sort_by_key(|c| c.number);
+        v
     }
 }
 
@@ -87,6 +120,7 @@ impl Broker {
             channel_max: c.channel_max,
             heartbeat: c.heartbeat,
             channels: AtomicUsize::new(0),
+            channel_views: Mutex::new(Vec::new()),
             close: tokio::sync::Notify::new(),
             reason: Mutex::new(None),
         });

@@ -216,6 +216,11 @@ pub struct ConfirmState {
 }
 
 impl ConfirmState {
+    /// Publishes not yet confirmed.
+    pub fn unconfirmed(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Register the next publish; returns its sequence number.
     pub fn register(&mut self) -> u64 {
         self.last_seq += 1;
@@ -441,6 +446,34 @@ impl Consumer {
         // Sent under the channel lock so delivery tags reach the client in order.
         self.channel.conn.send(out.freeze());
         true
+    }
+}
+
+/// What the management API reads of a channel (through the broker's registry).
+impl crate::broker::connections::ChannelView for ChannelHandle {
+    fn snapshot(&self) -> crate::broker::connections::ChannelSnapshot {
+        let (prefetch_count, global_prefetch_count, consumer_count, unacked) = {
+            let d = self.delivery.lock();
+            (
+                d.prefetch_consumer,
+                d.prefetch_global,
+                d.consumers.len(),
+                d.unacked.len(),
+            )
+        };
+        let (confirm, unconfirmed) = {
+            let c = self.confirms.lock();
+            (c.enabled, c.unconfirmed())
+        };
+        crate::broker::connections::ChannelSnapshot {
+            number: self.id,
+            prefetch_count,
+            global_prefetch_count,
+            confirm,
+            consumer_count,
+            unacked,
+            unconfirmed,
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 
+use crate::broker::connections::ChannelView;
 use crate::broker::{Broker, VHost};
 use crate::channel::handle::{ConnHandle, Outbound, WriteFlow, READ_PAUSE};
 use crate::channel::{notify_cancelled, Channel, ConnCtx};
@@ -68,6 +69,8 @@ pub struct Connection<R> {
     client_properties: amq_protocol::types::FieldTable,
     /// This connection in the broker's registry (after the handshake).
     info: Option<Arc<crate::broker::connections::ConnectionInfo>>,
+    /// A channel opened or closed since the registry last heard.
+    channels_changed: bool,
 }
 
 /// Smallest and largest read reservation (see `Connection::read_hint`).
@@ -126,6 +129,7 @@ where
         flow: Vec::new(),
         client_properties: Default::default(),
         info: None,
+        channels_changed: false,
     };
     let end = c.run().await;
     tracing::debug!(conn = id, peer = %peer, ?end, "connection ended");
@@ -246,8 +250,19 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
             }
             self.flush_confirms();
-            if let Some(info) = &info {
-                info.set_channel_count(self.channels.len());
+            if self.channels_changed {
+                self.channels_changed = false;
+                if let Some(info) = &info {
+                    info.set_channels(
+                        self.channels
+                            .values()
+                            .filter_map(|s| match s {
+                                Slot::Open(c) => Some(c.handle.clone() as Arc<dyn ChannelView>),
+                                Slot::Closing => None,
+                            })
+                            .collect(),
+                    );
+                }
             }
             self.flow_wait().await;
             if frames >= YIELD_AFTER_FRAMES {
@@ -444,6 +459,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     channel,
                     Slot::Open(Box::new(Channel::new(channel, self.handle.clone()))),
                 );
+                self.channels_changed = true;
                 self.send_method(
                     channel,
                     AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})),
@@ -469,6 +485,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
             (Some(Slot::Closing), _) => Ok(()),
             (Some(Slot::Open(_)), AMQPClass::Channel(ch::AMQPMethod::Close(_))) => {
+                self.channels_changed = true;
                 if let Some(Slot::Open(mut c)) = self.channels.remove(&channel) {
                     c.teardown(&self.broker, self.vhost.as_ref());
                 }
@@ -558,6 +575,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 method_id,
             }) => {
                 tracing::info!(conn = self.handle.id, channel, code, %text, "closing channel");
+                self.channels_changed = true;
                 if let Some(Slot::Open(mut c)) = self.channels.insert(channel, Slot::Closing) {
                     // Confirms for publishes completed before the error still go out.
                     c.handle.flush_confirms();

@@ -142,3 +142,74 @@ pub fn list_consumers(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
     }
     Ok(Reply::Json(list::answer(items, &r.query)?))
 }
+
+fn channel_json(c: &ConnectionInfo, ch: &crate::broker::connections::ChannelSnapshot) -> Value {
+    json!({
+        "number": ch.number,
+        "name": format!("{} ({})", c.name, ch.number),
+        "node": super::overview::node_name(),
+        "connection_details": {
+            "name": c.name,
+            "peer_host": c.peer.ip().to_string(),
+            "peer_port": c.peer.port(),
+        },
+        "vhost": c.vhost,
+        "user": c.user,
+        "user_who_performed_action": c.user,
+        "state": "running",
+        "consumer_count": ch.consumer_count,
+        "confirm": ch.confirm,
+        "prefetch_count": ch.prefetch_count,
+        "global_prefetch_count": ch.global_prefetch_count,
+        "messages_unacknowledged": ch.unacked,
+        "messages_unconfirmed": ch.unconfirmed,
+        "messages_uncommitted": 0,
+        "acks_uncommitted": 0,
+    })
+}
+
+/// Which channels a list shows.
+#[derive(Debug, Clone, Copy)]
+pub enum ChannelFilter<'a> {
+    All,
+    Vhost(&'a str),
+    Connection(&'a str),
+}
+
+fn channel_items(r: &Req<'_>, f: ChannelFilter<'_>) -> Vec<Value> {
+    let mut items = Vec::new();
+    for c in r.broker.connection_list() {
+        let wanted = match f {
+            ChannelFilter::All => true,
+            ChannelFilter::Vhost(v) => c.vhost == v,
+            ChannelFilter::Connection(n) => c.name == n,
+        };
+        if wanted && sees(r, &c) {
+            items.extend(c.channel_snapshots().iter().map(|ch| channel_json(&c, ch)));
+        }
+    }
+    items
+}
+
+/// `GET /api/channels`, `/api/vhosts/{vh}/channels`, `/api/connections/{name}/channels`.
+pub fn list_channels(r: &Req<'_>, f: ChannelFilter<'_>) -> ApiResult {
+    match f {
+        ChannelFilter::Vhost(v) => {
+            visible_vhost(r, v)?;
+        }
+        ChannelFilter::Connection(n) => {
+            find(r, n)?;
+        }
+        ChannelFilter::All => {}
+    }
+    Ok(Reply::Json(list::answer(channel_items(r, f), &r.query)?))
+}
+
+/// `GET /api/channels/{name}`.
+pub fn get_channel(r: &Req<'_>, name: &str) -> ApiResult {
+    channel_items(r, ChannelFilter::All)
+        .into_iter()
+        .find(|c| c["name"] == name)
+        .map(Reply::Json)
+        .ok_or_else(ApiError::not_found)
+}

@@ -302,8 +302,14 @@ async fn dispatch(r: &Req<'_>, seg: &[&str]) -> ApiResult {
         (&M::DELETE, ["connections", name]) => connections::close_connection(r, name),
         (&M::GET, ["consumers"]) => connections::list_consumers(r, None),
         (&M::GET, ["consumers", vh]) => connections::list_consumers(r, Some(vhost_name(vh))),
-        (&M::GET, ["channels"]) => overview::empty_list(r),
-        (&M::GET, ["vhosts", _, "channels"]) => overview::empty_list(r),
+        (&M::GET, ["channels"]) => connections::list_channels(r, connections::ChannelFilter::All),
+        (&M::GET, ["channels", name]) => connections::get_channel(r, name),
+        (&M::GET, ["connections", name, "channels"]) => {
+            connections::list_channels(r, connections::ChannelFilter::Connection(name))
+        }
+        (&M::GET, ["vhosts", vh, "channels"]) => {
+            connections::list_channels(r, connections::ChannelFilter::Vhost(vhost_name(vh)))
+        }
         (&M::GET, ["policies" | "operator-policies" | "parameters" | "global-parameters"]) => {
             overview::empty_list(r)
         }
