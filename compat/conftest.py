@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 
 import pika
@@ -105,12 +106,14 @@ class Broker:
                 raise
 
     # ----------------------------------------------------------------- process
-    def start(self):
+    def start(self, port=0):
+        """Start hopper on `port` (0: any free port; the port it took is read back)."""
         assert not self.external
         log = open(self.log_path, "ab")
         log.write(f"---- starting hopper at {time.strftime('%H:%M:%S')} ----\n".encode())
         log.flush()
-        cmd = [self.binary, "--listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0",
+        listen = f"127.0.0.1:{port}"
+        cmd = [self.binary, "--listen", listen, "--management-listen", "127.0.0.1:0",
                "--data-dir", self.data_dir, *self.extra_args]
         self.proc = subprocess.Popen(
             cmd,
@@ -200,16 +203,23 @@ class Broker:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
 
-    def restart(self, graceful=False):
+    def restart(self, graceful=False, same_port=False):
         """Kill -9 (or, with graceful=True, SIGTERM and wait) and start again on the
-        same data dir.  The port may change: take params() again afterwards."""
+        same data dir.  The port may change (take params() again afterwards) unless
+        same_port=True, for clients that reconnect to the address they know."""
         if self.external:
             pytest.skip("cannot restart an external broker (HOPPER_TEST_EXTERNAL)")
+        port = self.port if same_port else 0
         if graceful:
             self.stop()
         else:
             self.kill()
-        self.start()
+        self.start(port=port)
+
+    def url(self, vhost="%2F"):
+        """amqp:// URL of this broker (guest credentials unless overridden)."""
+        user, password = urllib.parse.quote(USERNAME, safe=""), urllib.parse.quote(PASSWORD, safe="")
+        return f"amqp://{user}:{password}@{self.host}:{self.port}/{vhost}"
 
     def cleanup(self):
         if not self.external:

@@ -43,6 +43,30 @@ def test_server_properties_advertise_rabbitmq_capabilities(amqp):
     assert amqp.conn._impl.exchange_exchange_bindings
 
 
+def test_server_says_rabbitmq_3x_so_kombu_uses_global_qos(amqp):
+    """kombu (Celery) takes RabbitMQ 3.3 to 3.x semantics (global basic.qos) only
+    when `product` is "RabbitMQ"; it reads the version too."""
+    from kombu.transport.pyamqp import Transport
+
+    props = amqp.conn._impl.server_properties
+    assert props["product"] == "RabbitMQ"
+    major, minor, _patch = (int(p) for p in props["version"].split("."))
+    assert major == 3 and minor >= 3
+
+    class _Conn:
+        server_properties = props
+
+    assert Transport.qos_semantics_matches_spec(None, _Conn()) is False
+
+
+def test_update_secret_is_accepted_and_the_connection_keeps_working(amqp):
+    """RabbitMQ 3.x answers update-secret-ok (its internal users' state cannot
+    expire, so the secret is not re-checked) and the connection goes on."""
+    amqp.conn.update_secret("guest", "token refresh")
+    amqp.conn.update_secret("not the password", "rotation")
+    assert_connection_usable(amqp.conn)
+
+
 def test_tune_defaults_match_rabbitmq(amqp):
     """RabbitMQ proposes frame_max 131072, channel_max 2047, heartbeat 60 s;
     pika (no preferences given) takes the server's heartbeat and the smaller limits."""

@@ -253,6 +253,30 @@ def test_bind_missing_queue_or_exchange_is_404(amqp):
     assert_connection_usable(amqp.conn)
 
 
+def test_unbind_from_or_to_missing_queue_or_exchange_is_ok(amqp):
+    """RabbitMQ 3.x answers unbind-ok when either end is gone or never existed
+    (an auto-delete queue gone with its last consumer, an exchange deleted in a
+    cascade), unlike bind, which is a 404."""
+    ch = amqp.channel()
+    x = amqp.exchange_name()
+    q = amqp.queue_name()
+    ch.exchange_declare(x, exchange_type="direct")
+    ch.queue_declare(q)
+    ch.queue_unbind(amqp.queue_name(), x, routing_key="k")
+    ch.queue_unbind(q, amqp.exchange_name(), routing_key="k")
+    ch.queue_unbind(amqp.queue_name(), amqp.exchange_name(), routing_key="k")
+    ch.exchange_unbind(destination=amqp.exchange_name(), source=x, routing_key="k")
+    ch.exchange_unbind(destination=x, source=amqp.exchange_name(), routing_key="k")
+    # a queue deleted after it was bound
+    ch.queue_bind(q, x, routing_key="k")
+    ch.queue_delete(q)
+    ch.queue_unbind(q, x, routing_key="k")
+    # the default exchange is still refused
+    with channel_error(403):
+        ch.queue_unbind(amqp.queue_name(), "", routing_key="k")
+    assert_connection_usable(amqp.conn)
+
+
 def test_exchange_delete_removes_bindings(amqp):
     ch = amqp.channel(confirm=True)
     x = amqp.exchange_name()

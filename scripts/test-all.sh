@@ -2,10 +2,13 @@
 # Runs every check of the project, the same way locally and in CI:
 #   1. system packages needed to build (clang/libclang for RocksDB's bindgen, g++, python venv)
 #      and to test (openssl, for the TLS compat tests' certificates)
-#   2. cargo fmt --check, cargo clippy -D warnings, cargo test (all in the dev profile,
-#      so RocksDB is compiled once, into $CARGO_TARGET_DIR)
-#   3. cargo build --all-targets (no-op after cargo test), then the Python compatibility suite (compat/, pika)
-#      against that binary, in a venv at $HOPPER_VENV (default ~/.cache/hopper-venv).
+#   2. the layering check (scripts/check-layers.sh: modules depend only downwards), then
+#      cargo fmt --check, cargo clippy -D warnings and cargo test over the workspace (the
+#      broker and perf/), all in the dev profile, so RocksDB is compiled once, into
+#      $CARGO_TARGET_DIR
+#   3. cargo build --all-targets (no-op after cargo test), then the compatibility suite (compat/:
+#      pika, aio-pika, a Celery worker, and Node's amqplib from compat/node) against that binary,
+#      in a venv at $HOPPER_VENV (default ~/.cache/hopper-venv); compat/node's packages by `npm ci`.
 # Every step runs even if an earlier one failed (except the compat suite, which needs
 # the binary); the script ends with a summary and exits non-zero if anything failed.
 set -euo pipefail
@@ -67,6 +70,9 @@ install_system_packages() {
     command -v g++ >/dev/null 2>&1 || missing+=(g++)
     # compat/test_tls.py makes its test certificates with the openssl command
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # compat/node (amqplib tests): node >= 18 and npm (Debian's nodejs, npm)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
     command -v "$PYTHON" >/dev/null 2>&1 || missing+=(python3)
     if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
         missing+=(python3-venv)
@@ -86,9 +92,11 @@ install_system_packages() {
 run_step "system packages" "$LOG_DIR/apt.log" install_system_packages || true
 
 # ---------------------------------------------------------------- 2. Rust checks
+run_step "layers" "$LOG_DIR/layers.log" bash scripts/check-layers.sh || true
 run_step "cargo fmt" "$LOG_DIR/fmt.log" cargo fmt --all -- --check || true
-run_step "cargo clippy" "$LOG_DIR/clippy.log" cargo clippy --all-targets -- -D warnings || true
-run_step "cargo test" "$LOG_DIR/cargo-test.log" cargo test || true
+run_step "cargo clippy" "$LOG_DIR/clippy.log" cargo clippy --workspace --all-targets -- -D warnings || true
+# --workspace builds the hopper binary that perf's smoke test (perf/tests/) drives.
+run_step "cargo test" "$LOG_DIR/cargo-test.log" cargo test --workspace || true
 
 # ---------------------------------------------------------------- 3. Python compat suite
 setup_venv() {
@@ -107,14 +115,23 @@ setup_venv() {
     fi
 }
 
+# compat/node: the locked amqplib (package-lock.json) into compat/node/node_modules
+# (not committed); npm keeps its download cache in ~/.npm, outside the clone.
+setup_node() {
+    (cd compat/node && npm ci --no-audit --no-fund --prefer-offline --loglevel=error) || return 1
+}
+
 run_compat() {
     # always test the binary we just built, never an external broker
-    env -u HOPPER_TEST_EXTERNAL HOPPER_BIN="$CARGO_TARGET_DIR/debug/hopper" \
+    env -u HOPPER_TEST_EXTERNAL HOPPER_BIN="$CARGO_TARGET_DIR/debug/hopper" HOPPER_REQUIRE_NODE=1 \
         "$VENV/bin/python" -m pytest compat -p no:cacheprovider
 }
 
-if run_step "cargo build" "$LOG_DIR/build.log" cargo build --all-targets; then
+if run_step "cargo build" "$LOG_DIR/build.log" cargo build --workspace --all-targets; then
     if run_step "python venv" "$LOG_DIR/venv.log" setup_venv; then
+        # (without node packages, compat/test_node_amqplib.py fails loudly below
+        # instead of skipping: HOPPER_REQUIRE_NODE)
+        run_step "node packages" "$LOG_DIR/npm.log" setup_node || true
         run_step "compat (pytest)" "$LOG_DIR/compat.log" run_compat || true
     else
         record "compat (pytest)" "FAILED (not run: no venv)"

@@ -106,6 +106,9 @@ fn default_loopback_users() -> Vec<String> {
     vec!["guest".to_string()]
 }
 
+/// RabbitMQ refuses a `max_message_size` above 512 MiB; so do we.
+pub const MAX_MESSAGE_SIZE_CAP: u64 = 512 * 1024 * 1024;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -136,7 +139,8 @@ impl Default for Limits {
             frame_max: 131_072,
             channel_max: 2047,
             heartbeat: 60,
-            max_message_size: 16 * 1024 * 1024,
+            // RabbitMQ 3.x's default (3.8 to 3.13): 128 MiB.
+            max_message_size: 128 * 1024 * 1024,
             handshake_timeout: 10,
             write_timeout: 15,
             max_connections: 0,
@@ -207,6 +211,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "limits.frame_max must be at least 4096".into(),
             ));
+        }
+        if self.limits.max_message_size > MAX_MESSAGE_SIZE_CAP {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_message_size must be at most {MAX_MESSAGE_SIZE_CAP} (512 MiB, RabbitMQ's cap)"
+            )));
         }
         if self.limits.channel_max == 0 {
             return Err(ConfigError::Invalid(
@@ -314,6 +323,14 @@ mod tests {
         assert_eq!(c.limits.frame_max, 131_072);
         assert_eq!(c.limits.channel_max, 2047);
         assert_eq!(c.limits.heartbeat, 60);
+        // RabbitMQ 3.x's default, in the file and without it.
+        assert_eq!(c.limits.max_message_size, 134_217_728);
+        assert_eq!(Limits::default().max_message_size, 134_217_728);
+        let big = DEFAULT_CONFIG.replace(
+            "max_message_size = 134217728",
+            "max_message_size = 536870913",
+        );
+        assert!(matches!(Config::parse(&big), Err(ConfigError::Invalid(_))));
         assert_eq!(c.vhosts, vec!["/".to_string()]);
         assert_eq!(c.users[0].name, "guest");
         assert!(c.tls.is_none(), "amqps is off by default");

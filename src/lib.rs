@@ -17,6 +17,19 @@
 //! - `config`: the configuration file.
 //! - `http`: the management HTTP API (RabbitMQ's `/api`): reads broker state,
 //!   changes it through the same broker functions AMQP uses.
+//!
+//! Layers: a module names (`crate::x`, or `super::` out of itself) only
+//! modules of its own layer or below, never a higher one:
+//! 1. `protocol`, `message`, `store`, `error`, `config`, `auth`, `batch`, `tls`
+//! 2. `queue` (defines what a consumer must offer it; never names `channel`)
+//! 3. `exchange`
+//! 4. `broker` (never names `channel`)
+//! 5. `channel`
+//! 6. `connection`
+//! 7. `server`, `http`, `main` and this crate root
+//!
+//! `scripts/check-layers.sh` (run by CI) enforces it outside `#[cfg(test)]`
+//! code; `scripts/layers-allow.txt` lists the old violations still to remove.
 
 #![deny(unsafe_code)]
 #![warn(clippy::unwrap_used)]

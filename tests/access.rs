@@ -11,8 +11,8 @@ use common::*;
 use hopper::auth::hashing::{HashingAlgorithm, PasswordHash};
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ExchangeBindOptions,
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions, QueuePurgeOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeUnbindOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::protocol::{connection, AMQPClass};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -898,4 +898,65 @@ async fn guest_only_from_loopback_unless_configured() {
             assert!(log.contains("user may only connect via localhost"), "{log}");
         }
     }
+}
+
+/// Unbinding from or to something missing is ok (RabbitMQ 3.x), but only after
+/// the permission checks, which look at names, not at what exists (checked
+/// against RabbitMQ 3.10.8 with the same permissions).
+#[tokio::test]
+async fn unbind_of_missing_resources_still_checks_permissions() {
+    let Some((broker, _cfg)) = broker() else {
+        return;
+    };
+    let (conn, _ch) = login(&broker, "limited").await;
+    let qunbind = |q: &'static str, x: &'static str| {
+        let conn = &conn;
+        async move {
+            within(
+                "queue.unbind",
+                channel(conn).await.queue_unbind(
+                    q.into(),
+                    x.into(),
+                    "k".into(),
+                    FieldTable::default(),
+                ),
+            )
+            .await
+        }
+    };
+    let xunbind = |dest: &'static str, src: &'static str| {
+        let conn = &conn;
+        async move {
+            within(
+                "exchange.unbind",
+                channel(conn).await.exchange_unbind(
+                    dest.into(),
+                    src.into(),
+                    "k".into(),
+                    ExchangeUnbindOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await
+        }
+    };
+    assert_refused(
+        qunbind("missing-q", "rd-missing").await,
+        &refused("queue", "missing-q", "limited"),
+    );
+    assert_refused(
+        qunbind("wr-missing", "x-missing").await,
+        &refused("exchange", "x-missing", "limited"),
+    );
+    qunbind("wr-missing", "rd-missing")
+        .await
+        .expect("allowed unbind of missing ends is ok");
+    assert_refused(
+        xunbind("x-missing", "rd-missing").await,
+        &refused("exchange", "x-missing", "limited"),
+    );
+    xunbind("wr-missing", "rd-missing")
+        .await
+        .expect("allowed exchange.unbind of missing ends is ok");
+    let _ = conn.close(200, "bye".into()).await;
 }

@@ -475,7 +475,35 @@ impl VHost {
         arguments: FieldTable,
         conn_id: u64,
     ) -> AmqpResult<()> {
-        let (src, d, dest_durable) = self.binding_ends(source, dest, to_exchange, conn_id)?;
+        if source.is_empty() || (to_exchange && dest.is_empty()) {
+            return Err(self.default_exchange_refused());
+        }
+        // RabbitMQ 3.x: unbinding from or to an exchange or queue that does not
+        // exist (any more, e.g. auto-deleted) answers unbind-ok, as does a
+        // binding that does not exist. The exclusive-queue check applies only
+        // to a binding that is there to remove.
+        let Some(src) = self.exchanges.get(source).map(|x| x.clone()) else {
+            return Ok(());
+        };
+        let (d, dest_durable) = if to_exchange {
+            let Some(x) = self.exchanges.get(dest).map(|x| x.clone()) else {
+                return Ok(());
+            };
+            let durable = x.durable;
+            (Destination::Exchange(x), durable)
+        } else {
+            let Some(q) = self.queues.get(dest).map(|q| q.clone()) else {
+                return Ok(());
+            };
+            let durable = q.durable && q.exclusive_owner.is_none();
+            (Destination::Queue(q), durable)
+        };
+        if !src.has_binding(&d, routing_key, &arguments) {
+            return Ok(());
+        }
+        if let Destination::Queue(q) = &d {
+            self.check_exclusive(q, conn_id)?;
+        }
         if src.unbind(&d, routing_key, &arguments) {
             if src.durable && dest_durable {
                 let def = BindingDef {

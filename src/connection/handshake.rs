@@ -17,6 +17,11 @@ use crate::protocol::{codes, read_frame, Frame, PROTOCOL_HEADER};
 /// The smallest frame_max a client may ask for.
 pub(super) const FRAME_MIN_SIZE: u32 = 4096;
 
+/// What connection.start calls the server: the RabbitMQ release line whose
+/// AMQP 0-9-1 behaviour we follow (the last 3.x; kombu treats 4.x differently).
+pub(super) const COMPATIBLE_PRODUCT: &str = "RabbitMQ";
+pub(super) const COMPATIBLE_VERSION: &str = "3.13.7";
+
 fn server_properties() -> FieldTable {
     let mut caps = FieldTable::default();
     for cap in [
@@ -35,15 +40,27 @@ fn server_properties() -> FieldTable {
     let mut p = FieldTable::default();
     let s = |v: &str| AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()));
     p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    p.insert("product".into(), s("Hopper"));
-    p.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
+    // Clients choose behaviour from `product` and `version`: kombu (Celery)
+    // uses global basic.qos only for "RabbitMQ" 3.3 to 3.x, and Celery raises
+    // the prefetch for each ETA task it holds with it; anything else gets
+    // per-consumer qos that never reaches the running consumer, so plain tasks
+    // wait behind countdowns. We follow RabbitMQ 3.x's semantics, so we say so
+    // (see docs/COMPATIBILITY.md). Hopper's own identity is in `information`
+    // and `hopper_version`.
+    p.insert("product".into(), s(COMPATIBLE_PRODUCT));
+    p.insert("version".into(), s(COMPATIBLE_VERSION));
     p.insert("platform".into(), s("Rust"));
     p.insert("cluster_name".into(), s("hopper"));
     p.insert("copyright".into(), s("The Hopper authors"));
     p.insert(
         "information".into(),
-        s("AMQP 0-9-1 broker compatible with RabbitMQ clients"),
+        s(concat!(
+            "Hopper ",
+            env!("CARGO_PKG_VERSION"),
+            ", an AMQP 0-9-1 broker compatible with RabbitMQ 3.x clients"
+        )),
     );
+    p.insert("hopper_version".into(), s(env!("CARGO_PKG_VERSION")));
     p
 }
 

@@ -614,10 +614,27 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
             AMQPClass::Connection(conn::AMQPMethod::Blocked(_))
             | AMQPClass::Connection(conn::AMQPMethod::Unblocked(_)) => Ok(()),
-            AMQPClass::Connection(conn::AMQPMethod::UpdateSecret(_)) => Err(
-                AmqpError::not_implemented("connection.update-secret is not supported")
-                    .caused_by(class_id, method_id),
-            ),
+            AMQPClass::Connection(conn::AMQPMethod::UpdateSecret(u)) => {
+                // RabbitMQ 3.x hands the new secret to the auth backends whose
+                // state can expire (OAuth 2 tokens); its internal user database
+                // cannot expire, so the secret is not checked and the
+                // connection goes on as the user it logged in as. Ours is that
+                // internal database. The secret itself is never logged.
+                tracing::info!(
+                    conn = self.handle.id,
+                    peer = %self.peer,
+                    user = %self.user,
+                    reason = ?u.reason.as_str(),
+                    "connection.update-secret: nothing to refresh for an internal user"
+                );
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(conn::AMQPMethod::UpdateSecretOk(
+                        conn::UpdateSecretOk {},
+                    )),
+                );
+                Ok(())
+            }
             AMQPClass::Connection(_) => Err(AmqpError::connection(
                 codes::COMMAND_INVALID,
                 "unexpected connection method after the handshake",

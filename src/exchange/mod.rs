@@ -168,6 +168,20 @@ impl Exchange {
         *self.bindings.write() = Bindings::default();
     }
 
+    /// Whether this exact binding exists.
+    pub fn has_binding(
+        &self,
+        dest: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> bool {
+        self.bindings
+            .read()
+            .all
+            .iter()
+            .any(|x| same_binding(x, dest, routing_key, arguments))
+    }
+
     pub fn has_bindings(&self) -> bool {
         !self.bindings.read().all.is_empty()
     }

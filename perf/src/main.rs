@@ -3,7 +3,7 @@
 //! LavinMQ's lavinmqperf).
 //!
 //! ```sh
-//! cargo build --release --bin perf
+//! cargo build --release -p perf     # no RocksDB: the tool is a crate of its own
 //! target/release/perf --uri amqp://guest:guest@127.0.0.1:5672/%2f --autoack --duration 15
 //! target/release/perf --persistent --confirm 100 --prefetch 100 --producers 4 --json
 //! target/release/perf --persistent --confirm 100 --prefetch 100 --backlog 1000000 --rss-pid PID
