@@ -113,7 +113,8 @@ class Broker:
         log.write(f"---- starting hopper at {time.strftime('%H:%M:%S')} ----\n".encode())
         log.flush()
         listen = f"127.0.0.1:{port}"
-        cmd = [self.binary, "--listen", listen, "--data-dir", self.data_dir, *self.extra_args]
+        cmd = [self.binary, "--listen", listen, "--management-listen", "127.0.0.1:0",
+               "--data-dir", self.data_dir, *self.extra_args]
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,

@@ -43,6 +43,36 @@ pub struct Config {
     /// The `amqps` listener; none when the section is absent.
     #[serde(default)]
     pub tls: Option<Tls>,
+    /// The management HTTP API.
+    #[serde(default)]
+    pub management: Management,
+    /// A RabbitMQ definitions file (JSON) imported at boot, as RabbitMQ's
+    /// `load_definitions`.
+    #[serde(default)]
+    pub load_definitions: Option<PathBuf>,
+}
+
+/// `[management]`: the HTTP API RabbitMQ's tools use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Management {
+    /// Listen address, or "off".
+    pub listen: String,
+}
+
+impl Default for Management {
+    fn default() -> Self {
+        Management {
+            listen: "127.0.0.1:15672".to_string(),
+        }
+    }
+}
+
+impl Management {
+    /// The address to listen on; None when the API is off.
+    pub fn address(&self) -> Option<&str> {
+        (self.listen != "off").then_some(self.listen.as_str())
+    }
 }
 
 /// `[tls]`: an AMQP-over-TLS listener beside the plain one (RabbitMQ's
@@ -145,6 +175,10 @@ pub struct User {
     /// Per-vhost configure / write / read patterns (RabbitMQ's permissions).
     #[serde(default)]
     pub permissions: Option<Vec<VhostPermissions>>,
+    /// Management tags: `administrator`, `monitoring`, `policymaker`,
+    /// `management` (none: no access to the management API).
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
 }
 
 fn default_vhosts() -> Vec<String> {
@@ -315,6 +349,23 @@ mod tests {
         assert!(matches!(Config::parse(&bad), Err(ConfigError::Invalid(_))));
         let bad = format!("{DEFAULT_CONFIG}\n[tls]\ncert_file = \"c.pem\"\n");
         assert!(Config::parse(&bad).is_err(), "key_file is required");
+    }
+
+    #[test]
+    fn management_listener_defaults_and_off() {
+        let c = Config::default_config().expect("default config");
+        assert_eq!(c.management.address(), Some("127.0.0.1:15672"));
+        assert!(c.load_definitions.is_none());
+        assert_eq!(
+            c.users[0].tags.as_deref(),
+            Some(&["administrator".to_string()][..])
+        );
+        let off = DEFAULT_CONFIG.replace(
+            "[management]\nlisten = \"127.0.0.1:15672\"",
+            "[management]\nlisten = \"off\"",
+        );
+        assert_ne!(off, DEFAULT_CONFIG);
+        assert_eq!(Config::parse(&off).expect("off").management.address(), None);
     }
 
     #[test]

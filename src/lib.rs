@@ -16,6 +16,8 @@
 //!   `store::health` reports failed writes and the way back (disk alarm).
 //! - `auth`: users (password hashes), vhost access and permissions.
 //! - `config`: the configuration file.
+//! - `http`: the management HTTP API (RabbitMQ's `/api`): reads broker state,
+//!   changes it through the same broker functions AMQP uses.
 //!
 //! Layers: a module names (`crate::x`, or `super::` out of itself) only
 //! modules of its own layer or below, never a higher one:
@@ -42,6 +44,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod exchange;
+pub mod http;
 pub mod message;
 pub mod protocol;
 pub mod queue;

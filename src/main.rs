@@ -34,6 +34,9 @@ struct Args {
     /// Data directory for durable state.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Management HTTP API listen address (port 0 picks a free port), or `off`.
+    #[arg(long)]
+    management_listen: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -156,6 +159,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    if let Some(listen) = args.management_listen {
+        config.management.listen = listen;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(config.log_level.as_deref().unwrap_or("info"))
     });
@@ -193,12 +199,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     let store: Arc<dyn store::Store> = Arc::new(rocks);
     let listen = config.listen.clone();
+    let management_listen = config.management.address().map(str::to_string);
+    let load_definitions = config.load_definitions.clone();
     let broker = Broker::new(config, store).context("recovering the store")?;
+    if let Some(path) = load_definitions {
+        hopper::http::definitions::load_file(&broker, &path)
+            .with_context(|| format!("loading definitions from {}", path.display()))?;
+    }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
+    broker.add_listener("amqp", addr);
     let mut listeners = vec![Listener::plain(listener)];
     let mut tls_addr = None;
     if let Some((tls_listen, acceptor)) = tls {
@@ -207,10 +220,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding {tls_listen} (tls.listen)"))?;
         let a = tcp.local_addr()?;
         tracing::info!(addr = %a, "listening (amqps)");
+        broker.add_listener("amqp/ssl", a);
         tls_addr = Some(a);
         listeners.push(Listener::tls(tcp, acceptor));
     }
     let stop = shutdown_signal();
+    let management = match &management_listen {
+        Some(m) => {
+            let tcp = tokio::net::TcpListener::bind(m)
+                .await
+                .with_context(|| format!("binding {m} (management.listen)"))?;
+            let a = tcp.local_addr()?;
+            tracing::info!(addr = %a, "management API listening");
+            broker.add_listener("http", a);
+            Some(tcp)
+        }
+        None => None,
+    };
+    let management_addr = management.as_ref().and_then(|t| t.local_addr().ok());
     {
         // Harnesses read the plain line first; the amqps line follows it.
         let mut out = std::io::stdout().lock();
@@ -218,8 +245,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         if let Some(a) = tls_addr {
             writeln!(out, "hopper amqps listening on {a}")?;
         }
+        if let Some(a) = management_addr {
+            writeln!(out, "hopper management listening on {a}")?;
+        }
         out.flush()?;
     }
+    let http = management.map(|tcp| {
+        tokio::spawn(hopper::http::serve(
+            tcp,
+            broker.clone(),
+            broker.shutdown_signal(),
+        ))
+    });
     let sweeper = tokio::spawn(hopper::broker::deadletter::sweeper(broker.clone()));
     let disk_watch = tokio::spawn(hopper::broker::disk::watch(broker.clone()));
     hopper::server::run(listeners, broker.clone(), stop).await;
@@ -230,6 +267,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await;
     sweeper.abort();
     disk_watch.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     broker.store.shutdown();
     Ok(())
 }

@@ -143,7 +143,13 @@ async fn deep_queue_reads_paged_out_messages_back_in_order() {
 fn expect_refusal(dir: &std::path::Path) -> String {
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_hopper"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--management-listen",
+            "off",
+            "--data-dir",
+        ])
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

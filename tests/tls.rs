@@ -432,7 +432,13 @@ async fn sigterm_closes_tls_clients_with_320() {
 fn refused_start(args: &[&str]) -> String {
     let data = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_hopper"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--management-listen",
+            "off",
+            "--data-dir",
+        ])
         .arg(data.path())
         .args(args)
         .stdin(Stdio::null())

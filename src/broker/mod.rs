@@ -1,9 +1,11 @@
 //! Shared broker state: vhosts with their exchanges, queues and bindings, the
 //! store, and id counters. Recovery at boot rebuilds it from the store.
 
+pub mod connections;
 pub mod deadletter;
 pub mod disk;
 pub mod publish;
+pub mod users;
 pub mod vhost;
 
 use dashmap::DashMap;
@@ -38,6 +40,11 @@ pub struct Broker {
     live_connections: std::sync::atomic::AtomicUsize,
     /// Open connections per user.
     user_connections: DashMap<String, usize>,
+    /// Open connections by id, for the management API (`connections`).
+    pub connections: DashMap<u64, Arc<connections::ConnectionInfo>>,
+    /// The bound listeners (protocol as RabbitMQ names it, address), set by
+    /// whoever binds them; the management API reports them.
+    listeners: parking_lot::Mutex<Vec<(&'static str, std::net::SocketAddr)>>,
     /// Which resource alarms are on.
     alarms: parking_lot::Mutex<Alarms>,
     /// True while any resource alarm is on: publishers are blocked.
@@ -93,6 +100,8 @@ impl Broker {
             shutdown: tokio::sync::watch::channel(false).0,
             live_connections: std::sync::atomic::AtomicUsize::new(0),
             user_connections: DashMap::new(),
+            connections: DashMap::new(),
+            listeners: parking_lot::Mutex::new(Vec::new()),
             alarms: parking_lot::Mutex::new(Alarms::default()),
             alarm: tokio::sync::watch::channel(false).0,
             next_conn_id: AtomicU64::new(1),
@@ -132,6 +141,7 @@ impl Broker {
         if queues > 0 {
             tracing::info!(queues, messages, "recovered durable queues");
         }
+        self.restore_objects(rec.objects);
     }
 
     /// Ask every connection to close (320 CONNECTION_FORCED) and wait up to
@@ -237,6 +247,15 @@ impl Broker {
             }
             self.alarm.send_replace(any);
         }
+    }
+
+    /// Record a bound listener: "amqp", "amqp/ssl" or "http".
+    pub fn add_listener(&self, protocol: &'static str, addr: std::net::SocketAddr) {
+        self.listeners.lock().push((protocol, addr));
+    }
+
+    pub fn listeners(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
+        self.listeners.lock().clone()
     }
 
     pub fn live_connection_count(&self) -> usize {

@@ -217,6 +217,11 @@ pub struct ConfirmState {
 }
 
 impl ConfirmState {
+    /// Publishes not yet confirmed.
+    pub fn unconfirmed(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Register the next publish; returns its sequence number.
     pub fn register(&mut self) -> u64 {
         self.last_seq += 1;
@@ -465,6 +470,19 @@ impl Subscriber for Consumer {
         true
     }
 
+    fn info(&self) -> crate::queue::subscriber::SubscriberInfo {
+        crate::queue::subscriber::SubscriberInfo {
+            tag: self.tag.clone(),
+            ack_required: !self.no_ack,
+            prefetch: self.prefetch,
+            exclusive: self.exclusive,
+            priority: self.priority,
+            unacked: self.unacked.load(Ordering::Relaxed),
+            connection: self.channel.conn.id,
+            channel: self.channel.id,
+        }
+    }
+
     /// basic.cancel to the client (when it announced consumer_cancel_notify).
     fn cancelled(&self) {
         self.channel.delivery.lock().consumers.remove(&self.tag);
@@ -480,6 +498,34 @@ impl Subscriber for Consumer {
                 })),
             );
             self.channel.conn.send(out.freeze());
+        }
+    }
+}
+
+/// What the management API reads of a channel (through the broker's registry).
+impl crate::broker::connections::ChannelView for ChannelHandle {
+    fn snapshot(&self) -> crate::broker::connections::ChannelSnapshot {
+        let (prefetch_count, global_prefetch_count, consumer_count, unacked) = {
+            let d = self.delivery.lock();
+            (
+                d.prefetch_consumer,
+                d.prefetch_global,
+                d.consumers.len(),
+                d.unacked.len(),
+            )
+        };
+        let (confirm, unconfirmed) = {
+            let c = self.confirms.lock();
+            (c.enabled, c.unconfirmed())
+        };
+        crate::broker::connections::ChannelSnapshot {
+            number: self.id,
+            prefetch_count,
+            global_prefetch_count,
+            confirm,
+            consumer_count,
+            unacked,
+            unconfirmed,
         }
     }
 }

@@ -212,6 +212,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             "consumer_cancel_notify",
         ));
         self.blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
+        self.client_properties = start_ok.client_properties.clone();
 
         let limits = &self.broker.config.limits;
         let (frame_max, channel_max, heartbeat) =

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 
+use crate::broker::connections::ChannelView;
 use crate::broker::{Broker, VHost};
 use crate::channel::handle::{ConnHandle, Outbound, WriteFlow, READ_PAUSE};
 use crate::channel::{notify_cancelled, Channel, ConnCtx};
@@ -64,6 +65,12 @@ pub struct Connection<R> {
     read_hint: usize,
     /// Queues this read burst published to that asked for flow control.
     flow: Vec<Arc<Queue>>,
+    /// The client's properties from connection.start-ok.
+    client_properties: amq_protocol::types::FieldTable,
+    /// This connection in the broker's registry (after the handshake).
+    info: Option<Arc<crate::broker::connections::ConnectionInfo>>,
+    /// A channel opened or closed since the registry last heard.
+    channels_changed: bool,
 }
 
 /// Smallest and largest read reservation (see `Connection::read_hint`).
@@ -71,6 +78,15 @@ const READ_MIN: usize = 4 * 1024;
 const READ_MAX: usize = 128 * 1024;
 /// A read burst with this many frames yields to other tasks before reading more.
 const YIELD_AFTER_FRAMES: usize = 64;
+
+/// Resolves when the management API asks this connection to close; never
+/// without a registry entry.
+async fn close_requested(info: &Option<Arc<crate::broker::connections::ConnectionInfo>>) -> String {
+    match info {
+        Some(i) => i.close_requested().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Serve one accepted socket until it closes.
 pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>)
@@ -111,10 +127,16 @@ where
         published: false,
         read_hint: READ_MIN,
         flow: Vec::new(),
+        client_properties: Default::default(),
+        info: None,
+        channels_changed: false,
     };
     let end = c.run().await;
     tracing::debug!(conn = id, peer = %peer, ?end, "connection ended");
     c.teardown();
+    if c.info.is_some() {
+        c.broker.unregister_connection(id);
+    }
     if c.user_counted {
         c.broker.user_disconnected(&c.user);
     }
@@ -134,6 +156,23 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             Err(end) => return end,
         }
         tracing::info!(conn = self.handle.id, peer = %self.peer, user = %self.user, "connection open");
+        self.info = Some(
+            self.broker
+                .register_connection(crate::broker::connections::NewConnection {
+                    id: self.handle.id,
+                    peer: self.peer,
+                    user: self.user.clone(),
+                    vhost: self
+                        .vhost
+                        .as_ref()
+                        .map(|v| v.name.clone())
+                        .unwrap_or_default(),
+                    client_properties: std::mem::take(&mut self.client_properties),
+                    frame_max: self.frame_max,
+                    channel_max: self.channel_max,
+                    heartbeat: self.heartbeat,
+                }),
+        );
         let end = self.main_loop().await;
         tracing::info!(conn = self.handle.id, peer = %self.peer, "connection closed");
         end
@@ -191,6 +230,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         // into a frame it never finishes is never silent, yet must not hold
         // the connection forever. (RabbitMQ counts any byte as liveness.)
         let mut last_frame = tokio::time::Instant::now();
+        let info = self.info.clone();
         loop {
             let mut frames = 0usize;
             loop {
@@ -210,6 +250,20 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
             }
             self.flush_confirms();
+            if self.channels_changed {
+                self.channels_changed = false;
+                if let Some(info) = &info {
+                    info.set_channels(
+                        self.channels
+                            .values()
+                            .filter_map(|s| match s {
+                                Slot::Open(c) => Some(c.handle.clone() as Arc<dyn ChannelView>),
+                                Slot::Closing => None,
+                            })
+                            .collect(),
+                    );
+                }
+            }
             self.flow_wait().await;
             if frames >= YIELD_AFTER_FRAMES {
                 // A publisher whose socket always has data would otherwise
@@ -256,6 +310,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 None => None,
             };
             let down = *shutdown.borrow_and_update();
+            let mut forced = None;
             let filled = if down {
                 None
             } else {
@@ -269,6 +324,11 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     // A publisher stops being read as soon as the alarm goes
                     // off, not only after its next publish.
                     _ = alarm.changed(), if self.published => continue,
+                    // The management API closes this connection.
+                    reason = close_requested(&info) => {
+                        forced = Some(reason);
+                        None
+                    }
                 }
             };
             match filled {
@@ -276,12 +336,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 Some(Ok(false)) => return End::Gone,
                 Some(Err(end)) => return end,
                 None => {
+                    let text = forced.unwrap_or_else(|| "broker shutdown".to_string());
                     return self
-                        .close_with(AmqpError::connection(
-                            codes::CONNECTION_FORCED,
-                            "broker shutdown",
-                        ))
-                        .await
+                        .close_with(AmqpError::connection(codes::CONNECTION_FORCED, text))
+                        .await;
                 }
             }
         }
@@ -401,6 +459,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     channel,
                     Slot::Open(Box::new(Channel::new(channel, self.handle.clone()))),
                 );
+                self.channels_changed = true;
                 self.send_method(
                     channel,
                     AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})),
@@ -426,6 +485,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
             (Some(Slot::Closing), _) => Ok(()),
             (Some(Slot::Open(_)), AMQPClass::Channel(ch::AMQPMethod::Close(_))) => {
+                self.channels_changed = true;
                 if let Some(Slot::Open(mut c)) = self.channels.remove(&channel) {
                     c.teardown(&self.broker, self.vhost.as_ref());
                 }
@@ -515,6 +575,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 method_id,
             }) => {
                 tracing::info!(conn = self.handle.id, channel, code, %text, "closing channel");
+                self.channels_changed = true;
                 if let Some(Slot::Open(mut c)) = self.channels.insert(channel, Slot::Closing) {
                     // Confirms for publishes completed before the error still go out.
                     c.handle.flush_confirms();

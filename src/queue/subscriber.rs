@@ -29,6 +29,23 @@ pub trait Subscriber: Send + Sync + std::fmt::Debug {
     fn offer(self: Arc<Self>, queue: &Arc<Queue>, take: &mut Take<'_>) -> bool;
     /// The queue was deleted under the subscription (basic.cancel to the client).
     fn cancelled(&self);
+    /// What the management API shows of it.
+    fn info(&self) -> SubscriberInfo;
+}
+
+/// A subscription as the management API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberInfo {
+    pub tag: String,
+    pub ack_required: bool,
+    pub prefetch: u16,
+    pub exclusive: bool,
+    pub priority: i64,
+    /// Deliveries not yet acknowledged.
+    pub unacked: u32,
+    /// The connection (broker-wide id) and channel number it consumes on.
+    pub connection: u64,
+    pub channel: u16,
 }
 
 /// Whether two subscriber handles are the same subscription.

@@ -58,6 +58,18 @@ impl Subscriber for Fake {
         }
     }
     fn cancelled(&self) {}
+    fn info(&self) -> subscriber::SubscriberInfo {
+        subscriber::SubscriberInfo {
+            tag: "fake".into(),
+            ack_required: true,
+            prefetch: 1,
+            exclusive: false,
+            priority: 0,
+            unacked: 0,
+            connection: 0,
+            channel: 1,
+        }
+    }
 }
 
 fn consumer(q: &Arc<Queue>) -> (Arc<Fake>, ()) {

@@ -10,6 +10,8 @@ use super::{BindingDef, ExchangeDef, IndexMeta, QueueDef, QueueKey};
 pub const EXCHANGE: u8 = b'x';
 pub const QUEUE: u8 = b'q';
 pub const BINDING: u8 = b'b';
+/// Opaque definitions (users, vhosts, permissions) of the management API.
+pub const OBJECT: u8 = b'o';
 
 #[derive(Default)]
 pub struct Writer(pub Vec<u8>);
@@ -104,6 +106,28 @@ pub fn queue_key(vhost: &str, name: &str) -> Vec<u8> {
     let mut w = Writer::default();
     w.u8(QUEUE).str8(vhost).str8(name);
     w.0
+}
+
+/// An opaque definition's key: its kind, then its own key.
+pub fn object_key(kind: &str, key: &str) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(OBJECT).str8(kind);
+    w.0.extend_from_slice(key.as_bytes());
+    w.0
+}
+
+pub fn decode_object(k: &[u8], v: &[u8]) -> Option<super::StoredObject> {
+    let mut r = Reader(k);
+    if r.u8()? != OBJECT {
+        return None;
+    }
+    let kind = r.str8()?;
+    let key = String::from_utf8(r.rest().to_vec()).ok()?;
+    Some(super::StoredObject {
+        kind,
+        key,
+        value: v.to_vec(),
+    })
 }
 
 pub fn binding_key(b: &BindingDef) -> Vec<u8> {
@@ -341,6 +365,20 @@ mod tests {
             arguments: args(),
         };
         assert_eq!(decode_binding(&encode_binding(&b)), Some(b));
+    }
+
+    #[test]
+    fn objects_roundtrip_and_stay_apart_from_other_records() {
+        let k = object_key("user", "a\u{0}b/é");
+        let o = decode_object(&k, b"{}").unwrap();
+        assert_eq!(
+            (o.kind.as_str(), o.key.as_str(), &o.value[..]),
+            ("user", "a\u{0}b/é", &b"{}"[..])
+        );
+        assert_eq!(k[0], OBJECT);
+        assert!(decode_object(&exchange_key("/", "x"), b"").is_none());
+        // The kind is length-prefixed: "user" + "s" is not "users" + "".
+        assert_ne!(object_key("user", "s"), object_key("users", ""));
     }
 
     #[test]

@@ -85,6 +85,18 @@ pub struct Recovered {
     pub queues: Vec<(QueueDef, Vec<(u64, IndexMeta)>)>,
     pub bindings: Vec<BindingDef>,
     pub dedup: Vec<DedupDef>,
+    pub objects: Vec<StoredObject>,
+}
+
+/// A definition kept as opaque bytes: users, vhosts, permissions and the like,
+/// which the management API creates (it owns their encoding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// What it is, e.g. "user".
+    pub kind: String,
+    /// Which one, unique within its kind.
+    pub key: String,
+    pub value: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +147,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn max_message_id(&self) -> u64;
     /// Forget a key evicted from an exchange's cache.
     fn forget_dedup(&self, _vhost: &str, _exchange: &str, _key: &str) {}
+    /// Keep an opaque definition (a synced write, like the other definitions).
+    fn put_object(&self, _obj: &StoredObject) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Forget an opaque definition.
+    fn delete_object(&self, _kind: &str, _key: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Finish pending writes and stop; later writes fail.
     fn shutdown(&self) {}
     /// Whether writes work: `Failing` from the first failed write until the

@@ -32,7 +32,7 @@ use super::failpoint::FailPoints;
 use super::health::{self, Health, Recovery};
 use super::{
     BindingDef, Completion, DedupDef, ExchangeDef, IndexMeta, QueueDef, QueueKey, Recovered, Store,
-    StoreError,
+    StoreError, StoredObject,
 };
 use crate::message::Message;
 
@@ -401,6 +401,22 @@ fn committer(
 }
 
 impl Store for RocksStore {
+    fn put_object(&self, obj: &StoredObject) -> Result<(), StoreError> {
+        let (k, v) = (codec::object_key(&obj.kind, &obj.key), obj.value.clone());
+        self.definition(move |db, _, b| {
+            b.put_cf(cf(db, CF_DEFINITIONS)?, k, v);
+            Ok(())
+        })
+    }
+
+    fn delete_object(&self, kind: &str, key: &str) -> Result<(), StoreError> {
+        let k = codec::object_key(kind, key);
+        self.definition(move |db, _, b| {
+            b.delete_cf(cf(db, CF_DEFINITIONS)?, k);
+            Ok(())
+        })
+    }
+
     fn put_exchange(&self, def: &ExchangeDef) -> Result<(), StoreError> {
         let (k, v) = (
             codec::exchange_key(&def.vhost, &def.name),
@@ -612,6 +628,9 @@ impl Store for RocksStore {
                 Some(&codec::BINDING) => rec
                     .bindings
                     .push(codec::decode_binding(&v).ok_or_else(bad)?),
+                Some(&codec::OBJECT) => rec
+                    .objects
+                    .push(codec::decode_object(&k, &v).ok_or_else(bad)?),
                 _ => return Err(bad()),
             }
         }

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod mgmt;
+
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
@@ -39,8 +41,10 @@ pub struct Broker {
     data_dir: Option<tempfile::TempDir>,
     log_path: Option<PathBuf>,
     extra_args: Vec<String>,
-    /// stdout lines after "hopper listening on", for `tls_addr`.
+    /// stdout lines after "hopper listening on", for `tls_addr` and `mgmt_addr`.
     stdout_rest: Option<mpsc::Receiver<String>>,
+    /// Lines already read from `stdout_rest`.
+    stdout_seen: Vec<String>,
     tls_addr: Option<SocketAddr>,
 }
 
@@ -64,6 +68,7 @@ impl Broker {
                     log_path: None,
                     extra_args: Vec::new(),
                     stdout_rest: None,
+                    stdout_seen: Vec::new(),
                     tls_addr: None,
                 };
             }
@@ -81,6 +86,7 @@ impl Broker {
             data_dir: Some(data_dir),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             stdout_rest: None,
+            stdout_seen: Vec::new(),
             tls_addr: None,
         };
         broker.spawn();
@@ -97,6 +103,9 @@ impl Broker {
             .expect("open broker log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_hopper"))
             .arg("--listen")
+            .arg("127.0.0.1:0")
+            // Never the default 15672 (RabbitMQ's, and shared by parallel tests).
+            .arg("--management-listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&data_dir)
@@ -149,7 +158,47 @@ impl Broker {
         self.addr = addr;
         self.child = Some(child);
         self.stdout_rest = Some(rx);
+        self.stdout_seen.clear();
         self.tls_addr = None;
+    }
+
+    /// The rest of the first stdout line (after the AMQP listen line) that
+    /// starts with `prefix`, waiting up to 30 s for it.
+    fn stdout_value(&mut self, prefix: &str) -> Option<String> {
+        if let Some(l) = self.stdout_seen.iter().find(|l| l.starts_with(prefix)) {
+            return Some(l[prefix.len()..].trim().to_string());
+        }
+        let rx = self.stdout_rest.as_ref()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).ok()?;
+            self.stdout_seen.push(line.clone());
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Some(rest.trim().to_string());
+            }
+        }
+    }
+
+    /// The management API's address, from the "hopper management listening
+    /// on ADDR" line; for an external broker, its host with port 15672.
+    pub fn mgmt_addr(&mut self) -> SocketAddr {
+        if self.external {
+            return SocketAddr::new(self.addr.ip(), 15672);
+        }
+        let line = self.stdout_value("hopper management listening on ");
+        match line.and_then(|l| l.parse().ok()) {
+            Some(a) => a,
+            None => panic!(
+                "hopper printed no 'hopper management listening on ADDR' line; stderr:\n{}",
+                tail(&self.log(), 4000)
+            ),
+        }
+    }
+
+    /// `http://HOST:PORT` of the management API.
+    pub fn mgmt_url(&mut self) -> String {
+        format!("http://{}", self.mgmt_addr())
     }
 
     /// The amqps listener's address, from the "hopper amqps listening on ADDR"
@@ -162,26 +211,16 @@ impl Broker {
         if let Some(a) = self.tls_addr {
             return a;
         }
-        let rx = self.stdout_rest.as_ref().expect("broker started");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("hopper amqps listening on ") {
-                        let a = rest
-                            .trim()
-                            .parse::<SocketAddr>()
-                            .unwrap_or_else(|e| panic!("bad amqps line {line:?}: {e}"));
-                        self.tls_addr = Some(a);
-                        return a;
-                    }
-                }
-                Err(_) => panic!(
-                    "hopper printed no 'hopper amqps listening on ADDR' line; stderr:\n{}",
-                    tail(&self.log(), 4000)
-                ),
+        let line = self.stdout_value("hopper amqps listening on ");
+        match line.and_then(|l| l.parse().ok()) {
+            Some(a) => {
+                self.tls_addr = Some(a);
+                a
             }
+            None => panic!(
+                "hopper printed no 'hopper amqps listening on ADDR' line; stderr:\n{}",
+                tail(&self.log(), 4000)
+            ),
         }
     }
 

@@ -1,0 +1,150 @@
+//! The registry of open AMQP connections, for the management API: each
+//! connection registers itself once its handshake is done (user, vhost,
+//! client properties, when) and leaves when it ends; the API lists them and
+//! can ask one to close (the connection then sends 320 CONNECTION_FORCED
+//! itself). Channels are seen through `ChannelView`, which the channel layer
+//! implements (this module never names it). Nothing on the publish path
+//! reads the registry.
+
+use amq_protocol::types::FieldTable;
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::Broker;
+
+/// A channel as the management API shows it, read when asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelSnapshot {
+    pub number: u16,
+    /// basic.qos global=false: per consumer.
+    pub prefetch_count: u16,
+    /// basic.qos global=true: shared by the channel's consumers.
+    pub global_prefetch_count: u16,
+    pub confirm: bool,
+    pub consumer_count: usize,
+    pub unacked: usize,
+    pub unconfirmed: usize,
+}
+
+/// An open channel, as the registry sees it.
+pub trait ChannelView: Send + Sync + std::fmt::Debug {
+    fn snapshot(&self) -> ChannelSnapshot;
+}
+
+/// What the management API shows about a connection.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub id: u64,
+    /// RabbitMQ's form: "PEER -> LISTENER".
+    pub name: String,
+    pub peer: SocketAddr,
+    pub user: String,
+    pub vhost: String,
+    pub client_properties: FieldTable,
+    /// ms since the Unix epoch.
+    pub connected_at: u64,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    /// Open channels (updated by the connection after each read burst).
+    pub channels: AtomicUsize,
+    /// The open channels (replaced by the connection when they change).
+    channel_views: Mutex<Vec<Arc<dyn ChannelView>>>,
+    close: tokio::sync::Notify,
+    reason: Mutex<Option<String>>,
+}
+
+/// What a connection tells the registry about itself.
+#[derive(Debug)]
+pub struct NewConnection {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub user: String,
+    pub vhost: String,
+    pub client_properties: FieldTable,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+}
+
+impl ConnectionInfo {
+    /// Ask the connection to close with 320 CONNECTION_FORCED and `reason`.
+    pub fn request_close(&self, reason: String) {
+        *self.reason.lock() = Some(reason);
+        // notify_one keeps a permit if the connection is not waiting yet.
+        self.close.notify_one();
+    }
+
+    /// Resolves with the reason once a close was requested.
+    pub async fn close_requested(&self) -> String {
+        self.close.notified().await;
+        self.reason
+            .lock()
+            .clone()
+            .unwrap_or_else(|| "Closed via management plugin".to_string())
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
+    }
+
+    /// Replace the list of open channels.
+    pub fn set_channels(&self, views: Vec<Arc<dyn ChannelView>>) {
+        self.channels.store(views.len(), Ordering::Relaxed);
+        *self.channel_views.lock() = views;
+    }
+
+    /// The open channels now, by number.
+    pub fn channel_snapshots(&self) -> Vec<ChannelSnapshot> {
+        let views = self.channel_views.lock().clone();
+        let mut v: Vec<ChannelSnapshot> = views.iter().map(|c| c.snapshot()).collect();
+        v.sort_by_key(|c| c.number);
+        v
+    }
+}
+
+impl Broker {
+    /// Register an open connection; it must call `unregister_connection` when it ends.
+    pub fn register_connection(&self, c: NewConnection) -> Arc<ConnectionInfo> {
+        let info = Arc::new(ConnectionInfo {
+            id: c.id,
+            name: format!("{} -> {}", c.peer, self.amqp_address()),
+            peer: c.peer,
+            user: c.user,
+            vhost: c.vhost,
+            client_properties: c.client_properties,
+            connected_at: crate::queue::now_ms(),
+            frame_max: c.frame_max,
+            channel_max: c.channel_max,
+            heartbeat: c.heartbeat,
+            channels: AtomicUsize::new(0),
+            channel_views: Mutex::new(Vec::new()),
+            close: tokio::sync::Notify::new(),
+            reason: Mutex::new(None),
+        });
+        self.connections.insert(c.id, info.clone());
+        info
+    }
+
+    /// The plain AMQP listener's bound address (the config's until bound).
+    fn amqp_address(&self) -> String {
+        self.listeners()
+            .iter()
+            .find(|(p, _)| *p == "amqp")
+            .map(|(_, a)| a.to_string())
+            .unwrap_or_else(|| self.config.listen.clone())
+    }
+
+    pub fn unregister_connection(&self, id: u64) {
+        self.connections.remove(&id);
+    }
+
+    /// The open connections, oldest first.
+    pub fn connection_list(&self) -> Vec<Arc<ConnectionInfo>> {
+        let mut v: Vec<_> = self.connections.iter().map(|c| c.clone()).collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+}
