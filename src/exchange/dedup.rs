@@ -106,6 +106,25 @@ struct Inner {
     next_token: u64,
 }
 
+impl Inner {
+    /// Insert (or replace) `key` at the young end of the eviction order;
+    /// returns the entry's token.
+    fn insert(&mut self, key: &str, expires_at: u64, state: State) -> u64 {
+        self.next_token += 1;
+        let token = self.next_token;
+        self.keys.insert(
+            key.to_string(),
+            Entry {
+                expires_at,
+                token,
+                state,
+            },
+        );
+        self.order.push_back((key.to_string(), token));
+        token
+    }
+}
+
 /// What a check of the cache found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Seen {
@@ -173,17 +192,7 @@ impl DedupCache {
             }
         }
         let expires_at = ttl.or(self.ttl).map_or(0, |t| now.saturating_add(t).max(1));
-        inner.next_token += 1;
-        let token = inner.next_token;
-        inner.keys.insert(
-            key.to_string(),
-            Entry {
-                expires_at,
-                token,
-                state: State::Pending(Vec::new()),
-            },
-        );
-        inner.order.push_back((key.to_string(), token));
+        let token = inner.insert(key, expires_at, State::Pending(Vec::new()));
         let mut evicted = Vec::new();
         self.trim(&mut inner, now, &mut evicted);
         Seen::New(Reservation {
@@ -289,18 +298,7 @@ impl DedupCache {
         if expires_at != 0 && expires_at <= now {
             return;
         }
-        let mut inner = self.inner.lock();
-        inner.next_token += 1;
-        let token = inner.next_token;
-        inner.keys.insert(
-            key.clone(),
-            Entry {
-                expires_at,
-                token,
-                state: State::Committed,
-            },
-        );
-        inner.order.push_back((key, token));
+        self.inner.lock().insert(&key, expires_at, State::Committed);
     }
 }
 
