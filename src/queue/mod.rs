@@ -10,6 +10,7 @@
 mod entry;
 mod limits;
 pub mod subscriber;
+mod views;
 
 pub use entry::{now_ms, QueueEntry, Reason, Slot};
 use entry::{Ready, NEVER_ENQUEUED};
@@ -206,32 +207,6 @@ impl Queue {
     /// Bytes of messages this queue holds in memory.
     pub fn memory(&self) -> usize {
         self.state.lock().mem_bytes
-    }
-
-    /// The consumers, for the management API.
-    pub fn consumers(&self) -> Vec<subscriber::SubscriberInfo> {
-        self.state
-            .lock()
-            .consumers
-            .iter()
-            .map(|c| c.info())
-            .collect()
-    }
-
-    /// Counts for the management API, read under one lock.
-    pub fn stats(&self) -> QueueStats {
-        let st = self.state.lock();
-        QueueStats {
-            ready: st.ready.len() as u64,
-            ready_bytes: st.ready.bytes(),
-            unacked: st
-                .consumers
-                .iter()
-                .map(|c| u64::from(c.info().unacked))
-                .sum(),
-            consumers: st.consumers.len() as u64,
-            memory: st.mem_bytes as u64,
-        }
     }
 
     pub fn message_count(&self) -> u32 {
@@ -683,50 +658,6 @@ impl Queue {
             self.clear_flow();
         }
         Some((entry, msg, remaining))
-    }
-
-    /// The management API's "get messages": up to `count` messages from the
-    /// head, each with whether it was redelivered before, and how many
-    /// remained after it. With `requeue` they stay where they are, marked
-    /// redelivered (what RabbitMQ's get-and-requeue amounts to); without, they
-    /// leave the queue as if acknowledged. Messages still waiting for their
-    /// store write are not shown, as basic.get would not.
-    pub fn api_get(&self, count: usize, requeue: bool) -> Vec<(Arc<Message>, bool, u32)> {
-        self.touch();
-        let mut st = self.state.lock();
-        self.expire_head(&mut st, now_ms());
-        self.load_head(&mut st);
-        let mut out = Vec::new();
-        if requeue {
-            let total = st.ready.len();
-            for i in 0..total.min(count) {
-                let Some(e) = st.ready.get_mut(i) else { break };
-                let Slot::Mem(m) = &e.slot else { break };
-                if !m.is_deliverable() {
-                    break;
-                }
-                out.push((m.clone(), e.redelivered, (total - i - 1) as u32));
-                e.redelivered = true;
-            }
-            return out;
-        }
-        while out.len() < count {
-            match st.ready.front() {
-                Some(QueueEntry {
-                    slot: Slot::Mem(m), ..
-                }) if m.is_deliverable() => {}
-                _ => break,
-            }
-            let Some(e) = st.ready.pop_front() else { break };
-            st.mem_bytes = st.mem_bytes.saturating_sub(e.mem_bytes());
-            let Slot::Mem(m) = &e.slot else { break };
-            out.push((m.clone(), e.redelivered, st.ready.len() as u32));
-            self.settled(&e);
-        }
-        if st.ready.len() <= FLOW_LOW {
-            self.clear_flow();
-        }
-        out
     }
 
     /// Register a consumer; fails when an exclusive consumer holds the queue,
