@@ -30,7 +30,7 @@ struct Sink {
 }
 
 impl PublishSink for Sink {
-    fn confirm(self: Arc<Self>, seq: u64, ack: bool) {
+    fn confirm(self: Arc<Self>, seq: u64, ack: bool, _: &mut hopper::batch::Batch) {
         self.confirms.lock().push((seq, ack));
     }
     fn returned(&self, _: &str, _: &str, _: &Bytes, _: &Bytes) {}
@@ -143,7 +143,15 @@ fn send(s: &Setup, sink: &Arc<Sink>, seq: u64, p: Publication) {
         seq: Some(seq),
         tx: None,
     };
-    publish(&s.broker, &s.vhost, p, from, &mut Vec::new()).unwrap();
+    publish(
+        &s.broker,
+        &s.vhost,
+        p,
+        from,
+        &mut Vec::new(),
+        &mut hopper::batch::Batch::new(),
+    )
+    .unwrap();
 }
 
 fn queue_len(s: &Setup) -> u32 {

@@ -14,37 +14,108 @@ use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use bytes::Bytes;
 use std::sync::Arc;
 
+use super::publish::{place, when_written};
 use super::{Broker, VHost};
+use crate::batch::Batch;
 use crate::message::Message;
-use crate::queue::{now_ms, Enqueued, Queue, QueueEntry, Slot};
-use crate::store::{IndexMeta, QueueKey};
+use crate::queue::{now_ms, Queue, QueueEntry, Reason, Slot};
 
-/// Route every waiting dead letter of `q`.
-pub fn flush(broker: &Broker, vhost: &VHost, q: &Arc<Queue>) {
+/// Route every waiting dead letter of `q`. Bodies paged out to the store
+/// are read back in one batch, on a blocking thread when a runtime is
+/// there: the caller (a publish, a reject, the sweeper) is an async worker.
+pub fn flush(broker: &Arc<Broker>, vhost: &Arc<VHost>, q: &Arc<Queue>) {
     let dead = q.take_dead();
     if dead.is_empty() {
         return;
     }
+    if q.limits.dlx.is_none() {
+        // RabbitMQ drops dead letters that have nowhere to go.
+        dead.iter().for_each(|(e, _)| q.settled(e));
+        return;
+    }
+    let ids: Vec<u64> = dead
+        .iter()
+        .filter_map(|(e, _)| match e.slot {
+            Slot::Stored(id) => Some(id),
+            Slot::Mem(_) => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return route_all(broker, vhost, q, dead, Vec::new());
+    }
+    let (b, v, q) = (broker.clone(), vhost.clone(), q.clone());
+    let load = move || {
+        let loaded = match b.store.load(&ids) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(queue = %q.name, error = %e, "cannot read dead letters back from the store");
+                ids.iter().map(|_| None).collect()
+            }
+        };
+        route_all(&b, &v, &q, dead, loaded);
+    };
+    broker.dead_letter_lane.run(Box::new(load));
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Dead-letter work that reads the store, run off the async workers one job
+/// at a time, in submission order: dead letters of a queue keep their order.
+#[derive(Debug, Default)]
+pub struct Lane {
+    jobs: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Job>>>,
+}
+
+impl Lane {
+    /// Run `job` on a blocking thread after the jobs before it; at once on
+    /// this thread when there is no tokio runtime (tools, unit tests).
+    fn run(&self, job: Job) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return job();
+        };
+        let mut jobs = self.jobs.lock();
+        let tx = jobs.get_or_insert_with(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            rt.spawn(async move {
+                while let Some(job) = rx.recv().await {
+                    if let Err(e) = tokio::task::spawn_blocking(job).await {
+                        tracing::error!(error = %e, "dead-letter job failed");
+                    }
+                }
+            });
+            tx
+        });
+        if let Err(tokio::sync::mpsc::error::SendError(job)) = tx.send(job) {
+            // The runtime that ran the lane is gone: run it here.
+            *jobs = None;
+            drop(jobs);
+            job();
+        }
+    }
+}
+
+/// Route dead letters; `loaded` holds the stored ones' messages in order.
+fn route_all(
+    broker: &Arc<Broker>,
+    vhost: &Arc<VHost>,
+    q: &Arc<Queue>,
+    dead: Vec<(QueueEntry, Reason)>,
+    loaded: Vec<Option<Arc<Message>>>,
+) {
     let exchange = q
         .limits
         .dlx
         .as_ref()
         .and_then(|name| vhost.exchanges.get(name).map(|x| x.clone()));
+    let mut loaded = loaded.into_iter();
+    let mut batch = Batch::new();
     for (entry, reason) in dead {
-        // RabbitMQ drops dead letters whose exchange does not exist.
-        let Some(x) = exchange.as_ref() else {
-            q.settled(&entry);
-            continue;
-        };
         let msg = match &entry.slot {
             Slot::Mem(m) => Some(m.clone()),
-            Slot::Stored(id) => broker
-                .store
-                .load(&[*id])
-                .ok()
-                .and_then(|mut v| v.pop().flatten()),
+            Slot::Stored(_) => loaded.next().flatten(),
         };
-        let Some(msg) = msg else {
+        // RabbitMQ drops dead letters whose exchange does not exist.
+        let (Some(x), Some(msg)) = (exchange.as_ref(), msg) else {
             q.settled(&entry);
             continue;
         };
@@ -75,67 +146,40 @@ pub fn flush(broker: &Broker, vhost: &VHost, q: &Arc<Queue>) {
             .into_iter()
             .filter(|t| !in_cycle(&copy.properties, &t.name))
             .collect();
-        publish(broker, vhost, q, entry, copy, targets);
+        publish(broker, vhost, q, entry, copy, targets, &mut batch);
     }
+    batch.finish();
 }
 
-/// Enqueue the dead-lettered copy; the original leaves its queue's store
-/// only once the copy is safe (written, when it is persistent).
+/// Put the dead-lettered copy on the one publish path (without a
+/// publisher); the original leaves its queue's store only once the copy is
+/// safe (written, when it is persistent). A target that refuses the copy
+/// (full) drops it there, as RabbitMQ does.
 fn publish(
-    broker: &Broker,
-    vhost: &VHost,
+    broker: &Arc<Broker>,
+    vhost: &Arc<VHost>,
     source: &Arc<Queue>,
     original: QueueEntry,
     copy: Arc<Message>,
     targets: Vec<Arc<Queue>>,
+    batch: &mut Batch,
 ) {
-    let stores = |t: &Arc<Queue>| t.durable && t.exclusive_owner.is_none();
-    let persistent = copy.is_persistent() && targets.iter().any(stores);
-    if persistent {
-        copy.mark_pending();
-    }
-    let mut accepted = Vec::new();
-    let mut stored: Vec<(QueueKey, IndexMeta)> = Vec::new();
-    for t in targets {
-        if let Enqueued::Accepted(meta) = t.enqueue(copy.clone()) {
-            if persistent && stores(&t) {
-                stored.push((t.key(), meta));
-            }
-            accepted.push(t);
-        }
-    }
-    for t in &accepted {
-        // A full target may drop its own head: route that too.
-        flush(broker, vhost, t);
-    }
-    if stored.is_empty() {
-        copy.mark_stored();
-        for t in &accepted {
-            t.kick();
-        }
+    let placed = place(broker, vhost, copy, targets, &mut Vec::new());
+    if placed.settled() {
         source.settled(&original);
         return;
     }
     let source = source.clone();
-    let m = copy.clone();
-    broker.store.persist(
-        copy,
-        stored,
+    when_written(
+        broker,
+        placed,
         None,
-        Box::new(move |ok| {
+        Box::new(move |ok, _| {
             if ok {
-                m.mark_stored();
-                for t in &accepted {
-                    t.kick();
-                }
                 source.settled(&original);
-            } else {
-                m.mark_failed();
-                for t in &accepted {
-                    t.withdraw(m.id);
-                }
             }
         }),
+        batch,
     );
 }
 

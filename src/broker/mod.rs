@@ -49,6 +49,8 @@ pub struct Broker {
     alarms: parking_lot::Mutex<Alarms>,
     /// True while any resource alarm is on: publishers are blocked.
     alarm: tokio::sync::watch::Sender<bool>,
+    /// Dead letters whose bodies must be read back from the store.
+    pub(crate) dead_letter_lane: deadletter::Lane,
 }
 
 /// The resource alarms. Publishers are blocked while either is on and
@@ -105,6 +107,7 @@ impl Broker {
             alarms: parking_lot::Mutex::new(Alarms::default()),
             alarm: tokio::sync::watch::channel(false).0,
             next_conn_id: AtomicU64::new(1),
+            dead_letter_lane: deadletter::Lane::default(),
         });
         broker.restore(recovered);
         Ok(broker)

@@ -19,17 +19,19 @@ use std::sync::Arc;
 
 use super::deadletter;
 use super::{Broker, VHost};
+use crate::batch::Batch;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::dedup::{self, Reservation, Seen};
 use crate::exchange::Exchange;
 use crate::message::Message;
 use crate::queue::{now_ms, Enqueued, Queue};
-use crate::store::{DedupDef, Store};
+use crate::store::{DedupDef, IndexMeta, QueueKey, Store};
 
 /// The publisher's side: where its confirm and a returned message go.
 pub trait PublishSink: Send + Sync {
     /// Settle the publish with this confirm sequence number: ack or nack.
-    fn confirm(self: Arc<Self>, seq: u64, ack: bool);
+    /// What it sends may wait for the end of `batch`.
+    fn confirm(self: Arc<Self>, seq: u64, ack: bool, batch: &mut Batch);
     /// basic.return (312 NO_ROUTE) of an unroutable mandatory message.
     fn returned(&self, exchange: &str, routing_key: &str, raw_properties: &Bytes, body: &Bytes);
 }
@@ -50,9 +52,9 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    fn confirm(&self, ack: bool) {
+    fn confirm(&self, ack: bool, batch: &mut Batch) {
         if let Some(seq) = self.seq {
-            self.sink.clone().confirm(seq, ack);
+            self.sink.clone().confirm(seq, ack, batch);
         }
     }
 
@@ -102,13 +104,15 @@ pub struct Published {
 
 /// Publish `p`. Errors are the publisher's channel errors (404 exchange, 403
 /// internal exchange, 406 bad expiration); they happen before anything is
-/// enqueued. Queues under flow control are added to `flow`.
+/// enqueued. Queues under flow control are added to `flow`. Confirms that
+/// are settled at once go out at the end of `batch`.
 pub fn publish(
     broker: &Arc<Broker>,
     vhost: &Arc<VHost>,
     p: Publication,
     from: Publisher,
     flow: &mut Vec<Arc<Queue>>,
+    batch: &mut Batch,
 ) -> AmqpResult<Published> {
     let x = vhost.exchange(&p.exchange)?;
     if x.internal {
@@ -126,16 +130,16 @@ pub fn publish(
     let key = match dedup_check(broker, vhost, &x, &p) {
         Checked::NoKey => None,
         Checked::Duplicate => {
-            from.confirm(true);
+            from.confirm(true, batch);
             return Ok(Published::default());
         }
         Checked::InFlight(key) => {
-            wait_for_original(broker, vhost, &x, key, p, from);
+            wait_for_original(broker, vhost, &x, key, p, from, batch);
             return Ok(Published::default());
         }
         Checked::New(r) => Some(r),
     };
-    route(broker, vhost, x, p, from, key, ttl, flow)
+    route(broker, vhost, x, p, from, key, ttl, flow, batch)
 }
 
 enum Checked {
@@ -177,6 +181,7 @@ fn wait_for_original(
     key: String,
     p: Publication,
     from: Publisher,
+    batch: &mut Batch,
 ) {
     let Some(cache) = &x.dedup else {
         return;
@@ -185,24 +190,31 @@ fn wait_for_original(
     let (b, v) = (broker.clone(), vhost.clone());
     cache.wait(
         &key,
-        Box::new(move |stored| {
+        Box::new(move |stored, batch| {
             if stored {
-                from.confirm(true);
+                from.confirm(true, batch);
             } else {
-                republish(&b, &v, p, &from);
+                republish(&b, &v, p, &from, batch);
             }
             from.tx_done(true);
         }),
         now_ms(),
+        batch,
     );
 }
 
 /// Publish a message again whose original (a duplicate it waited for) failed.
-fn republish(broker: &Arc<Broker>, vhost: &Arc<VHost>, p: Publication, from: &Publisher) {
+fn republish(
+    broker: &Arc<Broker>,
+    vhost: &Arc<VHost>,
+    p: Publication,
+    from: &Publisher,
+    batch: &mut Batch,
+) {
     let mut flow = Vec::new();
-    if let Err(e) = publish(broker, vhost, p, from.clone(), &mut flow) {
+    if let Err(e) = publish(broker, vhost, p, from.clone(), &mut flow, batch) {
         tracing::debug!(error = %e, "publishing a duplicate in place of its failed original");
-        from.confirm(false);
+        from.confirm(false, batch);
     }
 }
 
@@ -216,6 +228,7 @@ fn route(
     key: Option<Reservation>,
     ttl: Option<u64>,
     flow: &mut Vec<Arc<Queue>>,
+    batch: &mut Batch,
 ) -> AmqpResult<Published> {
     let hold = KeyHold { x: x.clone(), key };
     let queues = vhost.route_with_alternates(&x, &p.routing_key, p.properties.headers().as_ref());
@@ -224,8 +237,8 @@ fn route(
             from.sink
                 .returned(&p.exchange, &p.routing_key, &p.raw_properties, &p.body);
         }
-        from.confirm(true);
-        hold.settle(true);
+        from.confirm(true, batch);
+        hold.settle(true, batch);
         return Ok(Published::default());
     }
     let mandatory = p.mandatory;
@@ -240,59 +253,20 @@ fn route(
         )
         .with_ttl(ttl),
     );
-    let stores = |q: &Arc<Queue>| q.durable && q.exclusive_owner.is_none();
-    let persistent = msg.is_persistent();
-    // Persistent: queues hold the message back until the synced write
-    // returns; then it is delivered and confirmed, or withdrawn and nacked.
-    if persistent && queues.iter().any(stores) {
-        msg.mark_pending();
-    }
-    let mut accepted = Vec::with_capacity(queues.len());
-    let mut stored = Vec::new();
-    let mut refused = false;
-    // Originals still being written that queue-level duplicates wait for.
-    let mut originals = Vec::new();
-    for q in queues {
-        match q.enqueue(msg.clone()) {
-            Enqueued::Accepted(meta) => {
-                if persistent && stores(&q) {
-                    stored.push((q.key(), meta));
-                }
-                accepted.push(q);
-            }
-            Enqueued::Refused => {
-                refused = true;
-                // reject-publish-dlx dead-letters what it refuses.
-                deadletter::flush(broker, vhost, &q);
-            }
-            Enqueued::Duplicate(original) => originals.extend(original),
-        }
-    }
-    for q in &accepted {
-        // x-max-length may have dropped a head message to its dead-letter exchange.
-        deadletter::flush(broker, vhost, q);
-        if q.in_flow() && !flow.iter().any(|f| Arc::ptr_eq(f, q)) {
-            flow.push(q.clone());
-        }
-    }
+    let placed = place(broker, vhost, msg, queues, flow);
+    let refused = placed.refused;
     let published = Published {
-        routed: !accepted.is_empty(),
+        routed: !placed.accepted.is_empty(),
     };
-    if stored.is_empty() && !msg.is_deliverable() {
-        // Every durable queue refused it: nothing to write after all.
-        msg.mark_stored();
-        for q in &accepted {
-            q.kick();
-        }
-    }
-    if stored.is_empty() && originals.is_empty() {
+    if placed.settled() {
         // A queue that refused the message (full, reject-publish) nacks it.
-        from.confirm(!refused);
-        hold.settle(!refused);
+        from.confirm(!refused, batch);
+        hold.settle(!refused, batch);
         return Ok(published);
     }
     // A copy that went nowhere but waits on originals takes their place if they fail.
-    let replay = (accepted.is_empty() && !refused).then(|| Publication::of(&msg, mandatory));
+    let replay =
+        (placed.accepted.is_empty() && !refused).then(|| Publication::of(&placed.msg, mandatory));
     let dedup = match &hold.key {
         Some(r) if x.durable && !refused => Some(DedupDef {
             vhost: vhost.name.clone(),
@@ -304,55 +278,157 @@ fn route(
     };
     from.tx_add();
     let (b, v) = (broker.clone(), vhost.clone());
-    let join = Join::new(
-        originals.len() + usize::from(!stored.is_empty()),
-        Box::new(move |ok| {
+    when_written(
+        broker,
+        placed,
+        dedup,
+        Box::new(move |ok, batch| {
             match replay {
                 Some(p) if !ok => {
-                    hold.settle(false);
-                    republish(&b, &v, p, &from);
+                    hold.settle(false, batch);
+                    republish(&b, &v, p, &from, batch);
                 }
                 _ => {
                     let ok = ok && !refused;
-                    from.confirm(ok);
-                    hold.settle(ok);
+                    from.confirm(ok, batch);
+                    hold.settle(ok, batch);
                 }
             }
             from.tx_done(ok);
         }),
+        batch,
     );
+    Ok(published)
+}
+
+/// Where a routed message went, before its store write.
+pub(super) struct Placed {
+    pub msg: Arc<Message>,
+    /// Queues that took it (it may still be held back from their consumers).
+    pub accepted: Vec<Arc<Queue>>,
+    /// Its index entries in the durable queues among them: the store write.
+    stored: Vec<(QueueKey, IndexMeta)>,
+    /// Some queue refused it (full with reject-publish, or deleted).
+    pub refused: bool,
+    /// Originals still being written that queue-level duplicates of it wait for.
+    originals: Vec<Arc<Message>>,
+}
+
+impl Placed {
+    /// Nothing to wait for: no store write and no original.
+    pub fn settled(&self) -> bool {
+        self.stored.is_empty() && self.originals.is_empty()
+    }
+}
+
+/// Enqueue `msg` in `queues`. A persistent message bound for a durable queue
+/// is held back from consumers until `when_written` has its write synced.
+/// Dead letters the enqueues caused (a length limit dropping a head,
+/// reject-publish-dlx) are routed on; queues under flow control join `flow`.
+pub(super) fn place(
+    broker: &Arc<Broker>,
+    vhost: &Arc<VHost>,
+    msg: Arc<Message>,
+    queues: Vec<Arc<Queue>>,
+    flow: &mut Vec<Arc<Queue>>,
+) -> Placed {
+    let stores = |q: &Arc<Queue>| q.durable && q.exclusive_owner.is_none();
+    let persistent = msg.is_persistent();
+    if persistent && queues.iter().any(stores) {
+        msg.mark_pending();
+    }
+    let mut placed = Placed {
+        msg,
+        accepted: Vec::with_capacity(queues.len()),
+        stored: Vec::new(),
+        refused: false,
+        originals: Vec::new(),
+    };
+    for q in queues {
+        match q.enqueue(placed.msg.clone()) {
+            Enqueued::Accepted(meta) => {
+                if persistent && stores(&q) {
+                    placed.stored.push((q.key(), meta));
+                }
+                placed.accepted.push(q);
+            }
+            Enqueued::Refused => {
+                placed.refused = true;
+                // reject-publish-dlx dead-letters what it refuses.
+                deadletter::flush(broker, vhost, &q);
+            }
+            Enqueued::Duplicate(original) => placed.originals.extend(original),
+        }
+    }
+    for q in &placed.accepted {
+        // x-max-length may have dropped a head message to its dead-letter exchange.
+        deadletter::flush(broker, vhost, q);
+        if q.in_flow() && !flow.iter().any(|f| Arc::ptr_eq(f, q)) {
+            flow.push(q.clone());
+        }
+    }
+    if placed.stored.is_empty() && !placed.msg.is_deliverable() {
+        // Every durable queue refused it: nothing to write after all.
+        placed.msg.mark_stored();
+        for q in &placed.accepted {
+            q.kick();
+        }
+    }
+    placed
+}
+
+/// Write a placed message (with the deduplication key it brought, if any)
+/// and wait for the originals its duplicates wait on; then `finish(ok)`.
+/// Once synced the message is released to consumers; if the write failed
+/// it is withdrawn from every queue that took it.
+pub(super) fn when_written(
+    broker: &Arc<Broker>,
+    placed: Placed,
+    dedup: Option<DedupDef>,
+    finish: Finish,
+    batch: &mut Batch,
+) {
+    let Placed {
+        msg,
+        accepted,
+        stored,
+        originals,
+        ..
+    } = placed;
+    let join = Join::new(originals.len() + usize::from(!stored.is_empty()), finish);
     for original in originals {
         let join = join.clone();
         when_settled(
             broker.store.clone(),
             original,
-            Box::new(move |ok| join.part(ok)),
+            Box::new(move |ok, batch| join.part(ok, batch)),
             0,
+            batch,
         );
     }
-    if !stored.is_empty() {
-        let m = msg.clone();
-        broker.store.persist(
-            msg,
-            stored,
-            dedup,
-            Box::new(move |ok| {
-                if ok {
-                    m.mark_stored();
-                    for q in &accepted {
-                        q.kick();
-                    }
-                } else {
-                    m.mark_failed();
-                    for q in &accepted {
-                        q.withdraw(m.id);
-                    }
+    if stored.is_empty() {
+        return;
+    }
+    let m = msg.clone();
+    broker.store.persist(
+        msg,
+        stored,
+        dedup,
+        Box::new(move |ok, batch| {
+            if ok {
+                m.mark_stored();
+                for q in &accepted {
+                    q.kick();
                 }
-                join.part(ok);
-            }),
-        );
-    }
-    Ok(published)
+            } else {
+                m.mark_failed();
+                for q in &accepted {
+                    q.withdraw(m.id);
+                }
+            }
+            join.part(ok, batch);
+        }),
+    );
 }
 
 /// The deduplication key a publish reserved, settled once with its outcome.
@@ -362,9 +438,9 @@ struct KeyHold {
 }
 
 impl KeyHold {
-    fn settle(mut self, stored: bool) {
+    fn settle(mut self, stored: bool, batch: &mut Batch) {
         if let (Some(cache), Some(r)) = (&self.x.dedup, self.key.take()) {
-            cache.settle(&r, stored);
+            cache.settle(&r, stored, batch);
         }
     }
 }
@@ -373,7 +449,7 @@ impl Drop for KeyHold {
     fn drop(&mut self) {
         // Never leave a key pending (its waiters would wait forever).
         if let (Some(cache), Some(r)) = (&self.x.dedup, self.key.take()) {
-            cache.settle(&r, false);
+            crate::batch::run(|batch| cache.settle(&r, false, batch));
         }
     }
 }
@@ -386,7 +462,7 @@ struct Join {
     finish: Mutex<Option<Finish>>,
 }
 
-type Finish = Box<dyn FnOnce(bool) + Send>;
+pub(super) type Finish = Box<dyn FnOnce(bool, &mut Batch) + Send>;
 
 impl Join {
     fn new(parts: usize, finish: Finish) -> Arc<Join> {
@@ -397,14 +473,14 @@ impl Join {
         })
     }
 
-    fn part(&self, ok: bool) {
+    fn part(&self, ok: bool, batch: &mut Batch) {
         if !ok {
             self.ok.store(false, Ordering::Release);
         }
         if self.parts.fetch_sub(1, Ordering::AcqRel) == 1 {
             let finish = self.finish.lock().take();
             if let Some(f) = finish {
-                f(self.ok.load(Ordering::Acquire));
+                f(self.ok.load(Ordering::Acquire), batch);
             }
         }
     }
@@ -418,16 +494,19 @@ impl Join {
 fn when_settled(
     store: Arc<dyn Store>,
     msg: Arc<Message>,
-    then: Box<dyn FnOnce(bool) + Send>,
+    then: Finish,
     round: u32,
+    batch: &mut Batch,
 ) {
     const MAX_ROUNDS: u32 = 100_000;
     if msg.is_deliverable() {
-        return then(true);
+        return then(true, batch);
     }
     if msg.is_failed() || round >= MAX_ROUNDS {
-        return then(false);
+        return then(false, batch);
     }
     let s = store.clone();
-    store.after(Box::new(move |_| when_settled(s, msg, then, round + 1)));
+    store.after(Box::new(move |_, batch| {
+        when_settled(s, msg, then, round + 1, batch)
+    }));
 }

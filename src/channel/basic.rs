@@ -83,7 +83,14 @@ impl Channel {
             raw_properties: header.raw_properties,
             body,
         };
-        publish(ctx.broker, ctx.vhost, publication, from, ctx.flow)?;
+        publish(
+            ctx.broker,
+            ctx.vhost,
+            publication,
+            from,
+            ctx.flow,
+            ctx.batch,
+        )?;
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 
+use crate::batch::Batch;
 use crate::protocol::encode;
 use crate::queue::subscriber::Take;
 use crate::queue::{Queue, QueueEntry, Subscriber};
@@ -125,6 +126,11 @@ pub struct ConnHandle {
     pub flow: Arc<WriteFlow>,
     frame_max: AtomicU32,
     cancel_notify: AtomicBool,
+    /// A connection error raised from outside the reader task (a
+    /// transaction whose write failed): the reader closes the connection
+    /// with it through its usual close handshake.
+    failure: Mutex<Option<crate::error::AmqpError>>,
+    failed: tokio::sync::Notify,
 }
 
 impl ConnHandle {
@@ -140,6 +146,26 @@ impl ConnHandle {
             flow,
             frame_max: AtomicU32::new(frame_max),
             cancel_notify: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            failed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Ask the connection's reader to close the connection with `e` (a
+    /// connection error), from any thread. The first failure wins.
+    pub fn fail(&self, e: crate::error::AmqpError) {
+        self.failure.lock().get_or_insert(e);
+        // notify_one keeps a permit if the reader is not waiting yet.
+        self.failed.notify_one();
+    }
+
+    /// Resolves with the error once `fail` was called.
+    pub async fn failure(&self) -> crate::error::AmqpError {
+        loop {
+            if let Some(e) = self.failure.lock().take() {
+                return e;
+            }
+            self.failed.notified().await;
         }
     }
 
@@ -309,13 +335,12 @@ impl ChannelHandle {
         }
     }
 
-    /// Complete a publish (from any task) and send what that releases: at
-    /// the end of the store's batch when inside one, else now.
-    pub fn complete_confirm(self: &Arc<Self>, seq: u64, ok: bool) {
+    /// Complete a publish (from any task); what that releases is sent at
+    /// the end of `batch` (the store's batch of completions, or the
+    /// connection's read burst).
+    pub fn complete_confirm(self: &Arc<Self>, seq: u64, ok: bool, batch: &mut Batch) {
         self.confirms.lock().complete(seq, ok);
-        if !crate::batch::defer(self.clone()) {
-            self.flush_confirms();
-        }
+        batch.defer(self.clone());
     }
 
     /// Send acks for publishes completed so far (called once per read burst).
@@ -329,8 +354,8 @@ impl ChannelHandle {
 }
 
 impl crate::broker::publish::PublishSink for ChannelHandle {
-    fn confirm(self: Arc<Self>, seq: u64, ack: bool) {
-        self.complete_confirm(seq, ack);
+    fn confirm(self: Arc<Self>, seq: u64, ack: bool, batch: &mut Batch) {
+        self.complete_confirm(seq, ack, batch);
     }
 
     fn returned(&self, exchange: &str, routing_key: &str, raw_properties: &Bytes, body: &Bytes) {

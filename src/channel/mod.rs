@@ -34,6 +34,8 @@ pub struct ConnCtx<'a> {
     /// Queues published to that are under flow control: the connection
     /// pauses reading after this burst (see `Queue::in_flow`).
     pub flow: &'a mut Vec<Arc<Queue>>,
+    /// The read burst: confirms settled while handling it go out at its end.
+    pub batch: &'a mut crate::batch::Batch,
 }
 
 impl ConnCtx<'_> {

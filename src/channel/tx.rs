@@ -2,12 +2,12 @@
 //! until `tx.commit` and dropped by `tx.rollback`, as RabbitMQ does. commit-ok
 //! is sent once every persistent message of the transaction is on disk.
 
-use amq_protocol::protocol::{basic as b, connection, tx, AMQPClass};
+use amq_protocol::protocol::{basic as b, tx, AMQPClass};
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::handle::{ChannelHandle, Outbound};
+use super::handle::ChannelHandle;
 use super::{Channel, ConnCtx};
 use crate::error::{AmqpError, AmqpResult};
 use crate::protocol::{codes, encode, ContentHeader};
@@ -73,28 +73,22 @@ impl TxCommit {
     }
 
     fn finish(&self) {
-        let mut out = BytesMut::new();
         if self.failed.load(Ordering::Acquire) {
             // The commit cannot be honoured: end the connection rather than
-            // claim a durable commit that did not happen.
+            // claim a durable commit that did not happen. The connection's
+            // reader closes it the usual way (close handshake, unacked
+            // deliveries back to their queues).
             tracing::error!(
                 channel = self.channel.id,
                 "tx.commit failed: store write failed"
             );
-            encode::method(
-                &mut out,
-                0,
-                &AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-                    reply_code: codes::INTERNAL_ERROR,
-                    reply_text: "INTERNAL_ERROR - store write failed during tx.commit".into(),
-                    class_id: 90,
-                    method_id: 20,
-                })),
+            self.channel.conn.fail(
+                AmqpError::connection(codes::INTERNAL_ERROR, "store write failed during tx.commit")
+                    .caused_by(90, 20),
             );
-            self.channel.conn.send(out.freeze());
-            self.channel.conn.control(Outbound::Close);
             return;
         }
+        let mut out = BytesMut::new();
         encode::method(
             &mut out,
             self.channel.id,

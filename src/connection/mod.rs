@@ -53,6 +53,8 @@ pub struct Connection<R> {
     exclusive_queues: Vec<Arc<Queue>>,
     /// Channels with publisher confirms to flush after this read burst.
     confirm_dirty: Vec<u16>,
+    /// Confirms settled during the current read burst, sent at its end.
+    batch: crate::batch::Batch,
     /// Counted against the user's connection limit.
     user_counted: bool,
     /// The client understands connection.blocked / unblocked.
@@ -122,6 +124,7 @@ where
         channels: HashMap::new(),
         exclusive_queues: Vec::new(),
         confirm_dirty: Vec::new(),
+        batch: crate::batch::Batch::new(),
         user_counted: false,
         blocked_notify: false,
         published: false,
@@ -231,6 +234,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         // the connection forever. (RabbitMQ counts any byte as liveness.)
         let mut last_frame = tokio::time::Instant::now();
         let info = self.info.clone();
+        let handle = self.handle.clone();
         loop {
             let mut frames = 0usize;
             loop {
@@ -329,6 +333,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                         forced = Some(reason);
                         None
                     }
+                    // A connection error raised off this task (tx.commit's write failed).
+                    e = handle.failure() => return self.close_with(e).await,
                 }
             };
             match filled {
@@ -406,6 +412,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     }
 
     fn flush_confirms(&mut self) {
+        self.batch.flush();
         for id in self.confirm_dirty.drain(..) {
             if let Some(Slot::Open(c)) = self.channels.get(&id) {
                 c.handle.flush_confirms();
@@ -510,6 +517,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     user: &self.user,
                     exclusive_queues: &mut self.exclusive_queues,
                     flow: &mut self.flow,
+                    batch: &mut self.batch,
                 };
                 let is_publish = matches!(
                     m,
@@ -554,6 +562,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             user: &self.user,
             exclusive_queues: &mut self.exclusive_queues,
             flow: &mut self.flow,
+            batch: &mut self.batch,
         };
         let r = match frame {
             Frame::Header(_, h) => c.handle_header(&mut ctx, *h),

@@ -28,6 +28,7 @@ use std::collections::{HashMap, VecDeque};
 /// The community plugin's exchange type.
 pub const EXCHANGE_TYPE: &str = "x-message-deduplication";
 
+use crate::batch::Batch;
 pub use crate::message::dedup::{enabled, key_header, message_key};
 use crate::message::dedup::{header_value, KEY_HEADER};
 
@@ -62,7 +63,7 @@ pub fn validate_plugin_arguments(args: &FieldTable) -> Result<(), String> {
 
 /// Told once the original of a key is settled: `true` when it was stored
 /// and confirmed, `false` when it was nacked or failed (the key is free again).
-pub type Waiter = Box<dyn FnOnce(bool) + Send>;
+pub type Waiter = Box<dyn FnOnce(bool, &mut Batch) + Send>;
 
 /// An exchange's cache of recent keys.
 pub struct DedupCache {
@@ -251,7 +252,7 @@ impl DedupCache {
 
     /// Wait for the original of `key`: `waiter` runs when it settles, or at
     /// once when it already has (`true` if the key is now committed).
-    pub fn wait(&self, key: &str, waiter: Waiter, now: u64) {
+    pub fn wait(&self, key: &str, waiter: Waiter, now: u64, batch: &mut Batch) {
         let mut inner = self.inner.lock();
         let committed = match inner.keys.get_mut(key) {
             Some(Entry {
@@ -265,12 +266,12 @@ impl DedupCache {
             None => false,
         };
         drop(inner);
-        waiter(committed);
+        waiter(committed, batch);
     }
 
     /// The publish that reserved a key is settled: `stored` (confirmed) makes
     /// the key committed, otherwise it is forgotten. Runs the waiters.
-    pub fn settle(&self, r: &Reservation, stored: bool) {
+    pub fn settle(&self, r: &Reservation, stored: bool, batch: &mut Batch) {
         let waiters = {
             let mut inner = self.inner.lock();
             let Some(e) = inner.keys.get_mut(&r.key) else {
@@ -289,7 +290,7 @@ impl DedupCache {
             waiters
         };
         for w in waiters {
-            w(stored);
+            w(stored, batch);
         }
     }
 
@@ -350,15 +351,15 @@ mod tests {
     fn duplicates_ttl_and_size() {
         let c = cache(2, Some(100));
         let a = new(&c, "a", 1000);
-        c.settle(&a, true);
+        c.settle(&a, true, &mut Batch::new());
         assert_eq!(c.check("a", None, 1050), Seen::Duplicate);
         let a2 = new(&c, "a", 1101); // expired
-        c.settle(&a2, true);
+        c.settle(&a2, true, &mut Batch::new());
         let b = new(&c, "b", 1102);
-        c.settle(&b, true);
+        c.settle(&b, true, &mut Batch::new());
         let r = new(&c, "c", 1103);
         assert_eq!(r.evicted, vec!["a".to_string()]);
-        c.settle(&r, true);
+        c.settle(&r, true, &mut Batch::new());
         assert!(matches!(c.check("a", None, 1104), Seen::New(_)), "evicted");
     }
 
@@ -371,15 +372,16 @@ mod tests {
         let t = told.clone();
         c.wait(
             "k",
-            Box::new(move |ok| t.store(1 + ok as u8, Ordering::SeqCst)),
+            Box::new(move |ok, _| t.store(1 + ok as u8, Ordering::SeqCst)),
             2,
+            &mut Batch::new(),
         );
         assert_eq!(
             told.load(Ordering::SeqCst),
             0,
             "not before the original settles"
         );
-        c.settle(&r, true);
+        c.settle(&r, true, &mut Batch::new());
         assert_eq!(told.load(Ordering::SeqCst), 2, "told: stored");
         assert_eq!(c.check("k", None, 3), Seen::Duplicate);
     }
@@ -392,10 +394,11 @@ mod tests {
         let t = told.clone();
         c.wait(
             "k",
-            Box::new(move |ok| t.store(1 + ok as u8, Ordering::SeqCst)),
+            Box::new(move |ok, _| t.store(1 + ok as u8, Ordering::SeqCst)),
             2,
+            &mut Batch::new(),
         );
-        c.settle(&r, false);
+        c.settle(&r, false, &mut Batch::new());
         assert_eq!(told.load(Ordering::SeqCst), 1, "told: not stored");
         assert!(matches!(c.check("k", None, 3), Seen::New(_)), "key is free");
     }
@@ -404,13 +407,14 @@ mod tests {
     fn waiting_on_a_settled_key_answers_at_once() {
         let c = cache(10, None);
         let r = new(&c, "k", 1);
-        c.settle(&r, true);
+        c.settle(&r, true, &mut Batch::new());
         let told = Arc::new(AtomicU8::new(0));
         let t = told.clone();
         c.wait(
             "k",
-            Box::new(move |ok| t.store(1 + ok as u8, Ordering::SeqCst)),
+            Box::new(move |ok, _| t.store(1 + ok as u8, Ordering::SeqCst)),
             2,
+            &mut Batch::new(),
         );
         assert_eq!(told.load(Ordering::SeqCst), 2);
     }
@@ -422,12 +426,12 @@ mod tests {
         let b = new(&c, "b", 2); // over size, but "a" is pending
         assert!(b.evicted.is_empty());
         assert_eq!(c.check("a", None, 3), Seen::InFlight);
-        c.settle(&a, true);
-        c.settle(&b, true);
+        c.settle(&a, true, &mut Batch::new());
+        c.settle(&b, true, &mut Batch::new());
         let r = new(&c, "c", 4);
         assert!(!r.evicted.is_empty());
         // A reservation for a key that left and came back does not settle the new one.
-        c.settle(&a, false);
+        c.settle(&a, false, &mut Batch::new());
         let stale = c.check("c", None, 5);
         assert_eq!(stale, Seen::InFlight);
     }

@@ -26,7 +26,7 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(30);
 struct Waiter(Mutex<Option<tokio::sync::oneshot::Sender<bool>>>);
 
 impl PublishSink for Waiter {
-    fn confirm(self: Arc<Self>, _seq: u64, ack: bool) {
+    fn confirm(self: Arc<Self>, _seq: u64, ack: bool, _: &mut crate::batch::Batch) {
         if let Some(tx) = self.0.lock().take() {
             let _ = tx.send(ack);
         }
@@ -90,6 +90,7 @@ pub async fn publish(r: &Req<'_>, vhost: &str, exchange: &str) -> ApiResult {
             tx: None,
         },
         &mut Vec::new(),
+        &mut crate::batch::Batch::new(),
     )?;
     match tokio::time::timeout(CONFIRM_WAIT, rx).await {
         Ok(Ok(true)) => Ok(Reply::Json(json!({"routed": published.routed}))),

@@ -5,16 +5,19 @@
 //! queue offers its head and a subscriber that has credit takes the entry by
 //! value (its own lock is taken inside the queue's: queue lock first). This
 //! module never names a channel, never encodes frames and never touches
-//! sockets; it reads paged-out bodies back from the store (`load_head`).
+//! sockets; it pages stored bodies out and back in (`paging`), never reading
+//! the store under its lock.
 
 mod entry;
 mod limits;
+mod paging;
 pub mod subscriber;
 mod views;
 
 pub use entry::{now_ms, QueueEntry, Reason, Slot};
 use entry::{Ready, NEVER_ENQUEUED};
 pub use limits::{as_u64, Limits, Overflow};
+use paging::LOAD_BATCH;
 pub use subscriber::Subscriber;
 
 use amq_protocol::types::FieldTable;
@@ -61,9 +64,6 @@ impl DedupKeys {
     }
 }
 
-/// How many stored messages to read back at once when a consumer reaches them.
-const LOAD_BATCH: usize = 256;
-
 #[derive(Debug)]
 struct QueueState {
     ready: Ready,
@@ -78,6 +78,8 @@ struct QueueState {
     rr: usize,
     had_consumer: bool,
     deleted: bool,
+    /// A read of stored bodies for the head is on its way (`paging`).
+    loading: bool,
 }
 
 #[derive(Debug)]
@@ -185,6 +187,7 @@ impl Queue {
                 rr: 0,
                 had_consumer: false,
                 deleted: false,
+                loading: false,
             }),
         }
     }
@@ -464,72 +467,6 @@ impl Queue {
         }
     }
 
-    /// Drop the in-memory copy of stored messages from the tail end until the
-    /// queue is back under its memory limit. Walks back from the tail and stops
-    /// at the first entry already paged out, so each entry is visited about once.
-    fn page_out(&self, st: &mut QueueState) {
-        let keep_at_head = LOAD_BATCH.min(st.ready.len());
-        let mut i = st.ready.len();
-        while i > keep_at_head && st.mem_bytes > self.memory_limit / 2 {
-            i -= 1;
-            let Some(e) = st.ready.get_mut(i) else { break };
-            let Slot::Mem(m) = &e.slot else { break };
-            if !(self.durable
-                && self.exclusive_owner.is_none()
-                && m.is_persistent()
-                && m.is_deliverable())
-            {
-                continue;
-            }
-            let freed = m.body.len() + m.raw_properties.len();
-            e.slot = Slot::Stored(m.id);
-            st.mem_bytes = st.mem_bytes.saturating_sub(freed);
-        }
-    }
-
-    /// Make sure the head entry is in memory, reading a batch of stored ones
-    /// back. Entries whose message is missing from the store are dropped.
-    fn load_head(&self, st: &mut QueueState) {
-        loop {
-            let Some(head) = st.ready.front() else { return };
-            if let Slot::Mem(_) = head.slot {
-                return;
-            }
-            let ids: Vec<u64> = st
-                .ready
-                .iter()
-                .take(LOAD_BATCH)
-                .map_while(|e| match e.slot {
-                    Slot::Stored(id) => Some(id),
-                    Slot::Mem(_) => None,
-                })
-                .collect();
-            let loaded = match self.store.load(&ids) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(queue = %self.name, error = %e, "cannot read messages back from the store");
-                    return;
-                }
-            };
-            let mut missing = Vec::new();
-            for (i, m) in loaded.into_iter().enumerate() {
-                let Some(e) = st.ready.get_mut(i) else { break };
-                match m {
-                    Some(m) => {
-                        st.mem_bytes += m.body.len() + m.raw_properties.len();
-                        e.slot = Slot::Mem(m);
-                    }
-                    None => missing.push(e.seq),
-                }
-            }
-            if missing.is_empty() {
-                return;
-            }
-            tracing::warn!(queue = %self.name, count = missing.len(), "index entries without a stored message; dropping them");
-            st.ready.retain(|e| !missing.contains(&e.seq));
-        }
-    }
-
     /// A message left this queue for good (acked, rejected, delivered no-ack).
     pub fn settled(&self, entry: &QueueEntry) {
         if let (Some(d), Some(k)) = (&self.dedup, &entry.dedup_key) {
@@ -559,7 +496,7 @@ impl Queue {
         let now = now_ms();
         while !st.consumers.is_empty() {
             self.expire_head(st, now);
-            self.load_head(st);
+            // A stored head waits for the prefetch below to read it back.
             let bytes = match st.ready.front() {
                 Some(
                     head @ QueueEntry {
@@ -612,6 +549,9 @@ impl Queue {
                 break;
             }
         }
+        if !st.consumers.is_empty() {
+            self.prefetch(st);
+        }
         if st.ready.len() <= FLOW_LOW || st.consumers.is_empty() {
             self.clear_flow();
         }
@@ -642,9 +582,7 @@ impl Queue {
     /// holds it unacked.
     pub fn get(self: &Arc<Self>) -> Option<(QueueEntry, Arc<Message>, u32)> {
         self.touch();
-        let mut st = self.state.lock();
-        self.expire_head(&mut st, now_ms());
-        self.load_head(&mut st);
+        let mut st = self.head_in_memory(self.state.lock());
         let msg = match st.ready.front() {
             Some(QueueEntry {
                 slot: Slot::Mem(m), ..

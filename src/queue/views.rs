@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{now_ms, subscriber, Queue, QueueEntry, QueueStats, Slot, FLOW_LOW};
+use super::{subscriber, Queue, QueueEntry, QueueStats, Slot, FLOW_LOW};
 use crate::message::Message;
 
 impl Queue {
@@ -42,9 +42,7 @@ impl Queue {
     /// store write are not shown, as basic.get would not.
     pub fn api_get(&self, count: usize, requeue: bool) -> Vec<(Arc<Message>, bool, u32)> {
         self.touch();
-        let mut st = self.state.lock();
-        self.expire_head(&mut st, now_ms());
-        self.load_head(&mut st);
+        let mut st = self.head_in_memory(self.state.lock());
         let mut out = Vec::new();
         if requeue {
             let total = st.ready.len();

@@ -15,6 +15,7 @@ pub mod rocks;
 use amq_protocol::types::FieldTable;
 use std::sync::Arc;
 
+use crate::batch::Batch;
 use crate::message::Message;
 
 /// Identifies a queue in the store.
@@ -107,8 +108,12 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Called once a persistent write is on disk (`true`) or failed (`false`).
-pub type Completion = Box<dyn FnOnce(bool) + Send>;
+/// Called once a persistent write is on disk (`true`) or failed (`false`),
+/// with the batch of completions it runs in (see `batch`).
+pub type Completion = Box<dyn FnOnce(bool, &mut Batch) + Send>;
+
+/// Called with the messages `Store::read` read back, in the order asked.
+pub type ReadDone = Box<dyn FnOnce(Result<Vec<Option<Arc<Message>>>, StoreError>) + Send>;
 
 pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_exchange(&self, def: &ExchangeDef) -> Result<(), StoreError>;
@@ -134,13 +139,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Call `done` once everything submitted before this call has been
     /// written (or has failed): a barrier behind earlier persists.
     fn after(&self, done: Completion) {
-        done(true)
+        crate::batch::run(|b| done(true, b))
     }
     /// A message left a queue for good; needs no sync (a lost removal is a
     /// redelivery after a crash, never a loss).
     fn remove(&self, queue: &QueueKey, msg_id: u64);
     /// Read messages back by id (`None` for ids the store does not have).
+    /// It blocks: never call it under a lock or on an async worker.
     fn load(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Message>>>, StoreError>;
+    /// Read messages back off the caller's thread: `done` runs later, on
+    /// another thread (never inside this call, so a caller may hold its own
+    /// lock here), one read after the other in submission order.
+    fn read(&self, ids: Vec<u64>, done: ReadDone) {
+        let loaded = self.load(&ids);
+        let spawned = std::thread::Builder::new()
+            .name("store-read".into())
+            .spawn(move || done(loaded));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a thread to read messages back");
+        }
+    }
     /// Read back definitions and queue contents at boot.
     fn recover(&self) -> Result<Recovered, StoreError>;
     /// The highest message id in the store, so new ids continue above it.
@@ -195,7 +213,7 @@ impl Store for NullStore {
         _: Option<DedupDef>,
         done: Completion,
     ) {
-        done(true)
+        crate::batch::run(|b| done(true, b))
     }
     fn remove(&self, _: &QueueKey, _: u64) {}
     fn load(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Message>>>, StoreError> {

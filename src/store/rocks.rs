@@ -14,8 +14,6 @@
 //! (acks) ride along unsynced. Neither thread names the broker: completions
 //! are closures the publish path gave the store.
 
-use crate::protocol::table::parse_properties;
-use bytes::Bytes;
 use parking_lot::Mutex;
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use std::collections::HashMap;
@@ -25,15 +23,17 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 mod check;
+mod reader;
 pub use check::{repair, Verified};
 
 use super::codec;
 use super::failpoint::FailPoints;
 use super::health::{self, Health, Recovery};
 use super::{
-    BindingDef, Completion, DedupDef, ExchangeDef, IndexMeta, QueueDef, QueueKey, Recovered, Store,
-    StoreError, StoredObject,
+    BindingDef, Completion, DedupDef, ExchangeDef, IndexMeta, QueueDef, QueueKey, ReadDone,
+    Recovered, Store, StoreError, StoredObject,
 };
+use crate::batch::Batch;
 use crate::message::Message;
 
 const CF_DEFINITIONS: &str = "definitions";
@@ -88,6 +88,9 @@ pub struct RocksStore {
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Runs the completions of written batches (see `confirmer`).
     confirmer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Reads for `Store::read` (see `reader`).
+    reader: Mutex<Option<mpsc::Sender<reader::Read>>>,
+    reader_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     refs: Arc<Mutex<Refs>>,
     pub stats: Arc<Stats>,
     health: tokio::sync::watch::Receiver<Health>,
@@ -178,11 +181,21 @@ impl RocksStore {
                 .spawn(move || committer(db, rx, done_tx, refs, stats, fp, recovery, mark))
                 .map_err(|e| StoreError::Io(format!("cannot start the committer thread: {e}")))?
         };
+        let (read_tx, read_rx) = mpsc::channel();
+        let reader_thread = {
+            let db = db.clone();
+            std::thread::Builder::new()
+                .name("store-reader".into())
+                .spawn(move || reader::run(db, read_rx))
+                .map_err(|e| StoreError::Io(format!("cannot start the reader thread: {e}")))?
+        };
         Ok(RocksStore {
             db,
             tx: Mutex::new(Some(tx)),
             committer: Mutex::new(Some(committer)),
             confirmer: Mutex::new(Some(confirmer)),
+            reader: Mutex::new(Some(read_tx)),
+            reader_thread: Mutex::new(Some(reader_thread)),
             refs,
             stats,
             health,
@@ -193,6 +206,14 @@ impl RocksStore {
     /// Dropping the sender ends the committer after it drained everything;
     /// its end ends the confirmer after the last completions ran.
     fn stop_threads(&self) {
+        self.reader.lock().take();
+        if let Some(h) = self.reader_thread.lock().take() {
+            // A read's callback may drop the last handle on the store: the
+            // reader thread cannot wait for itself (it ends on its own).
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
         self.tx.lock().take();
         if let Some(h) = self.committer.lock().take() {
             let _ = h.join();
@@ -259,15 +280,15 @@ type Done = (Vec<Completion>, bool);
 /// together: each channel flushes one `multiple=true` ack for all of them.
 fn confirmer(rx: mpsc::Receiver<Done>) {
     while let Ok(first) = rx.recv() {
-        crate::batch::run(|| {
-            let mut next = Some(first);
-            while let Some((completions, ok)) = next.take() {
-                for done in completions {
-                    done(ok);
-                }
-                next = rx.try_recv().ok();
+        let mut batch = Batch::new();
+        let mut next = Some(first);
+        while let Some((completions, ok)) = next.take() {
+            for done in completions {
+                done(ok, &mut batch);
             }
-        });
+            next = rx.try_recv().ok();
+        }
+        batch.finish();
     }
 }
 
@@ -386,7 +407,7 @@ fn committer(
         if !completions.is_empty() {
             if let Err(mpsc::SendError((completions, ok))) = done_tx.send((completions, ok)) {
                 // No confirmer (never: it ends after the committer): run them here.
-                crate::batch::run(|| completions.into_iter().for_each(|done| done(ok)));
+                crate::batch::run(|b| completions.into_iter().for_each(|done| done(ok, b)));
             }
         }
         if let Some((op, reply)) = definition {
@@ -541,7 +562,7 @@ impl Store for RocksStore {
     ) {
         let tx = self.tx.lock().clone();
         let Some(tx) = tx else {
-            return done(false);
+            return crate::batch::run(|b| done(false, b));
         };
         // If the committer is gone, the completion still runs, as a failure.
         if let Err(mpsc::SendError(Op::Persist { done, .. })) = tx.send(Op::Persist {
@@ -550,17 +571,17 @@ impl Store for RocksStore {
             dedup,
             done,
         }) {
-            done(false);
+            crate::batch::run(|b| done(false, b));
         }
     }
 
     fn after(&self, done: Completion) {
         let tx = self.tx.lock().clone();
         let Some(tx) = tx else {
-            return done(false);
+            return crate::batch::run(|b| done(false, b));
         };
         if let Err(mpsc::SendError(Op::Barrier(done))) = tx.send(Op::Barrier(done)) {
-            done(false);
+            crate::batch::run(|b| done(false, b));
         }
     }
 
@@ -578,33 +599,17 @@ impl Store for RocksStore {
     }
 
     fn load(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Message>>>, StoreError> {
-        let messages = cf(&self.db, CF_MESSAGES)?;
-        let keys: Vec<[u8; 8]> = ids.iter().map(|id| id.to_be_bytes()).collect();
-        let got = self.db.batched_multi_get_cf(messages, &keys, false);
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, r) in ids.iter().zip(got) {
-            let Some(raw) = r.map_err(io)? else {
-                out.push(None);
-                continue;
-            };
-            let m = codec::decode_message(&raw)
-                .ok_or_else(|| StoreError::Corrupt(format!("undecodable message {id}")))?;
-            // Nesting-bounded, like everything read from outside.
-            let props = parse_properties(m.raw_properties)
-                .map(|(_, p)| p)
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("undecodable properties of message {id}"))
-                })?;
-            out.push(Some(Arc::new(Message::new(
-                *id,
-                m.exchange,
-                m.routing_key,
-                props,
-                Bytes::copy_from_slice(m.raw_properties),
-                Bytes::copy_from_slice(m.body),
-            ))));
+        reader::load(&self.db, ids)
+    }
+
+    fn read(&self, ids: Vec<u64>, done: ReadDone) {
+        let reader = self.reader.lock().clone();
+        let Some(reader) = reader else {
+            return done(Err(StoreError::Io("the store is closed".into())));
+        };
+        if let Err(mpsc::SendError((_, done))) = reader.send((ids, done)) {
+            done(Err(StoreError::Io("the store is closed".into())));
         }
-        Ok(out)
     }
 
     fn recover(&self) -> Result<Recovered, StoreError> {

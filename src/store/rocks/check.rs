@@ -278,7 +278,7 @@ mod tests {
             msg,
             vec![(queue, IndexMeta::default())],
             None,
-            Box::new(move |ok| {
+            Box::new(move |ok, _| {
                 let _ = tx.send(ok);
             }),
         );

@@ -2,6 +2,7 @@
 
 use super::*;
 use amq_protocol::protocol::basic::AMQPProperties;
+use bytes::Bytes;
 
 fn msg(id: u64, body: &str) -> Arc<Message> {
     Arc::new(Message::new(
@@ -33,7 +34,7 @@ fn persist(store: &RocksStore, m: Arc<Message>, queues: Vec<QueueKey>) -> bool {
         m,
         queues,
         None,
-        Box::new(move |ok| {
+        Box::new(move |ok, _| {
             // The completion runs only after the write: the message is readable now.
             let cf = s2
                 .cf_handle(CF_MESSAGES)
@@ -112,7 +113,7 @@ fn concurrent_publishers_share_syncs() {
                         msg(t * per + i + 1, "b"),
                         vec![(q("a"), IndexMeta::default())],
                         None,
-                        Box::new(move |ok| tx.send(ok).unwrap()),
+                        Box::new(move |ok, _| tx.send(ok).unwrap()),
                     );
                 }
                 (0..per).all(|_| rx.recv().unwrap())
