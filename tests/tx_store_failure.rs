@@ -36,6 +36,23 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
+/// basic.get from `txq` until a message comes (bounded).
+async fn get_one(ch: &lapin::Channel, what: &str) -> lapin::message::BasicGetMessage {
+    within(what, async {
+        loop {
+            if let Some(m) = ch
+                .basic_get("txq".into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+            {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
 fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
 }
@@ -80,19 +97,7 @@ async fn a_commit_whose_write_fails_closes_the_connection_with_541() {
     ch2.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let held = within("basic.get", async {
-        loop {
-            if let Some(m) = ch2
-                .basic_get("txq".into(), BasicGetOptions::default())
-                .await
-                .unwrap()
-            {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let held = get_one(&ch2, "basic.get").await;
     assert_eq!(held.delivery.data, b"held");
 
     ch.tx_select().await.unwrap();
@@ -131,19 +136,7 @@ async fn a_commit_whose_write_fails_closes_the_connection_with_541() {
     .await
     .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let back = within("the held message comes back", async {
-        loop {
-            if let Some(m) = ch
-                .basic_get("txq".into(), BasicGetOptions::default())
-                .await
-                .unwrap()
-            {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let back = get_one(&ch, "the held message comes back").await;
     assert_eq!(back.delivery.data, b"held");
     assert!(back.delivery.redelivered);
     back.delivery.ack(BasicAckOptions::default()).await.unwrap();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::{Broker, VHost};
 use crate::auth::hashing::PasswordHash;
 use crate::auth::permissions::{Pattern, VhostPermissions};
-use crate::store::{StoreError, StoredObject};
+use crate::store::{blocking, StoreError, StoredObject};
 
 const USER: &str = "user";
 const VHOST: &str = "vhost";
@@ -21,15 +21,6 @@ const PERMISSION: &str = "permission";
 /// is refused by `set_permissions`).
 fn permission_key(vhost: &str, user: &str) -> String {
     format!("{vhost}\u{0}{user}")
-}
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
 }
 
 impl Broker {

@@ -10,7 +10,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{headers::value_eq, Binding, Destination, Exchange, ExchangeKind};
 use crate::protocol::codes;
 use crate::queue::Queue;
-use crate::store::{BindingDef, ExchangeDef, QueueDef, Store, StoreError};
+use crate::store::{blocking, BindingDef, ExchangeDef, QueueDef, Store, StoreError};
 
 /// Exchanges every vhost has.
 const PREDECLARED: &[(&str, ExchangeKind)] = &[
@@ -74,17 +74,6 @@ pub struct ExchangeSpec {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
-}
-
-/// Run a store call; on a multi-threaded runtime, let tokio move other tasks
-/// off this worker while it blocks on the disk.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
 }
 
 fn store_failed(e: StoreError) -> AmqpError {

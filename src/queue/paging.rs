@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::{now_ms, Queue, QueueState, Slot};
 use crate::message::Message;
-use crate::store::StoreError;
+use crate::store::{blocking, StoreError};
 
 /// How many stored messages to read back at once.
 pub(super) const LOAD_BATCH: usize = 256;
@@ -25,16 +25,6 @@ const PREFETCH_AT: usize = LOAD_BATCH / 2;
 type Wanted = Vec<(Order, u64)>;
 type Order = (std::cmp::Reverse<u8>, u64);
 type Loaded = Result<Vec<Option<Arc<Message>>>, StoreError>;
-
-/// Run a blocking read, handing the async worker's other tasks off first.
-fn off_worker<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
 
 impl Queue {
     /// Drop the in-memory copy of stored messages from the tail end until the
@@ -167,7 +157,7 @@ impl Queue {
             let wanted = Self::wanted_from(&st, 0);
             let ids: Vec<u64> = wanted.iter().map(|(_, id)| *id).collect();
             drop(st);
-            let loaded = off_worker(|| self.store.load(&ids));
+            let loaded = blocking(|| self.store.load(&ids));
             st = self.state.lock();
             match loaded {
                 Ok(msgs) => self.fill(&mut st, &wanted, msgs),

@@ -183,6 +183,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Run a blocking store call (a synced write, a read): on a multi-threaded
+/// runtime, tokio first moves this worker's other tasks elsewhere, so they
+/// do not wait for the disk.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// A store that keeps nothing: every write succeeds at once.
 #[derive(Debug, Default)]
 pub struct NullStore;
