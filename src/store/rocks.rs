@@ -11,8 +11,9 @@
 //! as one `WriteBatch` (synced when it holds a persistent publish), then hands
 //! the publishers' completions to the confirmer thread: concurrent publishers
 //! share each fsync, and batching grows with load without any timer. Removals
-//! (acks) ride along unsynced. Neither thread names the broker: completions
-//! are closures the publish path gave the store.
+//! (acks) ride along unsynced. A third thread, the reader (`reader`), serves
+//! `Store::read` (queues' prefetch of paged-out bodies). No thread names the
+//! broker: completions and read callbacks are closures its callers gave.
 
 use parking_lot::Mutex;
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
