@@ -26,7 +26,7 @@ pub fn flush(broker: &Broker, vhost: &VHost, q: &Arc<Queue>) {
         return;
     }
     let exchange = q
-        .limits
+        .limits()
         .dlx
         .as_ref()
         .and_then(|name| vhost.exchanges.get(name).map(|x| x.clone()));
@@ -49,7 +49,7 @@ pub fn flush(broker: &Broker, vhost: &VHost, q: &Arc<Queue>) {
             continue;
         };
         let routing_key = q
-            .limits
+            .limits()
             .dlrk
             .clone()
             .unwrap_or_else(|| msg.routing_key.clone());

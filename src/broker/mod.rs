@@ -4,6 +4,7 @@
 pub mod connections;
 pub mod deadletter;
 pub mod disk;
+pub mod policy;
 pub mod publish;
 pub mod users;
 pub mod vhost;

@@ -112,6 +112,7 @@ impl Broker {
                     .map_err(store_err)?;
             }
         }
+        self.delete_vhost_policies(&v).map_err(store_err)?;
         self.delete_object(VHOST, name).map_err(store_err)?;
         self.access.vhost_deleted(name);
         self.vhosts.remove(name);
@@ -158,6 +159,7 @@ impl Broker {
     /// is better than a broker that will not start.
     pub(super) fn restore_objects(&self, objects: Vec<StoredObject>) {
         let mut permissions = Vec::new();
+        let mut policies = Vec::new();
         for o in objects {
             let value: Value = match serde_json::from_slice(&o.value) {
                 Ok(v) => v,
@@ -194,8 +196,13 @@ impl Broker {
                     }
                 }
                 PERMISSION => permissions.push((o.key, value)),
+                "policy" | "operator_policy" => policies.push((o.kind, o.key, value)),
                 other => tracing::warn!(kind = other, "skipping stored definition of unknown kind"),
             }
+        }
+        // After the vhosts (stored under a later key) exist.
+        for (kind, key, value) in policies {
+            self.restore_policy(&kind, &key, &value);
         }
         let vhosts = self.vhost_names();
         for (key, value) in permissions {

@@ -49,6 +49,8 @@ pub struct VHost {
     /// every publish's lookups take) while two declares of one name still
     /// cannot both create it.
     declares: parking_lot::Mutex<()>,
+    /// Policies and operator policies (`broker::policy`).
+    pub policies: super::policy::Policies,
 }
 
 /// Parameters of queue.declare.
@@ -146,6 +148,7 @@ impl VHost {
             queues: DashMap::new(),
             store,
             declares: parking_lot::Mutex::new(()),
+            policies: Default::default(),
         }
     }
 
@@ -232,17 +235,16 @@ impl VHost {
                     };
                     blocking(|| self.store.put_exchange(&def)).map_err(store_failed)?;
                 }
-                self.exchanges.insert(
+                let x = Arc::new(Exchange::new(
                     spec.name.clone(),
-                    Arc::new(Exchange::new(
-                        spec.name,
-                        kind,
-                        spec.durable,
-                        spec.auto_delete,
-                        spec.internal,
-                        spec.arguments,
-                    )),
-                );
+                    kind,
+                    spec.durable,
+                    spec.auto_delete,
+                    spec.internal,
+                    spec.arguments,
+                ));
+                self.policies.apply_to_exchange(&x);
+                self.exchanges.insert(spec.name, x);
                 return Ok(());
             }
         };
@@ -377,6 +379,7 @@ impl VHost {
                     spec.arguments,
                     self.store.clone(),
                 ));
+                self.policies.apply_to_queue(&q);
                 self.queues.insert(q.name.clone(), q.clone());
                 Ok((q, 0, 0))
             }

@@ -106,6 +106,7 @@ pub fn queue_json(q: &Queue) -> Value {
         "consumer_utilisation": if s.consumers > 0 { 1.0 } else { 0.0 },
         "exclusive_consumer_tag": null,
         "policy": null,
+        "operator_policy": null,
         "effective_policy_definition": {},
         "memory": s.memory,
         "messages": s.ready + s.unacked,
@@ -128,6 +129,24 @@ pub fn queue_json(q: &Queue) -> Value {
         v["idle_since"] = json!(idle_time());
     }
     v
+}
+
+/// A queue's JSON with the policies that apply to it (`queue_json` leaves
+/// them empty: it does not see the vhost).
+pub fn queue_json_in(v: &VHost, q: &Queue) -> Value {
+    let mut j = queue_json(q);
+    let (policy, operator_policy) = v.policies.for_queue(q);
+    j["policy"] = json!(policy.map(|p| p.name.clone()));
+    j["operator_policy"] = json!(operator_policy.map(|p| p.name.clone()));
+    j["effective_policy_definition"] = Value::Object(v.policies.effective_definition(q));
+    j
+}
+
+/// An exchange's JSON with the policy that applies to it.
+pub fn exchange_json_in(v: &VHost, x: &Exchange) -> Value {
+    let mut j = exchange_json(&v.name, x);
+    j["policy"] = json!(v.policies.for_exchange(x).map(|p| p.name.clone()));
+    j
 }
 
 /// RabbitMQ's `idle_since` format ("2026-11-30T14:33:47.123+00:00", 3.10).
@@ -187,7 +206,7 @@ pub fn list_queues(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
             qs.retain(|q| m(&q.name));
         }
         qs.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(qs.iter().map(|q| queue_json(q)));
+        items.extend(qs.iter().map(|q| queue_json_in(&v, q)));
     }
     Ok(Reply::Json(list::answer_counted(items, total, &r.query)?))
 }
@@ -203,8 +222,8 @@ fn find_queue(r: &Req<'_>, vhost: &str, name: &str) -> Result<(Arc<VHost>, Arc<Q
 }
 
 pub fn get_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
-    let (_, q) = find_queue(r, vhost, name)?;
-    Ok(Reply::Json(queue_json(&q)))
+    let (v, q) = find_queue(r, vhost, name)?;
+    Ok(Reply::Json(queue_json_in(&v, &q)))
 }
 
 pub fn put_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
@@ -363,7 +382,7 @@ pub fn list_exchanges(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
     for v in vhosts_for(r, vhost)? {
         let mut xs: Vec<Arc<Exchange>> = v.exchanges.iter().map(|x| x.clone()).collect();
         xs.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(xs.iter().map(|x| exchange_json(&v.name, x)));
+        items.extend(xs.iter().map(|x| exchange_json_in(&v, x)));
     }
     Ok(Reply::Json(list::answer(items, &r.query)?))
 }
@@ -375,7 +394,7 @@ pub fn get_exchange(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
         .get(name)
         .map(|x| x.clone())
         .ok_or_else(ApiError::not_found)?;
-    Ok(Reply::Json(exchange_json(vhost, &x)))
+    Ok(Reply::Json(exchange_json_in(&v, &x)))
 }
 
 pub fn put_exchange(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {

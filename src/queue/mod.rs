@@ -14,7 +14,7 @@ mod views;
 
 pub use entry::{now_ms, QueueEntry, Reason, Slot};
 use entry::{Ready, NEVER_ENQUEUED};
-pub use limits::{as_u64, Limits, Overflow};
+pub use limits::{as_u64, Limits, Overflow, PolicyLimits};
 pub use subscriber::Subscriber;
 
 use amq_protocol::types::FieldTable;
@@ -78,6 +78,9 @@ struct QueueState {
     rr: usize,
     had_consumer: bool,
     deleted: bool,
+    /// The limits in force: the arguments' with the matching policy laid
+    /// over them (`set_policy` replaces them at run time).
+    limits: Arc<Limits>,
 }
 
 #[derive(Debug)]
@@ -94,7 +97,11 @@ pub struct Queue {
     store_key: QueueKey,
     /// Past this many bytes in memory, stored messages are paged out.
     memory_limit: usize,
-    pub limits: Limits,
+    /// The limits the arguments alone set; `QueueState::limits` is what applies.
+    arg_limits: Limits,
+    /// `x-queue-type: quorum` (single node: the same queue with quorum
+    /// semantics: delivery counts and `x-delivery-limit`).
+    pub quorum: bool,
     /// Set once deleted; read without the state lock (acks of deliveries that
     /// outlive their queue must not touch the store: the queue's entries are gone).
     gone: AtomicBool,
@@ -151,11 +158,17 @@ impl Queue {
         arguments: FieldTable,
         store: Arc<dyn Store>,
     ) -> Self {
-        let limits = Limits::from_arguments(&arguments);
+        let arg_limits = Limits::from_arguments(&arguments);
+        let quorum = arguments
+            .inner()
+            .get("x-queue-type")
+            .and_then(as_text)
+            .is_some_and(|t| t == "quorum");
         let dedup = crate::message::dedup::enabled(&arguments).then(|| QueueDedup {
             header: crate::message::dedup::key_header(&arguments),
             keys: Mutex::new(Default::default()),
         });
+        let limits_init = arg_limits.clone();
         let store_key = QueueKey {
             vhost: vhost.clone(),
             name: name.clone(),
@@ -170,7 +183,8 @@ impl Queue {
             arguments,
             store,
             memory_limit: DEFAULT_MEMORY_LIMIT,
-            limits,
+            arg_limits,
+            quorum,
             gone: AtomicBool::new(false),
             dedup,
             last_used: std::sync::atomic::AtomicU64::new(now_ms()),
@@ -185,6 +199,7 @@ impl Queue {
                 rr: 0,
                 had_consumer: false,
                 deleted: false,
+                limits: Arc::new(limits_init),
             }),
         }
     }
@@ -227,10 +242,11 @@ impl Queue {
         if st.deleted {
             return Enqueued::Refused;
         }
-        if self.limits.overflow != Overflow::DropHead
-            && self.over_limit(&st.ready, 1, msg.body.len() as u64)
+        let limits = st.limits.clone();
+        if limits.overflow != Overflow::DropHead
+            && over_limit(&limits, &st.ready, 1, msg.body.len() as u64)
         {
-            if self.limits.overflow == Overflow::RejectPublishDlx && self.limits.dlx.is_some() {
+            if limits.overflow == Overflow::RejectPublishDlx && limits.dlx.is_some() {
                 let size = msg.body.len() as u32;
                 st.dead.push((
                     QueueEntry {
@@ -264,12 +280,12 @@ impl Queue {
                 dedup_key = Some(k);
             }
         }
-        let ttl = match (self.limits.message_ttl, msg.ttl) {
+        let ttl = match (limits.message_ttl, msg.ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let expires_at = ttl.map_or(0, |t| now_ms().saturating_add(t).max(1));
-        let priority = match self.limits.max_priority {
+        let priority = match limits.max_priority {
             Some(max) => msg.properties.priority().unwrap_or(0).min(max),
             None => 0,
         };
@@ -297,32 +313,49 @@ impl Queue {
         if st.ready.len() > FLOW_HIGH && !st.consumers.is_empty() {
             self.flow.store(true, Ordering::Release);
         }
-        while self.over_limit(&st.ready, 0, 0) {
+        self.drop_over_limit(&mut st);
+        Enqueued::Accepted(meta)
+    }
+
+    /// Drop (or dead-letter) head messages while the queue is over its
+    /// length limits (after an enqueue, or a policy that lowered them).
+    fn drop_over_limit(&self, st: &mut QueueState) {
+        while over_limit(&st.limits, &st.ready, 0, 0) {
             let Some(old) = st.ready.pop_front() else {
                 break;
             };
             st.mem_bytes = st.mem_bytes.saturating_sub(old.mem_bytes());
-            self.discard(&mut st, old, "maxlen");
+            self.discard(st, old, "maxlen");
         }
-        Enqueued::Accepted(meta)
     }
 
-    /// Whether `ready` plus `more` messages of `more_bytes` would exceed
-    /// `x-max-length` or `x-max-length-bytes`.
-    fn over_limit(&self, ready: &Ready, more: u64, more_bytes: u64) -> bool {
-        self.limits
-            .max_length
-            .is_some_and(|max| ready.len() as u64 + more > max)
-            || self
-                .limits
-                .max_length_bytes
-                .is_some_and(|max| ready.bytes() + more_bytes > max)
+    /// The limits in force now (arguments with the policy over them).
+    pub fn limits(&self) -> Arc<Limits> {
+        self.state.lock().limits.clone()
+    }
+
+    /// Apply a policy's queue keys (None: no policy matches any more): the
+    /// new limits hold from now on. A lower length limit drops (or
+    /// dead-letters) head messages at once, as RabbitMQ does; a message TTL
+    /// applies to messages enqueued from now on (RabbitMQ fixes a message's
+    /// expiry when it is enqueued). Returns whether dead letters wait.
+    pub fn set_policy(&self, policy: Option<&PolicyLimits>) -> bool {
+        let limits = match policy {
+            Some(p) => self.arg_limits.with_policy(p, self.quorum),
+            None => self.arg_limits.clone(),
+        };
+        let mut st = self.state.lock();
+        st.limits = Arc::new(limits);
+        if st.limits.overflow == Overflow::DropHead {
+            self.drop_over_limit(&mut st);
+        }
+        !st.dead.is_empty()
     }
 
     /// A message leaves the queue without being delivered: to the dead-letter
     /// exchange when there is one.
     fn discard(&self, st: &mut QueueState, e: QueueEntry, reason: Reason) {
-        if self.limits.dlx.is_some() {
+        if st.limits.dlx.is_some() {
             // The store record goes once the dead-lettered copy is routed.
             st.dead.push((e, reason));
         } else {
@@ -352,10 +385,10 @@ impl Queue {
 
     /// Whether an `x-expires` queue has gone unused for its whole lease.
     pub fn unused_expired(&self, now: u64) -> bool {
-        let Some(expires) = self.limits.expires else {
+        let st = self.state.lock();
+        let Some(expires) = st.limits.expires else {
             return false;
         };
-        let st = self.state.lock();
         st.consumers.is_empty()
             && !st.deleted
             && now.saturating_sub(self.last_used.load(Ordering::Relaxed)) >= expires
@@ -376,13 +409,14 @@ impl Queue {
     /// Rejected or nacked deliveries (requeue=false): dead-letter them when the
     /// queue has a dead-letter exchange, else they are gone.
     pub fn reject(&self, entries: impl IntoIterator<Item = QueueEntry>) {
-        if self.limits.dlx.is_none() {
+        let mut st = self.state.lock();
+        if st.limits.dlx.is_none() {
+            drop(st);
             for e in entries {
                 self.settled(&e);
             }
             return;
         }
-        let mut st = self.state.lock();
         st.dead.extend(entries.into_iter().map(|e| (e, "rejected")));
     }
 
@@ -403,7 +437,7 @@ impl Queue {
                 priority: meta.priority,
             });
         }
-        if self.limits.max_priority.is_some() {
+        if self.arg_limits.max_priority.is_some() {
             st.ready.sort_by_order();
         }
         if let Some(d) = &self.dedup {
@@ -571,7 +605,7 @@ impl Queue {
             // Consumers are kept by priority, highest first: try each group of
             // equal priority in turn, round-robin within it. With a single
             // active consumer only the first (oldest) one receives.
-            let n = if self.limits.single_active {
+            let n = if st.limits.single_active {
                 1
             } else {
                 st.consumers.len()
@@ -733,6 +767,17 @@ impl Queue {
             consumers: std::mem::take(&mut st.consumers),
         }
     }
+}
+
+/// Whether `ready` plus `more` messages of `more_bytes` would exceed
+/// the max-length or max-length-bytes limit.
+fn over_limit(limits: &Limits, ready: &Ready, more: u64, more_bytes: u64) -> bool {
+    limits
+        .max_length
+        .is_some_and(|max| ready.len() as u64 + more > max)
+        || limits
+            .max_length_bytes
+            .is_some_and(|max| ready.bytes() + more_bytes > max)
 }
 
 #[cfg(test)]
