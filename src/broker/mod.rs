@@ -6,6 +6,7 @@ pub mod deadletter;
 pub mod disk;
 pub mod policy;
 pub mod publish;
+pub mod queue_type;
 pub mod users;
 pub mod vhost;
 

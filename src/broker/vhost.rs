@@ -117,12 +117,29 @@ pub fn random_name(prefix: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
+/// An argument as RabbitMQ's inequivalence text shows it: `none`, or
+/// `the value 'V' of type 'T'`.
+fn arg_value_text(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".to_string(),
+        Some(v) => format!(
+            "the value '{}' of type '{}'",
+            arg_text(Some(v)),
+            super::queue_type::type_name(v)
+        ),
+    }
+}
+
 fn arg_text(v: Option<&AMQPValue>) -> String {
     match v {
         None => "none".to_string(),
         Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         Some(AMQPValue::ShortString(s)) => s.as_str().to_string(),
-        Some(other) => format!("{other:?}"),
+        Some(AMQPValue::Boolean(b)) => bool_text(*b).to_string(),
+        Some(other) => match crate::protocol::table::as_i128(other) {
+            Some(n) => n.to_string(),
+            None => format!("{other:?}"),
+        },
     }
 }
 
@@ -252,7 +269,7 @@ impl VHost {
         let x = &existing;
         let mismatch = |field: &str, got: &str, have: &str| {
             AmqpError::precondition(format!(
-                "inequivalent arg '{field}' for exchange '{}' in vhost '{}': received '{got}' but current is '{have}'",
+                "inequivalent arg '{field}' for exchange '{}' in vhost '{}': received {got} but current is {have}",
                 x.name, self.name
             ))
         };
@@ -336,6 +353,9 @@ impl VHost {
             return Ok((q, m, c));
         }
         validate_queue_arguments(&spec.name, &self.name, &spec.arguments)?;
+        if super::queue_type::is_quorum(&spec, &self.name)? {
+            super::queue_type::check_quorum(&spec, &spec.name, &self.name)?;
+        }
         let name = if spec.name.is_empty() {
             random_name("amq.gen-")
         } else {
@@ -389,7 +409,7 @@ impl VHost {
     fn check_queue_equivalence(&self, q: &Queue, spec: &QueueSpec) -> AmqpResult<()> {
         let mismatch = |field: &str, got: &str, have: &str| {
             AmqpError::precondition(format!(
-                "inequivalent arg '{field}' for queue '{}' in vhost '{}': received '{got}' but current is '{have}'",
+                "inequivalent arg '{field}' for queue '{}' in vhost '{}': received {got} but current is {have}",
                 q.name, self.name
             ))
         };
@@ -740,7 +760,13 @@ fn inequivalent(
     flags
         .iter()
         .find(|(_, g, h)| g != h)
-        .map(|(n, g, h)| (n.to_string(), bool_text(*g).into(), bool_text(*h).into()))
+        .map(|(n, g, h)| {
+            (
+                n.to_string(),
+                format!("'{}'", bool_text(*g)),
+                format!("'{}'", bool_text(*h)),
+            )
+        })
         .or_else(|| args_mismatch(got, have, keys))
 }
 
@@ -759,7 +785,7 @@ fn args_mismatch(
             _ => false,
         };
         if !same {
-            return Some((k.to_string(), arg_text(a), arg_text(b)));
+            return Some((k.to_string(), arg_value_text(a), arg_value_text(b)));
         }
     }
     None

@@ -307,7 +307,7 @@ impl Channel {
         encode::content(
             &mut out,
             self.id(),
-            &msg.raw_properties,
+            &entry.delivery_properties(msg, queue.quorum),
             &msg.body,
             self.handle.conn.frame_max(),
         );
@@ -408,9 +408,10 @@ impl Channel {
             for u in taken {
                 u.queue.reject([u.entry]);
             }
-            for q in touched.values() {
-                deadletter::flush(ctx.broker, ctx.vhost, q);
-            }
+        }
+        // A requeue past a quorum queue's delivery limit dead-letters too.
+        for q in touched.values() {
+            deadletter::flush(ctx.broker, ctx.vhost, q);
         }
         self.kick_after_settle(touched);
         Ok(())

@@ -449,7 +449,7 @@ impl Subscriber for Consumer {
         encode::content(
             &mut out,
             self.channel.id,
-            &msg.raw_properties,
+            &entry.delivery_properties(&msg, queue.quorum),
             &msg.body,
             self.channel.conn.frame_max(),
         );

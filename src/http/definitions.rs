@@ -329,7 +329,10 @@ pub fn apply(b: &Arc<Broker>, doc: &Value, only_vhost: Option<&str>) -> Result<(
                 durable: get_bool(m, "durable", true)?,
                 exclusive: false,
                 auto_delete: get_bool(m, "auto_delete", false)?,
-                arguments: super::objects::classic_only(get_table(m, "arguments")?, None)?,
+                arguments: super::objects::queue_type_argument(
+                    get_table(m, "arguments")?,
+                    get_str(m, "type")?,
+                )?,
             },
             API_CONN,
         )?;

@@ -94,7 +94,7 @@ pub fn queue_json(q: &Queue) -> Value {
     let mut v = json!({
         "name": q.name,
         "vhost": q.vhost,
-        "type": "classic",
+        "type": if q.quorum { "quorum" } else { "classic" },
         "durable": q.durable,
         "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner.is_some(),
@@ -127,6 +127,13 @@ pub fn queue_json(q: &Queue) -> Value {
     });
     if s.consumers == 0 {
         v["idle_since"] = json!(idle_time());
+    }
+    if q.quorum {
+        // One node: it leads, and is the only member.
+        let node = super::overview::node_name();
+        v["leader"] = json!(node);
+        v["members"] = json!([node]);
+        v["online"] = json!([node]);
     }
     v
 }
@@ -237,7 +244,7 @@ pub fn put_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
         return Err(ApiError::not_authorised("Access refused."));
     }
     check(r, vhost, Permission::Configure, Resource::Queue, name)?;
-    let arguments = classic_only(get_table(&body, "arguments")?, get_str(&body, "type")?)?;
+    let arguments = queue_type_argument(get_table(&body, "arguments")?, get_str(&body, "type")?)?;
     let existed = v.queues.contains_key(name);
     if !existed {
         if let Some(dlx) = arguments
@@ -274,25 +281,33 @@ pub fn put_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
     })
 }
 
-/// Hopper's queues are classic: `x-queue-type: classic` (which tools such as
-/// rabbitmq_http_client always send) is dropped so that an AMQP redeclare
-/// without it stays equivalent, as in RabbitMQ; another type is refused.
-pub fn classic_only(mut arguments: FieldTable, kind: Option<&str>) -> Result<FieldTable, ApiError> {
-    let from_args = arguments
-        .inner()
-        .get("x-queue-type")
-        .and_then(crate::queue::as_text);
-    for t in [kind.map(str::to_string), from_args].into_iter().flatten() {
-        if t != "classic" {
-            return Err(ApiError::bad_request(format!(
-                "queue type '{t}' is not supported by Hopper (only classic)"
-            )));
+/// The queue type of an API declare: `x-queue-type: classic` (which tools
+/// such as rabbitmq_http_client always send, also as `type`) is dropped so
+/// that an AMQP redeclare without it stays equivalent, as in RabbitMQ; any
+/// other type (from the argument, else from `type`) is kept as the
+/// argument, for the broker's declare to accept (quorum) or refuse with
+/// RabbitMQ's text.
+pub fn queue_type_argument(
+    arguments: FieldTable,
+    kind: Option<&str>,
+) -> Result<FieldTable, ApiError> {
+    let mut inner = arguments.inner().clone();
+    if !inner.contains_key("x-queue-type") {
+        if let Some(t) = kind {
+            inner.insert(
+                "x-queue-type".into(),
+                amq_protocol::types::AMQPValue::LongString(t.into()),
+            );
         }
     }
-    let mut inner = arguments.inner().clone();
-    inner.remove("x-queue-type");
-    arguments = FieldTable::from(inner);
-    Ok(arguments)
+    let classic = inner
+        .get("x-queue-type")
+        .and_then(crate::queue::as_text)
+        .is_some_and(|t| t == "classic");
+    if classic {
+        inner.remove("x-queue-type");
+    }
+    Ok(FieldTable::from(inner))
 }
 
 fn query_flag(r: &Req<'_>, key: &str) -> bool {
@@ -475,24 +490,27 @@ mod tests {
     }
 
     #[test]
-    fn only_classic_queues() {
+    fn classic_type_is_dropped_others_kept() {
+        use amq_protocol::types::AMQPValue;
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
-            amq_protocol::types::AMQPValue::LongString("classic".into()),
+            AMQPValue::LongString("classic".into()),
         );
-        args.insert(
-            "x-max-length".into(),
-            amq_protocol::types::AMQPValue::LongLongInt(5),
-        );
-        let kept = classic_only(args.clone(), Some("classic")).unwrap();
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(5));
+        let kept = queue_type_argument(args.clone(), Some("classic")).unwrap();
         assert_eq!(kept.inner().len(), 1);
         assert!(kept.inner().contains_key("x-max-length"));
-        assert!(classic_only(args.clone(), Some("quorum")).is_err());
+        let quorum = queue_type_argument(FieldTable::default(), Some("quorum")).unwrap();
+        assert_eq!(
+            quorum.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
         args.insert(
             "x-queue-type".into(),
-            amq_protocol::types::AMQPValue::LongString("stream".into()),
+            AMQPValue::LongString("stream".into()),
         );
-        assert!(classic_only(args, None).is_err());
+        let stream = queue_type_argument(args, Some("classic")).unwrap();
+        assert!(stream.inner().contains_key("x-queue-type"));
     }
 }

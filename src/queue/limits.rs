@@ -131,7 +131,20 @@ impl Limits {
             (Some(a), Some(pe)) => Some(a.min(pe)),
             (a, pe) => a.or(pe),
         };
+        if quorum {
+            l.quorum_overflow();
+        }
         l
+    }
+}
+
+impl Limits {
+    /// RabbitMQ 3.10's quorum queues accept `reject-publish-dlx` but act as
+    /// `drop-head` (it logs "Invalid overflow strategy").
+    pub fn quorum_overflow(&mut self) {
+        if self.overflow == Overflow::RejectPublishDlx {
+            self.overflow = Overflow::DropHead;
+        }
     }
 }
 

@@ -158,12 +158,15 @@ impl Queue {
         arguments: FieldTable,
         store: Arc<dyn Store>,
     ) -> Self {
-        let arg_limits = Limits::from_arguments(&arguments);
+        let mut arg_limits = Limits::from_arguments(&arguments);
         let quorum = arguments
             .inner()
             .get("x-queue-type")
             .and_then(as_text)
             .is_some_and(|t| t == "quorum");
+        if quorum {
+            arg_limits.quorum_overflow();
+        }
         let dedup = crate::message::dedup::enabled(&arguments).then(|| QueueDedup {
             header: crate::message::dedup::key_header(&arguments),
             keys: Mutex::new(Default::default()),
@@ -257,6 +260,7 @@ impl Queue {
                         priority: 0,
                         size,
                         dedup_key: None,
+                        delivery_count: 0,
                     },
                     "maxlen",
                 ));
@@ -295,6 +299,7 @@ impl Queue {
         let e = QueueEntry {
             slot: Slot::Mem(msg),
             dedup_key,
+            delivery_count: 0,
             size,
             seq,
             redelivered: false,
@@ -430,6 +435,7 @@ impl Queue {
             st.ready.push_back(QueueEntry {
                 slot: Slot::Stored(id),
                 dedup_key: None,
+                delivery_count: 0,
                 size: meta.size,
                 seq,
                 redelivered: true,
@@ -467,7 +473,9 @@ impl Queue {
         }
     }
 
-    /// Put deliveries back at their original positions, marked redelivered.
+    /// Put deliveries back at their original positions, marked redelivered
+    /// (a quorum queue dead-letters those past its delivery limit: the
+    /// caller or the sweeper flushes them).
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = QueueEntry>) {
         let mut st = self.state.lock();
         if st.deleted {
@@ -475,6 +483,19 @@ impl Queue {
         }
         for mut e in entries {
             e.redelivered = true;
+            if self.quorum {
+                // RabbitMQ's quorum queues count every return; past the
+                // delivery limit the message is dead-lettered or dropped.
+                e.delivery_count = e.delivery_count.saturating_add(1);
+                if st
+                    .limits
+                    .delivery_limit
+                    .is_some_and(|max| u64::from(e.delivery_count) > max)
+                {
+                    self.discard(&mut st, e, "delivery_limit");
+                    continue;
+                }
+            }
             st.mem_bytes += e.mem_bytes();
             let at = st.ready.partition_point(|x| x.order() < e.order());
             st.ready.insert(at, e);
