@@ -318,8 +318,9 @@ impl Channel {
                 tag,
                 Unacked {
                     queue: queue.clone(),
-                    entry,
+                    entry: queue.hold_got(entry),
                     consumer: None,
+                    at: std::time::Instant::now(),
                 },
             );
         }

@@ -182,6 +182,8 @@ pub struct Unacked {
     pub entry: QueueEntry,
     /// `None` for basic.get deliveries.
     pub consumer: Option<Arc<Consumer>>,
+    /// When it was delivered, for `limits.consumer_timeout`.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -291,6 +293,13 @@ pub struct ChannelHandle {
 }
 
 impl ChannelHandle {
+    /// How long the oldest unacknowledged delivery has waited (tags grow
+    /// with delivery time, so it is the first), for `consumer_timeout`.
+    pub fn oldest_unacked_age(&self) -> Option<std::time::Duration> {
+        let d = self.delivery.lock();
+        d.unacked.values().next().map(|u| u.at.elapsed())
+    }
+
     pub fn new(id: u16, conn: Arc<ConnHandle>) -> Self {
         ChannelHandle {
             id,
@@ -463,6 +472,7 @@ impl Subscriber for Consumer {
                     queue: queue.clone(),
                     entry,
                     consumer: Some(self.clone()),
+                    at: std::time::Instant::now(),
                 },
             );
         }

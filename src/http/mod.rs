@@ -9,6 +9,7 @@
 //! segments that may be empty (`/api/queues//` is vhost `/` for Flower) or
 //! contain `%2F`, and a trailing slash is tolerated.
 
+pub mod aliveness;
 pub mod auth;
 pub mod bindings;
 pub mod connections;
@@ -194,7 +195,7 @@ async fn dispatch(r: &Req<'_>, seg: &[&str]) -> ApiResult {
         (&M::GET, ["nodes"]) => overview::nodes(r),
         (&M::GET, ["nodes", name]) => overview::node(r, name),
         (&M::GET, ["extensions"]) => Ok(reply::Reply::Json(serde_json::json!([]))),
-        (&M::GET, ["aliveness-test", vh]) => overview::aliveness(r, vhost_name(vh)),
+        (&M::GET, ["aliveness-test", vh]) => aliveness::aliveness(r, vhost_name(vh)).await,
         (&M::GET, ["healthchecks", "node"]) | (&M::GET, ["healthchecks", "node", _]) => {
             overview::health(r, "alarms", None)
         }

@@ -35,6 +35,9 @@ pub struct QueueEntry {
     /// How many times a quorum queue got it back unacknowledged (reject or
     /// nack with requeue, channel closed): `x-delivery-count` on redelivery.
     pub delivery_count: u32,
+    /// Taken by basic.get and held unacknowledged: counted in the queue's
+    /// `got_unacked` until it is settled, requeued or rejected.
+    pub got: bool,
 }
 
 /// The `seq` of an entry that was refused at the door (reject-publish-dlx):

@@ -113,6 +113,9 @@ pub struct Queue {
     /// `FLOW_LOW` (see `connection`'s flow wait).
     flow: AtomicBool,
     flow_cleared: tokio::sync::Notify,
+    /// basic.get deliveries held unacknowledged (`QueueEntry::got`), for
+    /// `messages_unacknowledged`.
+    got_unacked: std::sync::atomic::AtomicU64,
     state: Mutex<QueueState>,
 }
 
@@ -132,7 +135,7 @@ pub use crate::protocol::table::as_text;
 pub struct QueueStats {
     pub ready: u64,
     pub ready_bytes: u64,
-    /// Deliveries to consumers not yet acknowledged (basic.get ones are not counted).
+    /// Deliveries to consumers and basic.get ones not yet acknowledged.
     pub unacked: u64,
     pub consumers: u64,
     /// Bytes of messages held in memory.
@@ -193,6 +196,7 @@ impl Queue {
             last_used: std::sync::atomic::AtomicU64::new(now_ms()),
             flow: AtomicBool::new(false),
             flow_cleared: tokio::sync::Notify::new(),
+            got_unacked: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(QueueState {
                 ready: Ready::default(),
                 dead: Vec::new(),
@@ -261,6 +265,7 @@ impl Queue {
                         size,
                         dedup_key: None,
                         delivery_count: 0,
+                        got: false,
                     },
                     "maxlen",
                 ));
@@ -300,6 +305,7 @@ impl Queue {
             slot: Slot::Mem(msg),
             dedup_key,
             delivery_count: 0,
+            got: false,
             size,
             seq,
             redelivered: false,
@@ -414,6 +420,13 @@ impl Queue {
     /// Rejected or nacked deliveries (requeue=false): dead-letter them when the
     /// queue has a dead-letter exchange, else they are gone.
     pub fn reject(&self, entries: impl IntoIterator<Item = QueueEntry>) {
+        let entries: Vec<QueueEntry> = entries
+            .into_iter()
+            .map(|mut e| {
+                self.release_got(&mut e);
+                e
+            })
+            .collect();
         let mut st = self.state.lock();
         if st.limits.dlx.is_none() {
             drop(st);
@@ -436,6 +449,7 @@ impl Queue {
                 slot: Slot::Stored(id),
                 dedup_key: None,
                 delivery_count: 0,
+                got: false,
                 size: meta.size,
                 seq,
                 redelivered: true,
@@ -483,6 +497,7 @@ impl Queue {
         }
         for mut e in entries {
             e.redelivered = true;
+            self.release_got(&mut e);
             if self.quorum {
                 // RabbitMQ's quorum queues count every return; past the
                 // delivery limit the message is dead-lettered or dropped.
@@ -585,8 +600,31 @@ impl Queue {
         }
     }
 
+    /// basic.get handed this entry out to be acknowledged later: count it
+    /// as unacknowledged until it comes back or is settled.
+    pub fn hold_got(&self, mut entry: QueueEntry) -> QueueEntry {
+        entry.got = true;
+        self.got_unacked.fetch_add(1, Ordering::Relaxed);
+        entry
+    }
+
+    /// A held basic.get delivery is no longer unacknowledged.
+    fn release_got(&self, entry: &mut QueueEntry) {
+        if std::mem::take(&mut entry.got) {
+            self.got_unacked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// basic.get deliveries held unacknowledged now.
+    pub fn got_unacked(&self) -> u64 {
+        self.got_unacked.load(Ordering::Relaxed)
+    }
+
     /// A message left this queue for good (acked, rejected, delivered no-ack).
     pub fn settled(&self, entry: &QueueEntry) {
+        if entry.got {
+            self.got_unacked.fetch_sub(1, Ordering::Relaxed);
+        }
         if let (Some(d), Some(k)) = (&self.dedup, &entry.dedup_key) {
             d.keys.lock().remove(k);
         }
