@@ -369,3 +369,30 @@ async fn api_shows_the_type_leader_members_and_a_delivery_limit_policy_applies()
     common::delete_queue(&conn, &q).await;
     let _ = conn.close(200, "bye".into()).await;
 }
+
+#[test]
+fn declared_through_the_api_client_and_kept_across_a_restart() {
+    use rabbitmq_http_client::requests::QueueParams;
+    let mut broker = Broker::start();
+    let mut c = common::mgmt::client(&mut broker);
+    let q = common::mgmt::name("qq-client");
+    c.declare_queue("/", &QueueParams::new_quorum_queue(&q, None))
+        .expect("declare a quorum queue through the API");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let info = c.get_queue_info("/", &q).expect("queue info");
+        if info.queue_type == "quorum" {
+            assert!(info.durable && !info.auto_delete && !info.exclusive);
+            break;
+        }
+        assert!(Instant::now() < deadline, "type {:?}", info.queue_type);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !broker.is_external() {
+        broker.restart();
+        c = common::mgmt::client(&mut broker);
+        let info = c.get_queue_info("/", &q).expect("after restart");
+        assert_eq!(info.queue_type, "quorum");
+    }
+    c.delete_queue("/", &q, false).expect("delete");
+}

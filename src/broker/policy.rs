@@ -120,6 +120,9 @@ impl Policy {
 pub struct Policies {
     user: RwLock<Vec<Arc<Policy>>>,
     operator: RwLock<Vec<Arc<Policy>>>,
+    /// Serializes changes, so the store and the lists see them in the same
+    /// order (held across the store write; readers never take it).
+    changes: parking_lot::Mutex<()>,
 }
 
 impl Policies {
@@ -506,6 +509,7 @@ impl Broker {
             key: store_key(&p.vhost, &p.name),
             value: serde_json::to_vec(&value).unwrap_or_default(),
         };
+        let _serial = v.policies.changes.lock();
         blocking(|| self.store.put_object(&obj))?;
         let created = {
             let mut list = v.policies.list(kind).write();
@@ -529,6 +533,7 @@ impl Broker {
         let Some(v) = self.vhost(vhost) else {
             return Ok(false);
         };
+        let _serial = v.policies.changes.lock();
         if v.policies.get(kind, name).is_none() {
             return Ok(false);
         }

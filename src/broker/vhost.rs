@@ -261,7 +261,8 @@ impl VHost {
                     spec.arguments,
                 ));
                 self.policies.apply_to_exchange(&x);
-                self.exchanges.insert(spec.name, x);
+                self.exchanges.insert(spec.name, x.clone());
+                self.policies.apply_to_exchange(&x);
                 return Ok(());
             }
         };
@@ -401,6 +402,9 @@ impl VHost {
                 ));
                 self.policies.apply_to_queue(&q);
                 self.queues.insert(q.name.clone(), q.clone());
+                // Again: a policy changed between the two applies re-applied
+                // to a snapshot of the queues that may have missed this one.
+                self.policies.apply_to_queue(&q);
                 Ok((q, 0, 0))
             }
         }
