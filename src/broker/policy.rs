@@ -584,3 +584,7 @@ impl Broker {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

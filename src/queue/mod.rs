@@ -249,11 +249,13 @@ impl Queue {
         if st.deleted {
             return Enqueued::Refused;
         }
-        let limits = st.limits.clone();
-        if limits.overflow != Overflow::DropHead
-            && over_limit(&limits, &st.ready, 1, msg.body.len() as u64)
+        // Read what this needs of the limits (no Arc traffic on the hot path).
+        let overflow = st.limits.overflow;
+        let (message_ttl, max_priority) = (st.limits.message_ttl, st.limits.max_priority);
+        if overflow != Overflow::DropHead
+            && over_limit(&st.limits, &st.ready, 1, msg.body.len() as u64)
         {
-            if limits.overflow == Overflow::RejectPublishDlx && limits.dlx.is_some() {
+            if overflow == Overflow::RejectPublishDlx && st.limits.dlx.is_some() {
                 let size = msg.body.len() as u32;
                 st.dead.push((
                     QueueEntry {
@@ -289,12 +291,12 @@ impl Queue {
                 dedup_key = Some(k);
             }
         }
-        let ttl = match (limits.message_ttl, msg.ttl) {
+        let ttl = match (message_ttl, msg.ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let expires_at = ttl.map_or(0, |t| now_ms().saturating_add(t).max(1));
-        let priority = match limits.max_priority {
+        let priority = match max_priority {
             Some(max) => msg.properties.priority().unwrap_or(0).min(max),
             None => 0,
         };
