@@ -540,6 +540,29 @@ fn policymaker_may_set_policies_management_may_not_operator_policies_need_admin(
         .any(|x| x["name"] == json!(p)));
     let r = http(a, "GET", &path, Some((&mg, "pw")), None);
     assert_eq!((r.status, r.json()), (401, refused));
+    // Without permissions in a vhost, its list is refused.
+    let mon = name("mon");
+    let body_mon = r#"{"password":"pw","tags":"monitoring"}"#;
+    assert_eq!(
+        http(
+            a,
+            "PUT",
+            &format!("/api/users/{mon}"),
+            GUEST,
+            Some(body_mon)
+        )
+        .status,
+        201
+    );
+    let r = http(a, "GET", "/api/policies/%2F", Some((&mon, "pw")), None);
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            401,
+            json!({"error": "not_authorised", "reason": "User not authorised to access virtual host"})
+        )
+    );
+    let _ = c.delete_user(&mon, true);
     let r = http(
         a,
         "PUT",

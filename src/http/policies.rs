@@ -29,16 +29,19 @@ fn allowed(r: &Req<'_>, kind: PolicyKind, vhost: &str, change: bool) -> Result<(
     }
 }
 
-/// GET `/api/policies[/{vhost}]`: the policies in the vhosts the caller
-/// has permissions in (all for administrators).
+/// GET `/api/policies[/{vhost}]` (and operator policies): the policies in
+/// the vhosts the caller has permissions in (all for administrators); a
+/// vhost the caller has none in answers 401, as RabbitMQ 3.10 does.
 pub fn list_policies(r: &Req<'_>, kind: PolicyKind, vhost: Option<&str>) -> ApiResult {
-    if kind == PolicyKind::Operator && !r.caller.is_admin() {
-        return Err(super::auth::not_allowed());
-    }
     let names = match vhost {
         Some(v) => {
             if r.broker.vhost(v).is_none() {
                 return Err(ApiError::not_found());
+            }
+            if !r.caller.may_use_vhost(r.broker, v) {
+                return Err(ApiError::not_authorised(
+                    "User not authorised to access virtual host",
+                ));
             }
             vec![v.to_string()]
         }
