@@ -44,6 +44,8 @@ pub enum ApplyTo {
     Exchanges,
     ClassicQueues,
     QuorumQueues,
+    /// 3.12's `streams`: accepted; Hopper has no streams, so it matches nothing.
+    Streams,
 }
 
 impl ApplyTo {
@@ -54,6 +56,7 @@ impl ApplyTo {
             "exchanges" => ApplyTo::Exchanges,
             "classic_queues" => ApplyTo::ClassicQueues,
             "quorum_queues" => ApplyTo::QuorumQueues,
+            "streams" => ApplyTo::Streams,
             _ => return None,
         })
     }
@@ -65,6 +68,7 @@ impl ApplyTo {
             ApplyTo::Exchanges => "exchanges",
             ApplyTo::ClassicQueues => "classic_queues",
             ApplyTo::QuorumQueues => "quorum_queues",
+            ApplyTo::Streams => "streams",
         }
     }
 
@@ -73,7 +77,7 @@ impl ApplyTo {
             ApplyTo::All | ApplyTo::Queues => true,
             ApplyTo::ClassicQueues => !quorum,
             ApplyTo::QuorumQueues => quorum,
-            ApplyTo::Exchanges => false,
+            ApplyTo::Exchanges | ApplyTo::Streams => false,
         }
     }
 

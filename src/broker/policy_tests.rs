@@ -39,6 +39,10 @@ fn highest_priority_wins_ties_by_name_and_apply_to_filters() {
             json!({"pattern": "^q", "definition": {"max-length": 2}, "priority": 1}),
         ),
         policy(
+            "streams-only",
+            json!({"pattern": ".", "definition": {"max-length": 9}, "apply-to": "streams", "priority": 99}),
+        ),
+        policy(
             "low",
             json!({"pattern": ".", "definition": {"max-length": 3}}),
         ),
