@@ -660,10 +660,22 @@ fn policies_survive_a_restart_and_round_trip_through_definitions() {
         json!({"max-length": 1}),
         7,
     );
+    // A policy of a deleted vhost goes with it, also from the store.
+    let a = b.mgmt_addr();
+    assert_eq!(http(a, "PUT", "/api/vhosts/pv", GUEST, None).status, 201);
+    let body = r#"{"pattern":".","definition":{"max-length":1}}"#;
+    assert_eq!(
+        http(a, "PUT", "/api/policies/pv/gone", GUEST, Some(body)).status,
+        201
+    );
+    assert_eq!(http(a, "DELETE", "/api/vhosts/pv", GUEST, None).status, 204);
+    assert_eq!(http(a, "PUT", "/api/vhosts/pv", GUEST, None).status, 201);
     b.restart();
     let c = client(&mut b);
     let got = c.get_policy("/", "keep").expect("policy after restart");
     assert_eq!(got.priority, 7);
+    let r = http(b.mgmt_addr(), "GET", "/api/policies/pv", GUEST, None);
+    assert_eq!((r.status, r.json()), (200, json!([])));
     let uri = b.uri();
     let conn = rt.block_on(common::connect_uri(&uri)).unwrap();
     let ch = rt.block_on(conn.create_channel()).unwrap();
