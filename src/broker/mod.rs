@@ -1,6 +1,7 @@
 //! Shared broker state: vhosts with their exchanges, queues and bindings, the
 //! store, and id counters. Recovery at boot rebuilds it from the store.
 
+mod arguments;
 pub mod connections;
 pub mod deadletter;
 pub mod disk;

@@ -9,12 +9,14 @@
 
 mod entry;
 mod limits;
+mod runtime;
 pub mod subscriber;
 mod views;
 
 pub use entry::{now_ms, QueueEntry, Reason, Slot};
 use entry::{Ready, NEVER_ENQUEUED};
 pub use limits::{as_u64, Limits, Overflow, PolicyLimits};
+use runtime::over_limit;
 pub use subscriber::Subscriber;
 
 use amq_protocol::types::FieldTable;
@@ -330,41 +332,6 @@ impl Queue {
         Enqueued::Accepted(meta)
     }
 
-    /// Drop (or dead-letter) head messages while the queue is over its
-    /// length limits (after an enqueue, or a policy that lowered them).
-    fn drop_over_limit(&self, st: &mut QueueState) {
-        while over_limit(&st.limits, &st.ready, 0, 0) {
-            let Some(old) = st.ready.pop_front() else {
-                break;
-            };
-            st.mem_bytes = st.mem_bytes.saturating_sub(old.mem_bytes());
-            self.discard(st, old, "maxlen");
-        }
-    }
-
-    /// The limits in force now (arguments with the policy over them).
-    pub fn limits(&self) -> Arc<Limits> {
-        self.state.lock().limits.clone()
-    }
-
-    /// Apply a policy's queue keys (None: no policy matches any more): the
-    /// new limits hold from now on. A lower length limit drops (or
-    /// dead-letters) head messages at once, as RabbitMQ does; a message TTL
-    /// applies to messages enqueued from now on (RabbitMQ fixes a message's
-    /// expiry when it is enqueued). Returns whether dead letters wait.
-    pub fn set_policy(&self, policy: Option<&PolicyLimits>) -> bool {
-        let limits = match policy {
-            Some(p) => self.arg_limits.with_policy(p, self.quorum),
-            None => self.arg_limits.clone(),
-        };
-        let mut st = self.state.lock();
-        st.limits = Arc::new(limits);
-        if st.limits.overflow == Overflow::DropHead {
-            self.drop_over_limit(&mut st);
-        }
-        !st.dead.is_empty()
-    }
-
     /// A message leaves the queue without being delivered: to the dead-letter
     /// exchange when there is one.
     fn discard(&self, st: &mut QueueState, e: QueueEntry, reason: Reason) {
@@ -602,26 +569,6 @@ impl Queue {
         }
     }
 
-    /// basic.get handed this entry out to be acknowledged later: count it
-    /// as unacknowledged until it comes back or is settled.
-    pub fn hold_got(&self, mut entry: QueueEntry) -> QueueEntry {
-        entry.got = true;
-        self.got_unacked.fetch_add(1, Ordering::Relaxed);
-        entry
-    }
-
-    /// A held basic.get delivery is no longer unacknowledged.
-    fn release_got(&self, entry: &mut QueueEntry) {
-        if std::mem::take(&mut entry.got) {
-            self.got_unacked.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// basic.get deliveries held unacknowledged now.
-    pub fn got_unacked(&self) -> u64 {
-        self.got_unacked.load(Ordering::Relaxed)
-    }
-
     /// A message left this queue for good (acked, rejected, delivered no-ack).
     pub fn settled(&self, entry: &QueueEntry) {
         if entry.got {
@@ -828,17 +775,6 @@ impl Queue {
             consumers: std::mem::take(&mut st.consumers),
         }
     }
-}
-
-/// Whether `ready` plus `more` messages of `more_bytes` would exceed
-/// the max-length or max-length-bytes limit.
-fn over_limit(limits: &Limits, ready: &Ready, more: u64, more_bytes: u64) -> bool {
-    limits
-        .max_length
-        .is_some_and(|max| ready.len() as u64 + more > max)
-        || limits
-            .max_length_bytes
-            .is_some_and(|max| ready.bytes() + more_bytes > max)
 }
 
 #[cfg(test)]
