@@ -149,3 +149,28 @@ def test_flower_queue_request_for_the_default_vhost(mgmt, amqp):
     for field in ("name", "messages", "messages_ready", "messages_unacknowledged", "consumers"):
         assert field in row, field
     assert row["messages_ready"] == 1
+
+
+def test_rabbitmqadmin_and_pyrabbit2_set_a_policy_that_limits_a_live_queue(mgmt, amqp):
+    q = amqp.queue_name()
+    ch = amqp.channel(confirm=True)
+    ch.queue_declare(q)
+    for i in range(5):
+        ch.basic_publish("", q, str(i).encode())
+    pol = f"{amqp.prefix}.pol"
+    admin(mgmt, "declare", "policy", f"name={pol}", f"pattern=^{q}$",
+          'definition={"max-length": 2}', "apply-to=queues", "priority=1")
+    rows = json.loads(admin(mgmt, "list", "policies", "name", "pattern", "definition", "-f", "raw_json"))
+    assert {"name": pol, "pattern": f"^{q}$", "definition": {"max-length": 2}} in rows
+    # Applied to the live queue: the heads beyond the new limit are dropped.
+    count = lambda: ch.queue_declare(q, passive=True).method.message_count
+    assert wait_until(ch.connection, lambda: count() == 2, timeout=15)
+    assert ch.basic_get(q, auto_ack=True)[2] == b"3"
+    admin(mgmt, "delete", "policy", f"name={pol}")
+
+    cl = pyrabbit2.Client(mgmt, USERNAME, PASSWORD)
+    cl.create_policy("/", pol, pattern=f"^{q}$", definition={"max-length": 0}, priority=2)
+    assert cl.get_policy("/", pol)["definition"] == {"max-length": 0}
+    assert wait_until(ch.connection, lambda: count() == 0, timeout=15)
+    cl.delete_policy("/", pol)
+    assert pol not in [p["name"] for p in cl.get_all_policies()]

@@ -131,6 +131,9 @@ pub struct Limits {
     /// Disk alarm: free bytes on the data directory's filesystem below which
     /// publishing connections are blocked (0: off).
     pub disk_free_limit: u64,
+    /// Milliseconds a delivery may stay unacknowledged before its channel is
+    /// closed with 406 (RabbitMQ's `consumer_timeout`; 0: never).
+    pub consumer_timeout: u64,
 }
 
 impl Default for Limits {
@@ -149,6 +152,8 @@ impl Default for Limits {
             max_consumers_per_channel: 0,
             memory_high_watermark: 1024 * 1024 * 1024,
             disk_free_limit: 50_000_000,
+            // RabbitMQ 3.13's default: 30 minutes.
+            consumer_timeout: 1_800_000,
         }
     }
 }

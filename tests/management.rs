@@ -356,9 +356,9 @@ fn bad_input_never_500() {
             Some(&defs.to_string()),
         );
         assert_eq!(r.status, 400, "{}", r.body);
-        // Policies are not there yet: said so, not a 404.
-        let body = r#"{"pattern":".*","definition":{"max-length":1}}"#;
-        let r = http(a, "PUT", "/api/policies/%2F/p", GUEST, Some(body));
+        // Runtime parameters are not there yet: said so, not a 404.
+        let body = r#"{"value":{}}"#;
+        let r = http(a, "PUT", "/api/parameters/shovel/%2F/p", GUEST, Some(body));
         assert_eq!(
             (r.status, r.json()["error"].clone()),
             (501, json!("not_implemented"))

@@ -28,7 +28,7 @@ pub fn flush(broker: &Arc<Broker>, vhost: &Arc<VHost>, q: &Arc<Queue>) {
     if dead.is_empty() {
         return;
     }
-    if q.limits.dlx.is_none() {
+    if q.limits().dlx.is_none() {
         // RabbitMQ drops dead letters that have nowhere to go.
         dead.iter().for_each(|(e, _)| q.settled(e));
         return;
@@ -102,8 +102,8 @@ fn route_all(
     dead: Vec<(QueueEntry, Reason)>,
     loaded: Vec<Option<Arc<Message>>>,
 ) {
-    let exchange = q
-        .limits
+    let limits = q.limits();
+    let exchange = limits
         .dlx
         .as_ref()
         .and_then(|name| vhost.exchanges.get(name).map(|x| x.clone()));
@@ -119,8 +119,7 @@ fn route_all(
             q.settled(&entry);
             continue;
         };
-        let routing_key = q
-            .limits
+        let routing_key = limits
             .dlrk
             .clone()
             .unwrap_or_else(|| msg.routing_key.clone());

@@ -1,10 +1,13 @@
 //! Shared broker state: vhosts with their exchanges, queues and bindings, the
 //! store, and id counters. Recovery at boot rebuilds it from the store.
 
+mod arguments;
 pub mod connections;
 pub mod deadletter;
 pub mod disk;
+pub mod policy;
 pub mod publish;
+pub mod queue_type;
 pub mod users;
 pub mod vhost;
 
@@ -113,7 +116,7 @@ impl Broker {
         Ok(broker)
     }
 
-    fn restore(&self, rec: crate::store::Recovered) {
+    fn restore(self: &Arc<Self>, rec: crate::store::Recovered) {
         let vhost = |name: &str| -> Arc<VHost> {
             self.vhosts
                 .entry(name.to_string())

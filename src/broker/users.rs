@@ -103,6 +103,7 @@ impl Broker {
                     .map_err(store_err)?;
             }
         }
+        self.delete_vhost_policies(&v).map_err(store_err)?;
         self.delete_object(VHOST, name).map_err(store_err)?;
         self.access.vhost_deleted(name);
         self.vhosts.remove(name);
@@ -147,8 +148,9 @@ impl Broker {
     /// Apply what the store kept (at boot, after the config). Records that
     /// do not decode are skipped with a warning: a user or permission lost
     /// is better than a broker that will not start.
-    pub(super) fn restore_objects(&self, objects: Vec<StoredObject>) {
+    pub(super) fn restore_objects(self: &Arc<Self>, objects: Vec<StoredObject>) {
         let mut permissions = Vec::new();
+        let mut policies = Vec::new();
         for o in objects {
             let value: Value = match serde_json::from_slice(&o.value) {
                 Ok(v) => v,
@@ -185,8 +187,13 @@ impl Broker {
                     }
                 }
                 PERMISSION => permissions.push((o.key, value)),
+                "policy" | "operator_policy" => policies.push((o.kind, o.key, value)),
                 other => tracing::warn!(kind = other, "skipping stored definition of unknown kind"),
             }
+        }
+        // After the vhosts (stored under a later key) exist.
+        for (kind, key, value) in policies {
+            self.restore_policy(&kind, &key, &value);
         }
         let vhosts = self.vhost_names();
         for (key, value) in permissions {

@@ -2,12 +2,13 @@
 //! bind operations with RabbitMQ's checks and reply codes. Durable changes are
 //! written to the store before the operation is answered.
 
-use amq_protocol::types::{AMQPValue, FieldTable};
+use amq_protocol::types::FieldTable;
 use dashmap::DashMap;
 use std::sync::Arc;
 
+use super::arguments::{inequivalent, validate_queue_arguments};
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{headers::value_eq, Binding, Destination, Exchange, ExchangeKind};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::protocol::codes;
 use crate::queue::Queue;
 use crate::store::{blocking, BindingDef, ExchangeDef, QueueDef, Store, StoreError};
@@ -49,6 +50,8 @@ pub struct VHost {
     /// every publish's lookups take) while two declares of one name still
     /// cannot both create it.
     declares: parking_lot::Mutex<()>,
+    /// Policies and operator policies (`broker::policy`).
+    pub policies: super::policy::Policies,
 }
 
 /// Parameters of queue.declare.
@@ -81,14 +84,6 @@ fn store_failed(e: StoreError) -> AmqpError {
     AmqpError::connection(codes::INTERNAL_ERROR, format!("store write failed: {e}"))
 }
 
-fn bool_text(b: bool) -> &'static str {
-    if b {
-        "true"
-    } else {
-        "false"
-    }
-}
-
 /// One of the amq.* exchanges every vhost has (they cannot be deleted).
 pub fn is_predeclared(name: &str) -> bool {
     name.starts_with("amq.") && PREDECLARED.iter().any(|(n, _)| *n == name)
@@ -102,15 +97,6 @@ pub fn random_name(prefix: &str) -> String {
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
     format!("{prefix}{suffix}")
-}
-
-fn arg_text(v: Option<&AMQPValue>) -> String {
-    match v {
-        None => "none".to_string(),
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::ShortString(s)) => s.as_str().to_string(),
-        Some(other) => format!("{other:?}"),
-    }
 }
 
 impl VHost {
@@ -135,6 +121,7 @@ impl VHost {
             queues: DashMap::new(),
             store,
             declares: parking_lot::Mutex::new(()),
+            policies: Default::default(),
         }
     }
 
@@ -221,17 +208,17 @@ impl VHost {
                     };
                     blocking(|| self.store.put_exchange(&def)).map_err(store_failed)?;
                 }
-                self.exchanges.insert(
+                let x = Arc::new(Exchange::new(
                     spec.name.clone(),
-                    Arc::new(Exchange::new(
-                        spec.name,
-                        kind,
-                        spec.durable,
-                        spec.auto_delete,
-                        spec.internal,
-                        spec.arguments,
-                    )),
-                );
+                    kind,
+                    spec.durable,
+                    spec.auto_delete,
+                    spec.internal,
+                    spec.arguments,
+                ));
+                self.policies.apply_to_exchange(&x);
+                self.exchanges.insert(spec.name, x.clone());
+                self.policies.apply_to_exchange(&x);
                 return Ok(());
             }
         };
@@ -239,7 +226,7 @@ impl VHost {
         let x = &existing;
         let mismatch = |field: &str, got: &str, have: &str| {
             AmqpError::precondition(format!(
-                "inequivalent arg '{field}' for exchange '{}' in vhost '{}': received '{got}' but current is '{have}'",
+                "inequivalent arg '{field}' for exchange '{}' in vhost '{}': received {got} but current is {have}",
                 x.name, self.name
             ))
         };
@@ -323,6 +310,9 @@ impl VHost {
             return Ok((q, m, c));
         }
         validate_queue_arguments(&spec.name, &self.name, &spec.arguments)?;
+        if super::queue_type::is_quorum(&spec, &self.name)? {
+            super::queue_type::check_quorum(&spec, &spec.name, &self.name)?;
+        }
         let name = if spec.name.is_empty() {
             random_name("amq.gen-")
         } else {
@@ -366,7 +356,11 @@ impl VHost {
                     spec.arguments,
                     self.store.clone(),
                 ));
+                self.policies.apply_to_queue(&q);
                 self.queues.insert(q.name.clone(), q.clone());
+                // Again: a policy changed between the two applies re-applied
+                // to a snapshot of the queues that may have missed this one.
+                self.policies.apply_to_queue(&q);
                 Ok((q, 0, 0))
             }
         }
@@ -375,7 +369,7 @@ impl VHost {
     fn check_queue_equivalence(&self, q: &Queue, spec: &QueueSpec) -> AmqpResult<()> {
         let mismatch = |field: &str, got: &str, have: &str| {
             AmqpError::precondition(format!(
-                "inequivalent arg '{field}' for queue '{}' in vhost '{}': received '{got}' but current is '{have}'",
+                "inequivalent arg '{field}' for queue '{}' in vhost '{}': received {got} but current is {have}",
                 q.name, self.name
             ))
         };
@@ -645,110 +639,6 @@ impl VHost {
             arguments: b.arguments,
         });
     }
-}
-
-/// RabbitMQ's checks of the queue arguments Hopper acts on.
-fn validate_queue_arguments(queue: &str, vhost: &str, args: &FieldTable) -> AmqpResult<()> {
-    let invalid = |k: &str, why: String| {
-        AmqpError::precondition(format!(
-            "invalid arg '{k}' for queue '{queue}' in vhost '{vhost}': {why}"
-        ))
-    };
-    for k in ["x-max-length", "x-max-length-bytes"] {
-        if let Some(v) = args.inner().get(k) {
-            if crate::queue::as_u64(v).is_none() {
-                return Err(invalid(
-                    k,
-                    format!("{{value_negative_or_not_integer,{}}}", arg_text(Some(v))),
-                ));
-            }
-        }
-    }
-    if let Some(v) = args.inner().get("x-message-ttl") {
-        if crate::queue::as_u64(v).is_none() {
-            return Err(invalid(
-                "x-message-ttl",
-                format!("{{value_negative_or_not_integer,{}}}", arg_text(Some(v))),
-            ));
-        }
-    }
-    for k in ["x-dead-letter-exchange", "x-dead-letter-routing-key"] {
-        if let Some(v) = args.inner().get(k) {
-            if crate::queue::as_text(v).is_none() {
-                return Err(invalid(
-                    k,
-                    format!("{{not_a_string,{}}}", arg_text(Some(v))),
-                ));
-            }
-        }
-    }
-    if let Some(v) = args.inner().get("x-max-priority") {
-        if crate::queue::as_u64(v).is_none_or(|p| p > 255) {
-            return Err(invalid(
-                "x-max-priority",
-                format!("{{value_out_of_range,{}}}", arg_text(Some(v))),
-            ));
-        }
-    }
-    if let Some(v) = args.inner().get("x-expires") {
-        if crate::queue::as_u64(v).is_none_or(|ms| ms == 0) {
-            return Err(invalid(
-                "x-expires",
-                format!(
-                    "{{value_zero_or_not_positive_integer,{}}}",
-                    arg_text(Some(v))
-                ),
-            ));
-        }
-    }
-    if let Some(v) = args.inner().get("x-overflow") {
-        match crate::queue::as_text(v).as_deref() {
-            Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
-            _ => {
-                return Err(invalid(
-                    "x-overflow",
-                    format!("{{unknown_overflow_value,{}}}", arg_text(Some(v))),
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The first inequivalent flag (name, received, current), else the first
-/// inequivalent argument among `keys`.
-fn inequivalent(
-    flags: &[(&str, bool, bool)],
-    got: &FieldTable,
-    have: &FieldTable,
-    keys: &[&str],
-) -> Option<(String, String, String)> {
-    flags
-        .iter()
-        .find(|(_, g, h)| g != h)
-        .map(|(n, g, h)| (n.to_string(), bool_text(*g).into(), bool_text(*h).into()))
-        .or_else(|| args_mismatch(got, have, keys))
-}
-
-/// First argument among `keys` whose value differs: (name, received, current).
-fn args_mismatch(
-    got: &FieldTable,
-    have: &FieldTable,
-    keys: &[&str],
-) -> Option<(String, String, String)> {
-    for k in keys {
-        let a = got.inner().get(*k);
-        let b = have.inner().get(*k);
-        let same = match (a, b) {
-            (None, None) => true,
-            (Some(a), Some(b)) => value_eq(a, b),
-            _ => false,
-        };
-        if !same {
-            return Some((k.to_string(), arg_text(a), arg_text(b)));
-        }
-    }
-    None
 }
 
 #[cfg(test)]

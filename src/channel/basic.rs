@@ -314,7 +314,7 @@ impl Channel {
         encode::content(
             &mut out,
             self.id(),
-            &msg.raw_properties,
+            &entry.delivery_properties(msg, queue.quorum),
             &msg.body,
             self.handle.conn.frame_max(),
         );
@@ -325,8 +325,9 @@ impl Channel {
                 tag,
                 Unacked {
                     queue: queue.clone(),
-                    entry,
+                    entry: queue.hold_got(entry),
                     consumer: None,
+                    at: std::time::Instant::now(),
                 },
             );
         }
@@ -415,9 +416,10 @@ impl Channel {
             for u in taken {
                 u.queue.reject([u.entry]);
             }
-            for q in touched.values() {
-                deadletter::flush(ctx.broker, ctx.vhost, q);
-            }
+        }
+        // A requeue past a quorum queue's delivery limit dead-letters too.
+        for q in touched.values() {
+            deadletter::flush(ctx.broker, ctx.vhost, q);
         }
         self.kick_after_settle(touched);
         Ok(())

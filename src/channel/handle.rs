@@ -208,6 +208,8 @@ pub struct Unacked {
     pub entry: QueueEntry,
     /// `None` for basic.get deliveries.
     pub consumer: Option<Arc<Consumer>>,
+    /// When it was delivered, for `limits.consumer_timeout`.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -317,6 +319,13 @@ pub struct ChannelHandle {
 }
 
 impl ChannelHandle {
+    /// How long the oldest unacknowledged delivery has waited (tags grow
+    /// with delivery time, so it is the first), for `consumer_timeout`.
+    pub fn oldest_unacked_age(&self) -> Option<std::time::Duration> {
+        let d = self.delivery.lock();
+        d.unacked.values().next().map(|u| u.at.elapsed())
+    }
+
     pub fn new(id: u16, conn: Arc<ConnHandle>) -> Self {
         ChannelHandle {
             id,
@@ -474,7 +483,7 @@ impl Subscriber for Consumer {
         encode::content(
             &mut out,
             self.channel.id,
-            &msg.raw_properties,
+            &entry.delivery_properties(&msg, queue.quorum),
             &msg.body,
             self.channel.conn.frame_max(),
         );
@@ -488,6 +497,7 @@ impl Subscriber for Consumer {
                     queue: queue.clone(),
                     entry,
                     consumer: Some(self.clone()),
+                    at: std::time::Instant::now(),
                 },
             );
         }

@@ -88,6 +88,9 @@ pub struct Exchange {
     /// `x-message-deduplication`: recently seen keys.
     pub dedup: Option<dedup::DedupCache>,
     bindings: RwLock<Bindings>,
+    /// The `alternate-exchange` of the policy that applies, if any (the
+    /// argument wins over it, as in RabbitMQ). Read only for unroutable messages.
+    policy_alternate: RwLock<Option<String>>,
 }
 
 impl Exchange {
@@ -108,15 +111,23 @@ impl Exchange {
             dedup: dedup::DedupCache::for_exchange(kind.as_str(), &arguments),
             arguments,
             bindings: RwLock::new(Bindings::default()),
+            policy_alternate: RwLock::new(None),
         }
     }
 
-    /// The `alternate-exchange` argument: where unroutable messages go.
+    /// Where unroutable messages go: the `alternate-exchange` argument,
+    /// else the policy's.
     pub fn alternate_exchange(&self) -> Option<String> {
         self.arguments
             .inner()
             .get("alternate-exchange")
             .and_then(crate::queue::as_text)
+            .or_else(|| self.policy_alternate.read().clone())
+    }
+
+    /// Set (or clear) the alternate exchange a policy gives.
+    pub fn set_policy_alternate(&self, ae: Option<String>) {
+        *self.policy_alternate.write() = ae;
     }
 
     /// Add a binding; false if the same one exists already.

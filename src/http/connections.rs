@@ -129,7 +129,7 @@ pub fn list_consumers(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
                     "prefetch_count": c.prefetch,
                     "exclusive": c.exclusive,
                     "arguments": arguments,
-                    "consumer_timeout": 0,
+                    "consumer_timeout": r.broker.config.limits.consumer_timeout,
                     "queue": {"name": q.name, "vhost": q.vhost},
                     "channel_details": channel_details(r, &c),
                 }));

@@ -18,11 +18,20 @@ use super::reply::{check_name, get_bool, get_str, get_table, ApiError, ApiResult
 use super::Req;
 use crate::auth::hashing::{HashingAlgorithm, PasswordHash};
 use crate::auth::permissions::{Pattern, VhostPermissions};
+use crate::broker::policy::{self, PolicyKind};
 use crate::broker::vhost::{ExchangeSpec, QueueSpec};
 use crate::broker::Broker;
 use crate::exchange::Destination;
 
 const QUEUE_KEYS: &[&str] = &["name", "vhost", "durable", "auto_delete", "arguments"];
+const POLICY_KEYS: &[&str] = &[
+    "vhost",
+    "name",
+    "pattern",
+    "apply-to",
+    "definition",
+    "priority",
+];
 const EXCHANGE_KEYS: &[&str] = &[
     "name",
     "vhost",
@@ -53,7 +62,11 @@ pub fn document(r: &Req<'_>, vhost: Option<&str>) -> Result<Value, ApiError> {
     let mut queues = Vec::new();
     let mut exchanges = Vec::new();
     let mut bindings = Vec::new();
+    let mut policies = Vec::new();
     for v in vhosts_for(r, vhost)? {
+        for p in v.policies.all(PolicyKind::User) {
+            policies.push(keep(&p.to_json(), POLICY_KEYS, with_vhost));
+        }
         let mut qs: Vec<_> = v.queues.iter().map(|q| q.clone()).collect();
         qs.sort_by(|a, b| a.name.cmp(&b.name));
         for q in qs.iter().filter(|q| q.exclusive_owner.is_none()) {
@@ -93,7 +106,7 @@ pub fn document(r: &Req<'_>, vhost: Option<&str>) -> Result<Value, ApiError> {
         "product_name": PRODUCT_NAME,
         "product_version": env!("CARGO_PKG_VERSION"),
         "parameters": [],
-        "policies": [],
+        "policies": policies,
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
@@ -316,7 +329,10 @@ pub fn apply(b: &Arc<Broker>, doc: &Value, only_vhost: Option<&str>) -> Result<(
                 durable: get_bool(m, "durable", true)?,
                 exclusive: false,
                 auto_delete: get_bool(m, "auto_delete", false)?,
-                arguments: super::objects::classic_only(get_table(m, "arguments")?, None)?,
+                arguments: super::objects::queue_type_argument(
+                    get_table(m, "arguments")?,
+                    get_str(m, "type")?,
+                )?,
             },
             API_CONN,
         )?;
@@ -344,12 +360,24 @@ pub fn apply(b: &Arc<Broker>, doc: &Value, only_vhost: Option<&str>) -> Result<(
             API_CONN,
         )?;
     }
-    for k in [
-        "policies",
-        "parameters",
-        "global_parameters",
-        "topic_permissions",
-    ] {
+    for p in array(doc, "policies") {
+        let m = obj(p)?;
+        let vhost = vhost_of(m)?;
+        let name = text(m, "name")?;
+        check_name("policy", name)?;
+        let policy = policy::parse(PolicyKind::User, &vhost, name, m)
+            .map_err(|e| ApiError::bad_request(format!("policy '{name}': {e}")))?;
+        match b.put_policy(PolicyKind::User, policy) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(ApiError::bad_request(format!(
+                    "vhost '{vhost}' does not exist"
+                )))
+            }
+            Err(e) => return Err(store_failed(e)),
+        }
+    }
+    for k in ["parameters", "global_parameters", "topic_permissions"] {
         if !array(doc, k).is_empty() {
             tracing::warn!(
                 what = k,

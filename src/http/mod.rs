@@ -9,6 +9,7 @@
 //! segments that may be empty (`/api/queues//` is vhost `/` for Flower) or
 //! contain `%2F`, and a trailing slash is tolerated.
 
+pub mod aliveness;
 pub mod auth;
 pub mod bindings;
 pub mod connections;
@@ -17,6 +18,7 @@ pub mod list;
 pub mod message;
 pub mod objects;
 pub mod overview;
+pub mod policies;
 pub mod publish;
 pub mod reply;
 pub mod users;
@@ -193,7 +195,7 @@ async fn dispatch(r: &Req<'_>, seg: &[&str]) -> ApiResult {
         (&M::GET, ["nodes"]) => overview::nodes(r),
         (&M::GET, ["nodes", name]) => overview::node(r, name),
         (&M::GET, ["extensions"]) => Ok(reply::Reply::Json(serde_json::json!([]))),
-        (&M::GET, ["aliveness-test", vh]) => overview::aliveness(r, vhost_name(vh)),
+        (&M::GET, ["aliveness-test", vh]) => aliveness::aliveness(r, vhost_name(vh)).await,
         (&M::GET, ["healthchecks", "node"]) | (&M::GET, ["healthchecks", "node", _]) => {
             overview::health(r, "alarms", None)
         }
@@ -310,22 +312,40 @@ async fn dispatch(r: &Req<'_>, seg: &[&str]) -> ApiResult {
         (&M::GET, ["vhosts", vh, "channels"]) => {
             connections::list_channels(r, connections::ChannelFilter::Vhost(vhost_name(vh)))
         }
-        (&M::GET, ["policies" | "operator-policies" | "parameters" | "global-parameters"]) => {
-            overview::empty_list(r)
+        (&M::GET, [kind @ ("policies" | "operator-policies")]) => {
+            policies::list_policies(r, policy_kind(kind), None)
         }
-        (&M::GET, ["policies" | "operator-policies" | "parameters", _]) => overview::empty_list(r),
+        (&M::GET, [kind @ ("policies" | "operator-policies"), vh]) => {
+            policies::list_policies(r, policy_kind(kind), Some(vhost_name(vh)))
+        }
+        (&M::GET, [kind @ ("policies" | "operator-policies"), vh, name]) => {
+            policies::get_policy(r, policy_kind(kind), vhost_name(vh), name)
+        }
+        (&M::PUT, [kind @ ("policies" | "operator-policies"), vh, name]) => {
+            policies::put_policy(r, policy_kind(kind), vhost_name(vh), name)
+        }
+        (&M::DELETE, [kind @ ("policies" | "operator-policies"), vh, name]) => {
+            policies::delete_policy(r, policy_kind(kind), vhost_name(vh), name)
+        }
+        (&M::GET, ["parameters" | "global-parameters"]) => overview::empty_list(r),
+        (&M::GET, ["parameters", _]) => overview::empty_list(r),
 
         // Said plainly rather than a 404 that tools would read as "no such vhost".
-        (
-            &M::PUT | &M::DELETE,
-            ["policies" | "operator-policies" | "parameters" | "global-parameters", ..],
-        ) => Err(ApiError::new(
+        (&M::PUT | &M::DELETE, ["parameters" | "global-parameters", ..]) => Err(ApiError::new(
             axum::http::StatusCode::NOT_IMPLEMENTED,
             "not_implemented",
-            "policies and runtime parameters are not supported by Hopper yet",
+            "runtime parameters are not supported by Hopper yet",
         )),
         (_, _) if known_path(seg) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::not_found()),
+    }
+}
+
+fn policy_kind(seg: &str) -> crate::broker::policy::PolicyKind {
+    if seg == "operator-policies" {
+        crate::broker::policy::PolicyKind::Operator
+    } else {
+        crate::broker::policy::PolicyKind::User
     }
 }
 
@@ -344,6 +364,8 @@ fn known_path(seg: &[&str]) -> bool {
                 | "exchanges"
                 | "bindings"
                 | "definitions"
+                | "policies"
+                | "operator-policies"
         )
     )
 }

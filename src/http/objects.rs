@@ -94,7 +94,7 @@ pub fn queue_json(q: &Queue) -> Value {
     let mut v = json!({
         "name": q.name,
         "vhost": q.vhost,
-        "type": "classic",
+        "type": if q.quorum { "quorum" } else { "classic" },
         "durable": q.durable,
         "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner.is_some(),
@@ -106,6 +106,7 @@ pub fn queue_json(q: &Queue) -> Value {
         "consumer_utilisation": if s.consumers > 0 { 1.0 } else { 0.0 },
         "exclusive_consumer_tag": null,
         "policy": null,
+        "operator_policy": null,
         "effective_policy_definition": {},
         "memory": s.memory,
         "messages": s.ready + s.unacked,
@@ -127,7 +128,32 @@ pub fn queue_json(q: &Queue) -> Value {
     if s.consumers == 0 {
         v["idle_since"] = json!(idle_time());
     }
+    if q.quorum {
+        // One node: it leads, and is the only member.
+        let node = super::overview::node_name();
+        v["leader"] = json!(node);
+        v["members"] = json!([node]);
+        v["online"] = json!([node]);
+    }
     v
+}
+
+/// A queue's JSON with the policies that apply to it (`queue_json` leaves
+/// them empty: it does not see the vhost).
+pub fn queue_json_in(v: &VHost, q: &Queue) -> Value {
+    let mut j = queue_json(q);
+    let (policy, operator_policy) = v.policies.for_queue(q);
+    j["policy"] = json!(policy.map(|p| p.name.clone()));
+    j["operator_policy"] = json!(operator_policy.map(|p| p.name.clone()));
+    j["effective_policy_definition"] = Value::Object(v.policies.effective_definition(q));
+    j
+}
+
+/// An exchange's JSON with the policy that applies to it.
+pub fn exchange_json_in(v: &VHost, x: &Exchange) -> Value {
+    let mut j = exchange_json(&v.name, x);
+    j["policy"] = json!(v.policies.for_exchange(x).map(|p| p.name.clone()));
+    j
 }
 
 /// RabbitMQ's `idle_since` format ("2026-11-30T14:33:47.123+00:00", 3.10).
@@ -187,7 +213,7 @@ pub fn list_queues(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
             qs.retain(|q| m(&q.name));
         }
         qs.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(qs.iter().map(|q| queue_json(q)));
+        items.extend(qs.iter().map(|q| queue_json_in(&v, q)));
     }
     Ok(Reply::Json(list::answer_counted(items, total, &r.query)?))
 }
@@ -203,8 +229,8 @@ fn find_queue(r: &Req<'_>, vhost: &str, name: &str) -> Result<(Arc<VHost>, Arc<Q
 }
 
 pub fn get_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
-    let (_, q) = find_queue(r, vhost, name)?;
-    Ok(Reply::Json(queue_json(&q)))
+    let (v, q) = find_queue(r, vhost, name)?;
+    Ok(Reply::Json(queue_json_in(&v, &q)))
 }
 
 pub fn put_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
@@ -218,7 +244,7 @@ pub fn put_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
         return Err(ApiError::not_authorised("Access refused."));
     }
     check(r, vhost, Permission::Configure, Resource::Queue, name)?;
-    let arguments = classic_only(get_table(&body, "arguments")?, get_str(&body, "type")?)?;
+    let arguments = queue_type_argument(get_table(&body, "arguments")?, get_str(&body, "type")?)?;
     let existed = v.queues.contains_key(name);
     if !existed {
         if let Some(dlx) = arguments
@@ -255,25 +281,33 @@ pub fn put_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
     })
 }
 
-/// Hopper's queues are classic: `x-queue-type: classic` (which tools such as
-/// rabbitmq_http_client always send) is dropped so that an AMQP redeclare
-/// without it stays equivalent, as in RabbitMQ; another type is refused.
-pub fn classic_only(mut arguments: FieldTable, kind: Option<&str>) -> Result<FieldTable, ApiError> {
-    let from_args = arguments
-        .inner()
-        .get("x-queue-type")
-        .and_then(crate::queue::as_text);
-    for t in [kind.map(str::to_string), from_args].into_iter().flatten() {
-        if t != "classic" {
-            return Err(ApiError::bad_request(format!(
-                "queue type '{t}' is not supported by Hopper (only classic)"
-            )));
+/// The queue type of an API declare: `x-queue-type: classic` (which tools
+/// such as rabbitmq_http_client always send, also as `type`) is dropped so
+/// that an AMQP redeclare without it stays equivalent, as in RabbitMQ; any
+/// other type (from the argument, else from `type`) is kept as the
+/// argument, for the broker's declare to accept (quorum) or refuse with
+/// RabbitMQ's text.
+pub fn queue_type_argument(
+    arguments: FieldTable,
+    kind: Option<&str>,
+) -> Result<FieldTable, ApiError> {
+    let mut inner = arguments.inner().clone();
+    if !inner.contains_key("x-queue-type") {
+        if let Some(t) = kind {
+            inner.insert(
+                "x-queue-type".into(),
+                amq_protocol::types::AMQPValue::LongString(t.into()),
+            );
         }
     }
-    let mut inner = arguments.inner().clone();
-    inner.remove("x-queue-type");
-    arguments = FieldTable::from(inner);
-    Ok(arguments)
+    let classic = inner
+        .get("x-queue-type")
+        .and_then(crate::queue::as_text)
+        .is_some_and(|t| t == "classic");
+    if classic {
+        inner.remove("x-queue-type");
+    }
+    Ok(FieldTable::from(inner))
 }
 
 fn query_flag(r: &Req<'_>, key: &str) -> bool {
@@ -363,7 +397,7 @@ pub fn list_exchanges(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
     for v in vhosts_for(r, vhost)? {
         let mut xs: Vec<Arc<Exchange>> = v.exchanges.iter().map(|x| x.clone()).collect();
         xs.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(xs.iter().map(|x| exchange_json(&v.name, x)));
+        items.extend(xs.iter().map(|x| exchange_json_in(&v, x)));
     }
     Ok(Reply::Json(list::answer(items, &r.query)?))
 }
@@ -375,7 +409,7 @@ pub fn get_exchange(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
         .get(name)
         .map(|x| x.clone())
         .ok_or_else(ApiError::not_found)?;
-    Ok(Reply::Json(exchange_json(vhost, &x)))
+    Ok(Reply::Json(exchange_json_in(&v, &x)))
 }
 
 pub fn put_exchange(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
@@ -456,24 +490,27 @@ mod tests {
     }
 
     #[test]
-    fn only_classic_queues() {
+    fn classic_type_is_dropped_others_kept() {
+        use amq_protocol::types::AMQPValue;
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
-            amq_protocol::types::AMQPValue::LongString("classic".into()),
+            AMQPValue::LongString("classic".into()),
         );
-        args.insert(
-            "x-max-length".into(),
-            amq_protocol::types::AMQPValue::LongLongInt(5),
-        );
-        let kept = classic_only(args.clone(), Some("classic")).unwrap();
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(5));
+        let kept = queue_type_argument(args.clone(), Some("classic")).unwrap();
         assert_eq!(kept.inner().len(), 1);
         assert!(kept.inner().contains_key("x-max-length"));
-        assert!(classic_only(args.clone(), Some("quorum")).is_err());
+        let quorum = queue_type_argument(FieldTable::default(), Some("quorum")).unwrap();
+        assert_eq!(
+            quorum.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
         args.insert(
             "x-queue-type".into(),
-            amq_protocol::types::AMQPValue::LongString("stream".into()),
+            AMQPValue::LongString("stream".into()),
         );
-        assert!(classic_only(args, None).is_err());
+        let stream = queue_type_argument(args, Some("classic")).unwrap();
+        assert!(stream.inner().contains_key("x-queue-type"));
     }
 }

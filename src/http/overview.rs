@@ -1,5 +1,5 @@
 //! Node-wide reads: `/api/overview`, `/api/whoami`, `/api/nodes`, the health
-//! checks and `/api/aliveness-test`. Fields are RabbitMQ's, including the ones
+//! checks (`/api/aliveness-test` is `http::aliveness`). Fields are RabbitMQ's, including the ones
 //! `rabbitmq_http_client` cannot do without (MANAGEMENT.md). Hopper has one
 //! node; it reports a RabbitMQ-compatible `rabbitmq_version` (tools read it
 //! first) and its own `product_name` / `product_version`.
@@ -276,15 +276,6 @@ pub fn health(r: &Req<'_>, check: &str, arg: Option<&str>) -> ApiResult {
         | ("certificate-expiration", _) => ok(),
         _ => Err(ApiError::not_found()),
     }
-}
-
-/// `/api/aliveness-test/{vhost}`: RabbitMQ declares a queue, publishes and
-/// gets a message; here the vhost must exist and be usable by the caller.
-pub fn aliveness(r: &Req<'_>, vhost: &str) -> ApiResult {
-    if r.broker.vhost(vhost).is_none() || !r.caller.may_use_vhost(r.broker, vhost) {
-        return Err(ApiError::not_found());
-    }
-    Ok(Reply::Json(json!({"status": "ok"})))
 }
 
 /// Lists Hopper does not track yet answer empty.

@@ -71,9 +71,7 @@ pub async fn publish(r: &Req<'_>, vhost: &str, exchange: &str) -> ApiResult {
     let raw = gen_properties(&properties)(amq_protocol::frame::WriteContext::from(Vec::new()))
         .map(|ctx| ctx.into_inner().0)
         .map_err(|e| ApiError::bad_request(format!("cannot encode properties: {e:?}")))?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let sink = Arc::new(Waiter(Mutex::new(Some(tx))));
-    let published = publish::publish(
+    let routed = publish_confirmed(
         r.broker,
         &v,
         Publication {
@@ -84,6 +82,24 @@ pub async fn publish(r: &Req<'_>, vhost: &str, exchange: &str) -> ApiResult {
             raw_properties: Bytes::from(raw),
             body: Bytes::from(bytes),
         },
+    )
+    .await?;
+    Ok(Reply::Json(json!({"routed": routed})))
+}
+
+/// Publish through the one publish path and wait for the confirm; whether
+/// the message was routed.
+pub async fn publish_confirmed(
+    broker: &Arc<crate::broker::Broker>,
+    v: &Arc<crate::broker::VHost>,
+    publication: Publication,
+) -> Result<bool, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sink = Arc::new(Waiter(Mutex::new(Some(tx))));
+    let published = publish::publish(
+        broker,
+        v,
+        publication,
         Publisher {
             sink,
             seq: Some(1),
@@ -93,7 +109,7 @@ pub async fn publish(r: &Req<'_>, vhost: &str, exchange: &str) -> ApiResult {
         &mut crate::batch::Batch::new(),
     )?;
     match tokio::time::timeout(CONFIRM_WAIT, rx).await {
-        Ok(Ok(true)) => Ok(Reply::Json(json!({"routed": published.routed}))),
+        Ok(Ok(true)) => Ok(published.routed),
         Ok(Ok(false)) => Err(ApiError::internal("the message could not be stored")),
         Ok(Err(_)) | Err(_) => Err(ApiError::internal("no confirm for the message")),
     }

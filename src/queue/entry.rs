@@ -32,6 +32,12 @@ pub struct QueueEntry {
     pub size: u32,
     /// Deduplication key, in a queue with `x-message-deduplication`.
     pub dedup_key: Option<Arc<str>>,
+    /// How many times a quorum queue got it back unacknowledged (reject or
+    /// nack with requeue, channel closed): `x-delivery-count` on redelivery.
+    pub delivery_count: u32,
+    /// Taken by basic.get and held unacknowledged: counted in the queue's
+    /// `got_unacked` until it is settled, requeued or rejected.
+    pub got: bool,
 }
 
 /// The `seq` of an entry that was refused at the door (reject-publish-dlx):
@@ -69,6 +75,31 @@ impl QueueEntry {
         match &self.slot {
             Slot::Mem(m) => m.id,
             Slot::Stored(id) => *id,
+        }
+    }
+
+    /// The properties to deliver it with: the message's own, plus, from a
+    /// quorum queue, the `x-delivery-count` header (a `long`, 0 on the first
+    /// delivery, as RabbitMQ 3.10 sends it). Re-encoded only then.
+    pub fn delivery_properties(&self, msg: &Message, quorum: bool) -> bytes::Bytes {
+        if !quorum {
+            return msg.raw_properties.clone();
+        }
+        use amq_protocol::frame::WriteContext;
+        use amq_protocol::types::AMQPValue;
+        let mut props = msg.properties.clone();
+        let mut headers = props.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-delivery-count".into(),
+            AMQPValue::LongLongInt(i64::from(self.delivery_count)),
+        );
+        props = props.with_headers(headers);
+        let encoded =
+            amq_protocol::protocol::basic::gen_properties(&props)(WriteContext::from(Vec::new()));
+        match encoded {
+            Ok(ctx) => bytes::Bytes::from(ctx.into_inner().0),
+            // The original encoded fine; without the header it still does.
+            Err(_) => msg.raw_properties.clone(),
         }
     }
 

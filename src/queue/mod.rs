@@ -11,13 +11,15 @@
 mod entry;
 mod limits;
 mod paging;
+mod runtime;
 pub mod subscriber;
 mod views;
 
 pub use entry::{now_ms, QueueEntry, Reason, Slot};
 use entry::{Ready, NEVER_ENQUEUED};
-pub use limits::{as_u64, Limits, Overflow};
+pub use limits::{as_u64, Limits, Overflow, PolicyLimits};
 use paging::LOAD_BATCH;
+use runtime::over_limit;
 pub use subscriber::Subscriber;
 
 use amq_protocol::types::FieldTable;
@@ -80,6 +82,9 @@ struct QueueState {
     deleted: bool,
     /// A read of stored bodies for the head is on its way (`paging`).
     loading: bool,
+    /// The limits in force: the arguments' with the matching policy laid
+    /// over them (`set_policy` replaces them at run time).
+    limits: Arc<Limits>,
 }
 
 #[derive(Debug)]
@@ -96,7 +101,11 @@ pub struct Queue {
     store_key: QueueKey,
     /// Past this many bytes in memory, stored messages are paged out.
     memory_limit: usize,
-    pub limits: Limits,
+    /// The limits the arguments alone set; `QueueState::limits` is what applies.
+    arg_limits: Limits,
+    /// `x-queue-type: quorum` (single node: the same queue with quorum
+    /// semantics: delivery counts and `x-delivery-limit`).
+    pub quorum: bool,
     /// Set once deleted; read without the state lock (acks of deliveries that
     /// outlive their queue must not touch the store: the queue's entries are gone).
     gone: AtomicBool,
@@ -108,6 +117,9 @@ pub struct Queue {
     /// `FLOW_LOW` (see `connection`'s flow wait).
     flow: AtomicBool,
     flow_cleared: tokio::sync::Notify,
+    /// basic.get deliveries held unacknowledged (`QueueEntry::got`), for
+    /// `messages_unacknowledged`.
+    got_unacked: std::sync::atomic::AtomicU64,
     state: Mutex<QueueState>,
 }
 
@@ -127,7 +139,7 @@ pub use crate::protocol::table::as_text;
 pub struct QueueStats {
     pub ready: u64,
     pub ready_bytes: u64,
-    /// Deliveries to consumers not yet acknowledged (basic.get ones are not counted).
+    /// Deliveries to consumers and basic.get ones not yet acknowledged.
     pub unacked: u64,
     pub consumers: u64,
     /// Bytes of messages held in memory.
@@ -153,11 +165,20 @@ impl Queue {
         arguments: FieldTable,
         store: Arc<dyn Store>,
     ) -> Self {
-        let limits = Limits::from_arguments(&arguments);
+        let mut arg_limits = Limits::from_arguments(&arguments);
+        let quorum = arguments
+            .inner()
+            .get("x-queue-type")
+            .and_then(as_text)
+            .is_some_and(|t| t == "quorum");
+        if quorum {
+            arg_limits.quorum_overflow();
+        }
         let dedup = crate::message::dedup::enabled(&arguments).then(|| QueueDedup {
             header: crate::message::dedup::key_header(&arguments),
             keys: Mutex::new(Default::default()),
         });
+        let limits_init = arg_limits.clone();
         let store_key = QueueKey {
             vhost: vhost.clone(),
             name: name.clone(),
@@ -172,12 +193,14 @@ impl Queue {
             arguments,
             store,
             memory_limit: DEFAULT_MEMORY_LIMIT,
-            limits,
+            arg_limits,
+            quorum,
             gone: AtomicBool::new(false),
             dedup,
             last_used: std::sync::atomic::AtomicU64::new(now_ms()),
             flow: AtomicBool::new(false),
             flow_cleared: tokio::sync::Notify::new(),
+            got_unacked: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(QueueState {
                 ready: Ready::default(),
                 dead: Vec::new(),
@@ -188,6 +211,7 @@ impl Queue {
                 had_consumer: false,
                 deleted: false,
                 loading: false,
+                limits: Arc::new(limits_init),
             }),
         }
     }
@@ -230,10 +254,13 @@ impl Queue {
         if st.deleted {
             return Enqueued::Refused;
         }
-        if self.limits.overflow != Overflow::DropHead
-            && self.over_limit(&st.ready, 1, msg.body.len() as u64)
+        // Read what this needs of the limits (no Arc traffic on the hot path).
+        let overflow = st.limits.overflow;
+        let (message_ttl, max_priority) = (st.limits.message_ttl, st.limits.max_priority);
+        if overflow != Overflow::DropHead
+            && over_limit(&st.limits, &st.ready, 1, msg.body.len() as u64)
         {
-            if self.limits.overflow == Overflow::RejectPublishDlx && self.limits.dlx.is_some() {
+            if overflow == Overflow::RejectPublishDlx && st.limits.dlx.is_some() {
                 let size = msg.body.len() as u32;
                 st.dead.push((
                     QueueEntry {
@@ -244,6 +271,8 @@ impl Queue {
                         priority: 0,
                         size,
                         dedup_key: None,
+                        delivery_count: 0,
+                        got: false,
                     },
                     "maxlen",
                 ));
@@ -267,12 +296,12 @@ impl Queue {
                 dedup_key = Some(k);
             }
         }
-        let ttl = match (self.limits.message_ttl, msg.ttl) {
+        let ttl = match (message_ttl, msg.ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let expires_at = ttl.map_or(0, |t| now_ms().saturating_add(t).max(1));
-        let priority = match self.limits.max_priority {
+        let priority = match max_priority {
             Some(max) => msg.properties.priority().unwrap_or(0).min(max),
             None => 0,
         };
@@ -282,6 +311,8 @@ impl Queue {
         let e = QueueEntry {
             slot: Slot::Mem(msg),
             dedup_key,
+            delivery_count: 0,
+            got: false,
             size,
             seq,
             redelivered: false,
@@ -300,32 +331,14 @@ impl Queue {
         if st.ready.len() > FLOW_HIGH && !st.consumers.is_empty() {
             self.flow.store(true, Ordering::Release);
         }
-        while self.over_limit(&st.ready, 0, 0) {
-            let Some(old) = st.ready.pop_front() else {
-                break;
-            };
-            st.mem_bytes = st.mem_bytes.saturating_sub(old.mem_bytes());
-            self.discard(&mut st, old, "maxlen");
-        }
+        self.drop_over_limit(&mut st);
         Enqueued::Accepted(meta)
-    }
-
-    /// Whether `ready` plus `more` messages of `more_bytes` would exceed
-    /// `x-max-length` or `x-max-length-bytes`.
-    fn over_limit(&self, ready: &Ready, more: u64, more_bytes: u64) -> bool {
-        self.limits
-            .max_length
-            .is_some_and(|max| ready.len() as u64 + more > max)
-            || self
-                .limits
-                .max_length_bytes
-                .is_some_and(|max| ready.bytes() + more_bytes > max)
     }
 
     /// A message leaves the queue without being delivered: to the dead-letter
     /// exchange when there is one.
     fn discard(&self, st: &mut QueueState, e: QueueEntry, reason: Reason) {
-        if self.limits.dlx.is_some() {
+        if st.limits.dlx.is_some() {
             // The store record goes once the dead-lettered copy is routed.
             st.dead.push((e, reason));
         } else {
@@ -355,10 +368,10 @@ impl Queue {
 
     /// Whether an `x-expires` queue has gone unused for its whole lease.
     pub fn unused_expired(&self, now: u64) -> bool {
-        let Some(expires) = self.limits.expires else {
+        let st = self.state.lock();
+        let Some(expires) = st.limits.expires else {
             return false;
         };
-        let st = self.state.lock();
         st.consumers.is_empty()
             && !st.deleted
             && now.saturating_sub(self.last_used.load(Ordering::Relaxed)) >= expires
@@ -379,13 +392,21 @@ impl Queue {
     /// Rejected or nacked deliveries (requeue=false): dead-letter them when the
     /// queue has a dead-letter exchange, else they are gone.
     pub fn reject(&self, entries: impl IntoIterator<Item = QueueEntry>) {
-        if self.limits.dlx.is_none() {
+        let entries: Vec<QueueEntry> = entries
+            .into_iter()
+            .map(|mut e| {
+                self.release_got(&mut e);
+                e
+            })
+            .collect();
+        let mut st = self.state.lock();
+        if st.limits.dlx.is_none() {
+            drop(st);
             for e in entries {
                 self.settled(&e);
             }
             return;
         }
-        let mut st = self.state.lock();
         st.dead.extend(entries.into_iter().map(|e| (e, "rejected")));
     }
 
@@ -399,6 +420,8 @@ impl Queue {
             st.ready.push_back(QueueEntry {
                 slot: Slot::Stored(id),
                 dedup_key: None,
+                delivery_count: 0,
+                got: false,
                 size: meta.size,
                 seq,
                 redelivered: true,
@@ -406,7 +429,7 @@ impl Queue {
                 priority: meta.priority,
             });
         }
-        if self.limits.max_priority.is_some() {
+        if self.arg_limits.max_priority.is_some() {
             st.ready.sort_by_order();
         }
         if let Some(d) = &self.dedup {
@@ -436,7 +459,9 @@ impl Queue {
         }
     }
 
-    /// Put deliveries back at their original positions, marked redelivered.
+    /// Put deliveries back at their original positions, marked redelivered
+    /// (a quorum queue dead-letters those past its delivery limit: the
+    /// caller or the sweeper flushes them).
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = QueueEntry>) {
         let mut st = self.state.lock();
         if st.deleted {
@@ -444,6 +469,20 @@ impl Queue {
         }
         for mut e in entries {
             e.redelivered = true;
+            self.release_got(&mut e);
+            if self.quorum {
+                // RabbitMQ's quorum queues count every return; past the
+                // delivery limit the message is dead-lettered or dropped.
+                e.delivery_count = e.delivery_count.saturating_add(1);
+                if st
+                    .limits
+                    .delivery_limit
+                    .is_some_and(|max| u64::from(e.delivery_count) > max)
+                {
+                    self.discard(&mut st, e, "delivery_limit");
+                    continue;
+                }
+            }
             st.mem_bytes += e.mem_bytes();
             let at = st.ready.partition_point(|x| x.order() < e.order());
             st.ready.insert(at, e);
@@ -469,6 +508,9 @@ impl Queue {
 
     /// A message left this queue for good (acked, rejected, delivered no-ack).
     pub fn settled(&self, entry: &QueueEntry) {
+        if entry.got {
+            self.got_unacked.fetch_sub(1, Ordering::Relaxed);
+        }
         if let (Some(d), Some(k)) = (&self.dedup, &entry.dedup_key) {
             d.keys.lock().remove(k);
         }
@@ -508,7 +550,7 @@ impl Queue {
             // Consumers are kept by priority, highest first: try each group of
             // equal priority in turn, round-robin within it. With a single
             // active consumer only the first (oldest) one receives.
-            let n = if self.limits.single_active {
+            let n = if st.limits.single_active {
                 1
             } else {
                 st.consumers.len()

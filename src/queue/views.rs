@@ -28,7 +28,8 @@ impl Queue {
                 .consumers
                 .iter()
                 .map(|c| u64::from(c.info().unacked))
-                .sum(),
+                .sum::<u64>()
+                + self.got_unacked(),
             consumers: st.consumers.len() as u64,
             memory: st.mem_bytes as u64,
         }

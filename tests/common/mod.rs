@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod mgmt;
+pub mod policy;
 
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
