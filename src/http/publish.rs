@@ -71,9 +71,7 @@ pub async fn publish(r: &Req<'_>, vhost: &str, exchange: &str) -> ApiResult {
     let raw = gen_properties(&properties)(amq_protocol::frame::WriteContext::from(Vec::new()))
         .map(|ctx| ctx.into_inner().0)
         .map_err(|e| ApiError::bad_request(format!("cannot encode properties: {e:?}")))?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let sink = Arc::new(Waiter(Mutex::new(Some(tx))));
-    let published = publish::publish(
+    let published = publish_confirmed(
         r.broker,
         &v,
         Publication {
@@ -84,6 +82,25 @@ pub async fn publish(r: &Req<'_>, vhost: &str, exchange: &str) -> ApiResult {
             raw_properties: Bytes::from(raw),
             body: Bytes::from(bytes),
         },
+    )
+    .await?;
+    Ok(Reply::Json(json!({"routed": published.routed})))
+}
+
+/// Publish through the broker's one path and wait for the confirm (on disk
+/// when persistent and routed to a durable queue). Errors when the broker
+/// refuses the publication, nacks it, or does not confirm in time.
+pub async fn publish_confirmed(
+    broker: &Arc<crate::broker::Broker>,
+    vhost: &Arc<crate::broker::VHost>,
+    publication: Publication,
+) -> Result<publish::Published, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sink = Arc::new(Waiter(Mutex::new(Some(tx))));
+    let published = publish::publish(
+        broker,
+        vhost,
+        publication,
         Publisher {
             sink,
             seq: Some(1),
@@ -92,7 +109,7 @@ pub async fn publish(r: &Req<'_>, vhost: &str, exchange: &str) -> ApiResult {
         &mut Vec::new(),
     )?;
     match tokio::time::timeout(CONFIRM_WAIT, rx).await {
-        Ok(Ok(true)) => Ok(Reply::Json(json!({"routed": published.routed}))),
+        Ok(Ok(true)) => Ok(published),
         Ok(Ok(false)) => Err(ApiError::internal("the message could not be stored")),
         Ok(Err(_)) | Err(_) => Err(ApiError::internal("no confirm for the message")),
     }

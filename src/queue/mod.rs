@@ -16,6 +16,7 @@ pub use entry::{now_ms, QueueEntry, Reason, Slot};
 use entry::{Ready, NEVER_ENQUEUED};
 pub use limits::{as_u64, Limits, Overflow};
 pub use subscriber::Subscriber;
+pub use views::{Peek, Peeked};
 
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;

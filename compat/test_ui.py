@@ -1,0 +1,185 @@
+"""The web UI in a real browser: headless Chromium (Debian `chromium`) driven
+by Playwright (PyPI `playwright`, launched with `executable_path`, so no
+`playwright install` download). A user logs in with broker credentials, sees
+a queue declared over AMQP with its depth, browses it (nothing becomes
+redelivered), publishes through the UI and gets the message back, purges and
+deletes it, with no console errors on the way.
+
+With HOPPER_UI_SCREENSHOTS=DIR the test also saves the main pages as PNGs
+in DIR (that is how docs/ui/*.png are made).
+
+Skipped when Chromium or Playwright is missing, unless HOPPER_REQUIRE_BROWSER=1
+(CI sets it, so a missing browser fails there instead of passing silently).
+"""
+
+import os
+import shutil
+
+import pika
+import pytest
+
+from conftest import EXTERNAL, PASSWORD, USERNAME
+
+if EXTERNAL:
+    pytest.skip("the web UI is Hopper's own", allow_module_level=True)
+
+REQUIRE = os.environ.get("HOPPER_REQUIRE_BROWSER") == "1"
+CHROMIUM = os.environ.get("HOPPER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    if REQUIRE:
+        raise
+    pytest.skip("playwright is not installed (pip install -r compat/requirements.txt)", allow_module_level=True)
+
+if not CHROMIUM:
+    if REQUIRE:
+        raise RuntimeError("HOPPER_REQUIRE_BROWSER=1 but no chromium binary (apt-get install chromium)")
+    pytest.skip("no chromium binary (apt-get install chromium)", allow_module_level=True)
+
+SHOTS = os.environ.get("HOPPER_UI_SCREENSHOTS")
+# Playwright's waits (expect) give up after this; the page refreshes every 5 s.
+expect.set_options(timeout=10_000)
+
+
+@pytest.fixture
+def mgmt(broker):
+    return broker.stdout_value("hopper management listening on ")
+
+
+@pytest.fixture
+def page():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 860})
+            pg = context.new_page()
+            pg.errors = []
+            pg.on("console", lambda m: m.type == "error" and pg.errors.append(m.text))
+            pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+            yield pg
+        finally:
+            browser.close()
+
+
+def shot(page, name):
+    if SHOTS:
+        os.makedirs(SHOTS, exist_ok=True)
+        page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=False)
+
+
+def figure(page, label):
+    return page.locator(f'#queue-figures [data-figure="{label}"]')
+
+
+@pytest.mark.timeout(120)
+def test_login_queue_browse_publish_get_purge_delete(mgmt, amqp, page):
+    q = amqp.queue_name()
+    ch = amqp.channel(confirm=True)
+    ch.queue_declare(q, durable=True)
+    for i in range(3):
+        ch.basic_publish("", q, f"amqp message {i}".encode(),
+                         pika.BasicProperties(delivery_mode=2, content_type="text/plain"))
+
+    # Login: the queues page asks for credentials first, then comes back.
+    page.goto(f"http://{mgmt}/#/queues")
+    page.fill("input[name=username]", USERNAME)
+    page.fill("input[name=password]", "wrong")
+    page.click("button[type=submit]")
+    expect(page.locator("form.login .error-text")).to_contain_text("Login failed")
+    # (the browser logs the refused request itself as a console error)
+    assert all("401" in e for e in page.errors), page.errors
+    page.errors.clear()
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"http://{mgmt}/#/queues")
+
+    # The queue declared over AMQP, by name (as text), with its depth.
+    row = page.locator("#queue-table tbody tr", has_text=q)
+    expect(row).to_have_count(1)
+    expect(row.locator("td").nth(1)).to_have_text(q)
+    expect(row.locator("td").nth(4)).to_have_text("3")
+    page.fill("input[name=filter]", q)
+    expect(page.locator("#queue-table tbody tr")).to_have_count(1)
+    page.fill("input[name=filter]", q + "-no-such-queue")
+    expect(page.locator("#queue-table tbody tr")).to_have_text("No queue matches the filter")
+    page.fill("input[name=filter]", q)
+    row.locator("a", has_text=q).click()
+    expect(page.locator("#queue-name")).to_have_text(q)
+    expect(figure(page, "ready")).to_have_text("3")
+
+    # Browse: all three, in order, none redelivered; the queue is unchanged.
+    page.click("#browse button[type=submit]")
+    rows = page.locator("#browsed tbody tr")
+    expect(rows).to_have_count(3)
+    for i in range(3):
+        expect(rows.nth(i)).to_contain_text(f"amqp message {i}")
+        expect(rows.nth(i).locator("td").nth(3)).to_have_text("false")
+    expect(figure(page, "ready")).to_have_text("3")
+
+    # Publish through the UI (default exchange, routing key = the queue).
+    page.fill("#publish textarea[name=payload]", "published from the UI")
+    page.click("#publish button[type=submit]")
+    expect(page.locator("#flash")).to_contain_text("Message published.")
+    page.reload()
+    expect(figure(page, "ready")).to_have_text("4")
+    shot(page, "queue")
+
+    # Get it back (taking all four, acked): the UI's message is the last.
+    page.fill("input[name=get_count]", "4")
+    page.select_option("select[name=ackmode]", "ack_requeue_false")
+    page.click("#get button[type=submit]")
+    got = page.locator("#got tbody tr")
+    expect(got).to_have_count(4)
+    expect(got.nth(3)).to_contain_text("published from the UI")
+    expect(got.nth(0)).to_contain_text("amqp message 0")
+    expect(figure(page, "ready")).to_have_text("0")
+    # ...and the messages browsed before were first delivered as new ones.
+    expect(got.nth(0).locator("td").nth(2)).to_have_text("false")
+
+    # Purge (two clicks: the button asks once), then delete.
+    for i in range(2):
+        ch.basic_publish("", q, b"to purge", pika.BasicProperties(delivery_mode=2))
+    page.reload()
+    expect(figure(page, "ready")).to_have_text("2")
+    purge = page.locator("button", has_text="Purge")
+    purge.click()
+    page.locator("button", has_text="Confirm: purge").click()
+    expect(page.locator("#flash")).to_contain_text("Queue purged")
+    expect(figure(page, "ready")).to_have_text("0")
+    page.locator("button", has_text="Delete queue").click()
+    page.locator("button", has_text="Confirm: delete queue").click()
+    expect(page).to_have_url(f"http://{mgmt}/#/queues")
+    expect(page.locator("#queue-table tbody tr", has_text=q)).to_have_count(0)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        amqp.channel().queue_declare(q, passive=True)
+
+    # The other main pages render (and make the screenshots).
+    if SHOTS:
+        # Something to look at: a few queues with messages, and three
+        # refreshes of the overview's charts.
+        for name, n in (("orders", 1200), ("invoices", 340), ("emails.dead-letter", 12)):
+            qn = name
+            amqp.track_queue(qn)
+            ch.queue_declare(qn, durable=True)
+            for i in range(n):
+                ch.basic_publish("", qn, b"x" * 200, pika.BasicProperties(delivery_mode=2))
+    page.goto(f"http://{mgmt}/#/")
+    if SHOTS:
+        page.wait_for_timeout(11_000)
+    expect(page.locator("#totals .card")).to_have_count(8)
+    expect(page.locator(".chart canvas")).to_have_count(2)
+    expect(page.locator("#durability .card")).to_have_count(6)
+    shot(page, "overview")
+    page.goto(f"http://{mgmt}/#/queues")
+    expect(page.locator("#queue-table tbody tr").first).to_be_visible()
+    shot(page, "queues")
+    page.goto(f"http://{mgmt}/#/exchanges")
+    expect(page.locator("table")).to_contain_text("amq.topic")
+    shot(page, "exchanges")
+    page.goto(f"http://{mgmt}/#/connections")
+    expect(page.locator("#connections")).to_contain_text(USERNAME)
+    shot(page, "connections")
+
+    assert page.errors == [], f"console errors: {page.errors}"
