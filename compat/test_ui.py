@@ -12,6 +12,7 @@ Skipped when Chromium or Playwright is missing, unless HOPPER_REQUIRE_BROWSER=1
 (CI sets it, so a missing browser fails there instead of passing silently).
 """
 
+import json
 import os
 import shutil
 
@@ -181,5 +182,96 @@ def test_login_queue_browse_publish_get_purge_delete(mgmt, amqp, page):
     page.goto(f"http://{mgmt}/#/connections")
     expect(page.locator("#connections")).to_contain_text(USERNAME)
     shot(page, "connections")
+
+    assert page.errors == [], f"console errors: {page.errors}"
+
+
+def login(page, mgmt, where="#/"):
+    page.goto(f"http://{mgmt}/{where}")
+    page.fill("input[name=username]", USERNAME)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"http://{mgmt}/{where}")
+
+
+@pytest.mark.timeout(120)
+def test_exchanges_connections_admin_pages_and_durability_figures(mgmt, amqp, page):
+    q = amqp.queue_name()
+    ch = amqp.channel(confirm=True)
+    ch.queue_declare(q, durable=True)
+    ch.queue_bind(q, "amq.topic", routing_key="ui.#")
+
+    # Publish on an exchange's page: routed by the topic binding.
+    login(page, mgmt, "#/exchanges")
+    page.locator("a", has_text="amq.topic").click()
+    expect(page.locator("table")).to_contain_text(q)
+    page.fill("#publish input[name=routing_key]", "ui.test")
+    page.fill("#publish textarea[name=payload]", "via amq.topic")
+    page.click("#publish button[type=submit]")
+    expect(page.locator("#flash")).to_contain_text("Message published.")
+    method, _, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"via amq.topic" and method.routing_key == "ui.test"
+
+    # Close a connection from the connections page: the client sees 320.
+    victim = amqp.connect(client_properties={"connection_name": "ui-victim", "product": "ui-victim"})
+    page.goto(f"http://{mgmt}/#/connections")
+    row = page.locator("#connections tbody tr", has_text="ui-victim")
+    expect(row).to_have_count(1)
+    row.locator("button", has_text="Close").click()
+    row.locator("button", has_text="Confirm: close").click()
+    expect(page.locator("#flash")).to_contain_text("Connection closed")
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        for _ in range(100):
+            victim.process_data_events(time_limit=0.1)
+    assert closed.value.reply_code == 320
+
+    # Administrators' pages: a user added and deleted, permissions, definitions.
+    user = f"ui-user-{q[-8:]}"
+    page.goto(f"http://{mgmt}/#/users")
+    page.fill("input[name=name]", user)
+    page.fill("input[name=password]", "secret")
+    page.fill("input[name=tags]", "monitoring")
+    page.click("button[type=submit]")
+    row = page.locator("tbody tr", has_text=user)
+    expect(row).to_contain_text("monitoring")
+    page.goto(f"http://{mgmt}/#/vhosts")
+    expect(page.locator("tbody")).to_contain_text("/")
+    page.goto(f"http://{mgmt}/#/permissions")
+    expect(page.locator("tbody")).to_contain_text(USERNAME)
+    page.goto(f"http://{mgmt}/#/policies")
+    expect(page.locator("h1")).to_have_text("Policies")
+    page.goto(f"http://{mgmt}/#/definitions")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download definitions").click()
+    with open(download.value.path()) as fh:
+        defs = json.load(fh)
+    assert any(u["name"] == user for u in defs["users"])
+    assert any(x["name"] == q for x in defs["queues"])
+    page.goto(f"http://{mgmt}/#/users")
+    row = page.locator("tbody tr", has_text=user)
+    row.locator("button", has_text="Delete").click()
+    row.locator("button", has_text="Confirm: delete").click()
+    expect(page.locator("tbody tr", has_text=user)).to_have_count(0)
+
+    # The durability figures render from /api/overview's store_stats when the
+    # broker reports them (answer rewritten here), and "—" when it does not.
+    def with_store_stats(route):
+        response = route.fetch()
+        o = response.json()
+        o["store_stats"] = {"fsyncs": 12345, "fsyncs_details": {"rate": 42.5},
+                            "messages_per_fsync": 7.25,
+                            "confirm_latency_us": {"p50": 850, "p99": 4200},
+                            "paged_out_bytes": 3 * 1048576}
+        route.fulfill(response=response, json=o)
+
+    page.route("**/api/overview", with_store_stats)
+    page.goto(f"http://{mgmt}/#/")
+    store = page.locator("#durability")
+    expect(store).to_contain_text("12,345")
+    expect(store).to_contain_text("42.5/s")
+    expect(store).to_contain_text("7.3")
+    expect(store).to_contain_text("850 µs")
+    expect(store).to_contain_text("4,200 µs")
+    expect(store).to_contain_text("3.0 MiB")
 
     assert page.errors == [], f"console errors: {page.errors}"
