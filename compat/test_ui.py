@@ -116,6 +116,7 @@ def test_login_queue_browse_publish_get_purge_delete(mgmt, amqp, page):
     expect(rows).to_have_count(3)
     for i in range(3):
         expect(rows.nth(i)).to_contain_text(f"amqp message {i}")
+        expect(rows.nth(i).locator("td").nth(0)).to_have_text(str(i))
         expect(rows.nth(i).locator("td").nth(3)).to_have_text("false")
     expect(figure(page, "ready")).to_have_text("3")
 
@@ -125,7 +126,6 @@ def test_login_queue_browse_publish_get_purge_delete(mgmt, amqp, page):
     expect(page.locator("#flash")).to_contain_text("Message published.")
     page.reload()
     expect(figure(page, "ready")).to_have_text("4")
-    shot(page, "queue")
 
     # Get it back (taking all four, acked): the UI's message is the last.
     page.fill("input[name=get_count]", "4")
@@ -165,7 +165,9 @@ def test_login_queue_browse_publish_get_purge_delete(mgmt, amqp, page):
             amqp.track_queue(qn)
             ch.queue_declare(qn, durable=True)
             for i in range(n):
-                ch.basic_publish("", qn, b"x" * 200, pika.BasicProperties(delivery_mode=2))
+                body = json.dumps({"id": i, "queue": name, "amount": round(i * 1.37, 2)}).encode()
+                ch.basic_publish("", qn, body, pika.BasicProperties(
+                    delivery_mode=2, content_type="application/json", message_id=f"{name}-{i}"))
     page.goto(f"http://{mgmt}/#/")
     if SHOTS:
         page.wait_for_timeout(11_000)
@@ -176,6 +178,13 @@ def test_login_queue_browse_publish_get_purge_delete(mgmt, amqp, page):
     page.goto(f"http://{mgmt}/#/queues")
     expect(page.locator("#queue-table tbody tr").first).to_be_visible()
     shot(page, "queues")
+    if SHOTS:
+        page.goto(f"http://{mgmt}/#/queues/%2F/invoices")
+        page.fill("input[name=browse_count]", "3")
+        page.click("#browse button[type=submit]")
+        expect(page.locator("#browsed tbody tr")).to_have_count(3)
+        page.locator("#browse").scroll_into_view_if_needed()
+        shot(page, "queue")
     page.goto(f"http://{mgmt}/#/exchanges")
     expect(page.locator("table")).to_contain_text("amq.topic")
     shot(page, "exchanges")

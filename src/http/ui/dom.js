@@ -8,7 +8,9 @@ export function h(spec, attrs, ...children) {
   const el = document.createElement(tag || "div");
   if (classes.length) el.className = classes.join(" ");
   if (id) el.id = id;
-  if (attrs && (typeof attrs !== "object" || attrs instanceof Node || Array.isArray(attrs))) {
+  // Anything but a plain object is a child, 0 and "" included.
+  const isChild = typeof attrs !== "object" || attrs instanceof Node || Array.isArray(attrs);
+  if (attrs !== undefined && attrs !== null && isChild) {
     children.unshift(attrs);
     attrs = null;
   }
