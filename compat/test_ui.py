@@ -256,6 +256,20 @@ def test_exchanges_connections_admin_pages_and_durability_figures(mgmt, amqp, pa
         defs = json.load(fh)
     assert any(u["name"] == user for u in defs["users"])
     assert any(x["name"] == q for x in defs["queues"])
+
+    # Import with a preview of what it would change first.
+    new_q = amqp.queue_name()
+    defs["queues"].append({"name": new_q, "vhost": "/", "durable": True, "auto_delete": False, "arguments": {}})
+    page.fill("textarea[name=definitions]", json.dumps(defs))
+    page.get_by_role("button", name="Preview changes").click()
+    queues_row = page.locator("#definitions-diff tbody tr", has_text="queues")
+    expect(queues_row.locator("td").nth(1)).to_have_text("1")
+    expect(queues_row).to_contain_text(new_q)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        amqp.channel().queue_declare(new_q, passive=True)
+    page.get_by_role("button", name="Import definitions").click()
+    expect(page.locator("#flash")).to_contain_text("Definitions imported")
+    amqp.channel().queue_declare(new_q, passive=True)
     page.goto(f"http://{mgmt}/#/users")
     row = page.locator("tbody tr", has_text=user)
     row.locator("button", has_text="Delete").click()

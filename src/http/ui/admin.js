@@ -136,10 +136,73 @@ export async function policies(main) {
   return refresh;
 }
 
+// What an import would do, by kind: the key that names an object, and whether
+// the import replaces an existing one (RabbitMQ's merge: users, permissions,
+// policies are overwritten; queues, exchanges, bindings that exist are kept).
+const KINDS = [
+  ["users", (o) => o.name, true],
+  ["vhosts", (o) => o.name, true],
+  ["permissions", (o) => `${o.user} @ ${o.vhost}`, true],
+  ["policies", (o) => `${o.vhost} / ${o.name}`, true],
+  ["queues", (o) => `${o.vhost} / ${o.name}`, false],
+  ["exchanges", (o) => `${o.vhost} / ${o.name}`, false],
+  ["bindings", (o) => `${o.vhost} / ${o.source} → ${o.destination_type} ${o.destination} (${o.routing_key})${Object.keys(o.arguments || {}).length ? " " + canonical(o.arguments) : ""}`, false],
+];
+
+/** JSON with sorted keys, so equal objects compare equal. */
+function canonical(v) {
+  if (Array.isArray(v)) return "[" + v.map(canonical).join(",") + "]";
+  if (v && typeof v === "object") {
+    return "{" + Object.keys(v).sort().map((k) => JSON.stringify(k) + ":" + canonical(v[k])).join(",") + "}";
+  }
+  return JSON.stringify(v);
+}
+
+/** Compare a definitions document with the broker's current definitions. */
+export function diffDefinitions(current, incoming) {
+  return KINDS.map(([kind, key, replaces]) => {
+    const have = new Map((current[kind] || []).map((o) => [key(o), canonical(o)]));
+    const added = [];
+    const differ = [];
+    let same = 0;
+    for (const o of incoming[kind] || []) {
+      const k = key(o);
+      if (!have.has(k)) added.push(k);
+      else if (have.get(k) !== canonical(o)) differ.push(k);
+      else same += 1;
+    }
+    return { kind, replaces, added, differ, same };
+  });
+}
+
+function diffTable(rows) {
+  const list = (names) => (names.length > 20 ? names.slice(0, 20).join(", ") + ` … (+${names.length - 20})` : names.join(", "));
+  return table([
+    { label: "Kind", cell: (r) => r.kind },
+    { label: "New", num: true, cell: (r) => r.added.length },
+    { label: "Different", num: true, cell: (r) => r.differ.length },
+    { label: "Same", num: true, cell: (r) => r.same },
+    { label: "Details", cell: (r) => [
+      r.added.length ? h("div", "new: ", list(r.added)) : null,
+      r.differ.length ? h("div", r.replaces ? "replaced: " : "exist, kept as they are: ", list(r.differ)) : null,
+    ] },
+  ], rows);
+}
+
 export async function definitions(main) {
   const file = h("input", { type: "file", name: "file", accept: "application/json,.json" });
   const text = h("textarea", { name: "definitions", placeholder: "…or paste a definitions JSON document here" });
-  fill(main, h("h1", "Definitions"),
+  const preview = h("div#definitions-diff");
+  const read = async () => {
+    const body = file.files.length ? await file.files[0].text() : text.value;
+    try {
+      return [body, JSON.parse(body)];
+    } catch (e) {
+      throw new Error("Not a JSON document: " + e.message);
+    }
+  };
+  fill(main,
+    h("h1", "Definitions"),
     h("div.box", h("p", "Users, virtual hosts, permissions, policies, queues, exchanges and bindings, as RabbitMQ's definitions file."),
       h("button.primary", {
         type: "button",
@@ -155,15 +218,23 @@ export async function definitions(main) {
     h("h2", "Import"),
     h("form.box", {
       onsubmit: action(async () => {
-        const body = file.files.length ? await file.files[0].text() : text.value;
-        try {
-          JSON.parse(body);
-        } catch (e) {
-          throw new Error("Not a JSON document: " + e.message);
-        }
+        const [body] = await read();
         await api("POST", "/definitions", body);
+        fill(preview);
         flash("Definitions imported");
       }),
-    }, field("File", file), text, h("button.primary", { type: "submit" }, "Import definitions")),
+    }, field("File", file), text,
+    h("div.toolbar",
+      h("button", {
+        type: "button",
+        onclick: action(async () => {
+          const [, incoming] = await read();
+          const current = await get("/definitions");
+          fill(preview, h("p.muted", "What importing this document would change (nothing is changed yet):"),
+            diffTable(diffDefinitions(current, incoming)));
+        }),
+      }, "Preview changes"),
+      h("button.primary", { type: "submit" }, "Import definitions")),
+    preview),
   );
 }
