@@ -243,6 +243,18 @@ def test_exchanges_connections_admin_pages_and_durability_figures(mgmt, amqp, pa
     page.click("button[type=submit]")
     row = page.locator("tbody tr", has_text=user)
     expect(row).to_contain_text("monitoring")
+    # That user (monitoring, not administrator) sees no admin pages; a new
+    # tab has its own sessionStorage, so it logs in afresh.
+    other = page.context.new_page()
+    other.goto(f"http://{mgmt}/#/users")
+    other.fill("input[name=username]", user)
+    other.fill("input[name=password]", "secret")
+    other.click("button[type=submit]")
+    expect(other.locator("main")).to_have_text("This page is for administrators.")
+    expect(other.locator("#nav a")).to_have_text(["Overview", "Queues", "Exchanges", "Connections"])
+    other.goto(f"http://{mgmt}/#/queues")
+    expect(other.locator("#queue-table")).to_contain_text(q)
+    other.close()
     page.goto(f"http://{mgmt}/#/vhosts")
     expect(page.locator("tbody")).to_contain_text("/")
     page.goto(f"http://{mgmt}/#/permissions")
