@@ -19,6 +19,7 @@ import shutil
 import pika
 import pytest
 
+from amqp_helpers import get_one
 from conftest import EXTERNAL, PASSWORD, USERNAME
 
 if EXTERNAL:
@@ -218,8 +219,26 @@ def test_exchanges_connections_admin_pages_and_durability_figures(mgmt, amqp, pa
     page.fill("#publish textarea[name=payload]", "via amq.topic")
     page.click("#publish button[type=submit]")
     expect(page.locator("#flash")).to_contain_text("Message published.")
-    method, _, body = ch.basic_get(q, auto_ack=True)
+    method, _, body = get_one(ch, q, auto_ack=True)
     assert body == b"via amq.topic" and method.routing_key == "ui.test"
+
+    # Move messages from another queue to amq.topic (Hopper only): they
+    # arrive in `q` through the binding and leave the source.
+    src = amqp.queue_name()
+    ch.queue_declare(src, durable=True)
+    for i in range(2):
+        ch.basic_publish("", src, f"move {i}".encode(), pika.BasicProperties(delivery_mode=2))
+    page.goto(f"http://{mgmt}/#/queues/%2F/{src}")
+    expect(figure(page, "ready")).to_have_text("2")
+    page.fill("input[name=move_count]", "5")
+    page.fill("input[name=move_exchange]", "amq.topic")
+    page.fill("input[name=move_routing_key]", "ui.moved")
+    page.click("#move button[type=submit]")
+    expect(page.locator("#flash")).to_contain_text("Moved 2 message(s).")
+    expect(figure(page, "ready")).to_have_text("0")
+    for i in range(2):
+        method, _, body = get_one(ch, q, auto_ack=True)
+        assert body == f"move {i}".encode() and method.routing_key == "ui.moved"
 
     # Close a connection from the connections page: the client sees 320.
     victim = amqp.connect(client_properties={"connection_name": "ui-victim", "product": "ui-victim"})
