@@ -129,10 +129,11 @@ mod tests {
 
     #[test]
     fn every_script_the_page_loads_is_embedded() {
-        // index.html and the modules name their files; a missing one would
-        // only show up as a broken page in a browser.
+        // index.html names its files under /ui/, the modules each other as
+        // "./x.js"; a missing one would only show up as a broken page.
         for src in [INDEX].into_iter().chain(ASSETS.iter().map(|(_, _, b)| *b)) {
-            for part in src.split("/ui/").skip(1) {
+            let named = src.split("/ui/").skip(1).chain(src.split("\"./").skip(1));
+            for part in named {
                 let name: String = part
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '_' | '-'))
