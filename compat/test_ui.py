@@ -120,6 +120,19 @@ def test_login_queue_browse_publish_get_purge_delete(mgmt, amqp, page):
         expect(rows.nth(i).locator("td").nth(0)).to_have_text(str(i))
         expect(rows.nth(i).locator("td").nth(3)).to_have_text("false")
     expect(figure(page, "ready")).to_have_text("3")
+    # Search, and page on from where a window ended.
+    page.fill("input[name=search]", "message 2")
+    page.click("#browse button[type=submit]")
+    expect(rows).to_have_count(1)
+    expect(rows.nth(0).locator("td").nth(0)).to_have_text("2")
+    page.fill("input[name=search]", "")
+    page.fill("input[name=browse_count]", "2")
+    page.click("#browse button[type=submit]")
+    expect(rows).to_have_count(2)
+    page.click("#browse-next")
+    expect(rows).to_have_count(1)
+    expect(rows.nth(0)).to_contain_text("amqp message 2")
+    expect(figure(page, "ready")).to_have_text("3")
 
     # Publish through the UI (default exchange, routing key = the queue).
     page.fill("#publish textarea[name=payload]", "published from the UI")

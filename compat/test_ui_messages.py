@@ -97,13 +97,47 @@ def test_browse_shows_a_window_and_changes_nothing(broker, amqp):
     assert call(broker, "GET", qpath(q) + "/browse?offset=x")[0] == 400
 
 
+def test_browse_search_finds_messages_by_body_key_or_id_and_pages_on(broker, amqp):
+    q = amqp.queue_name()
+    ch = amqp.channel(confirm=True)
+    ch.queue_declare(q, durable=True)
+    ch.queue_bind(q, "amq.direct", routing_key="invoice.paid")
+    for i in range(40):
+        body = b"order %d needle" % i if i % 10 == 3 else b"order %d" % i
+        ch.basic_publish("", q, body, persistent(message_id=f"m-{i}"))
+    ch.basic_publish("amq.direct", "invoice.paid", b"by key", persistent())
+    ch.basic_publish("", q, b"by id", persistent(message_id="find-me-42", correlation_id="c"))
+    wait_browsable(broker, q, 42)
+
+    def search(text, **params):
+        query = urllib.parse.urlencode({"search": text, **params})
+        status, page = call(broker, "GET", qpath(q) + "/browse?" + query)
+        assert status == 200, page
+        return page
+
+    page = search("needle", count=2)
+    assert [m["payload"] for m in page["messages"]] == ["order 3 needle", "order 13 needle"]
+    assert [m["position"] for m in page["messages"]] == [3, 13]
+    assert page["next_offset"] == 14 and page["scanned"] == 14 and page["ready"] == 42
+    page = search("needle", offset=page["next_offset"])
+    assert [m["position"] for m in page["messages"]] == [23, 33]
+    assert page["next_offset"] == 42 and page["scanned"] == 28
+    assert [m["payload"] for m in search("invoice.paid")["messages"]] == ["by key"]
+    assert [m["payload"] for m in search("find-me")["messages"]] == ["by id"]
+    assert search("no such text")["messages"] == []
+    # Searching took nothing and marked nothing.
+    assert message_count(ch, q) == 42
+    method, _, body = get_one(ch, q, auto_ack=True)
+    assert body == b"order 0" and method.redelivered is False
+
+
 def test_browse_reads_paged_out_messages_from_the_store(fresh_broker, fresh_amqp):
     # (not a tracked name: closing the client would delete the queue)
     q = fresh_amqp.prefix + ".paged"
     ch = fresh_amqp.channel(confirm=True)
     ch.queue_declare(q, durable=True)
     for i in range(3):
-        ch.basic_publish("", q, bytes([0xFF, i]), persistent())
+        ch.basic_publish("", q, bytes([0xFF, i]), persistent(message_id=f"stored-{i}"))
     fresh_amqp.close()
     # After a restart the queue holds only ids; bodies stay in the store.
     fresh_broker.restart()
@@ -113,6 +147,9 @@ def test_browse_reads_paged_out_messages_from_the_store(fresh_broker, fresh_amqp
     assert page["ready"] == 3
     assert [base64.b64decode(m["payload"]) for m in page["messages"]] == [bytes([0xFF, i]) for i in range(3)]
     assert all(m["payload_encoding"] == "base64" for m in page["messages"])
+    # A search reads them back too.
+    status, page = call(fresh_broker, "GET", qpath(q) + "/browse?search=stored-1")
+    assert [m["properties"]["message_id"] for m in page["messages"]] == ["stored-1"]
     conn = fresh_broker.connect()
     try:
         ch = conn.channel()

@@ -1,9 +1,11 @@
 //! Hopper-only message endpoints the web UI uses (RabbitMQ has neither):
 //!
-//! - `GET /api/queues/{vhost}/{queue}/browse?offset=&count=&encoding=&truncate=`
+//! - `GET /api/queues/{vhost}/{queue}/browse?offset=&count=&encoding=&truncate=&search=`
 //!   shows ready messages without taking, requeueing or marking them
-//!   `redelivered` (RabbitMQ's "get messages" is destructive or requeues).
-//!   Paged-out bodies are read from the store on a blocking thread.
+//!   `redelivered` (RabbitMQ's "get messages" is destructive or requeues);
+//!   with `search`, only those whose body, routing key, message id or
+//!   correlation id contains it. Paged-out bodies are read from the store,
+//!   and bodies searched, on a blocking thread.
 //! - `POST /api/queues/{vhost}/{queue}/move` `{"count", "exchange"?,
 //!   "routing_key"?}` takes messages from the head with basic.get's path and
 //!   re-publishes each through `broker::publish`; without `exchange`, a
@@ -20,6 +22,7 @@ use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::AMQPValue;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use bytes::Bytes;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -30,10 +33,15 @@ use super::Req;
 use crate::auth::{Permission, Resource};
 use crate::broker::publish::Publication;
 use crate::message::Message;
-use crate::queue::{Queue, Slot};
+use crate::queue::{Peeked, Queue, Slot};
 
 /// Most messages one browse request shows.
 const BROWSE_MAX: usize = 500;
+/// Most messages one search request looks at (the caller continues from
+/// `next_offset`).
+const SEARCH_SCAN: usize = 10_000;
+/// Messages read back from the store (and searched) per blocking task.
+const LOAD_CHUNK: usize = 256;
 /// Most messages one move request takes.
 const MOVE_MAX: u64 = 10_000;
 
@@ -73,48 +81,106 @@ pub async fn browse(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
         None => None,
         Some(_) => Some(query_usize(r, "truncate", 0)?),
     };
-    let peek = q.peek(offset, count);
-    let stored: Vec<u64> = peek
-        .items
+    let search = r
+        .query
+        .get("search")
+        .filter(|s| !s.is_empty())
+        .map(|s| Bytes::from(s.clone().into_bytes()));
+    // A search scans up to SEARCH_SCAN messages from `offset` for `count`
+    // matches; a plain browse shows the `count` from `offset`.
+    let window = if search.is_some() { SEARCH_SCAN } else { count };
+    let peek = q.peek(offset, window);
+    let mut messages = Vec::new();
+    let mut next_offset = offset;
+    let mut scanned = 0usize;
+    'scan: for chunk in peek.items.chunks(LOAD_CHUNK) {
+        let found = {
+            let (q, chunk, search) = (q.clone(), chunk.to_vec(), search.clone());
+            // Store reads and body scans stay off the async workers.
+            tokio::task::spawn_blocking(move || materialize(&q, chunk, search.as_deref()))
+                .await
+                .map_err(|e| ApiError::internal(format!("store read failed: {e}")))?
+                .map_err(|e| ApiError::internal(format!("store read failed: {e}")))?
+        };
+        for (position, hit) in found {
+            next_offset = position + 1;
+            scanned += 1;
+            let Some((m, redelivered)) = hit else {
+                continue;
+            };
+            messages.push(message_json(&m, position, redelivered, base64, truncate));
+            if messages.len() >= count {
+                break 'scan;
+            }
+        }
+    }
+    Ok(Reply::Json(json!({
+        "ready": peek.ready,
+        "offset": offset,
+        "count": messages.len(),
+        "scanned": scanned,
+        "next_offset": next_offset,
+        "messages": messages,
+    })))
+}
+
+/// A peeked message's position, and the message with its `redelivered` flag
+/// when it is still there and matches the search.
+type Found = (usize, Option<(Arc<Message>, bool)>);
+
+/// The messages of a peeked chunk, read back from the store where paged out
+/// (a blocking read), each with its position; `None` for one that does not
+/// match `search`, or that was settled since the peek.
+fn materialize(
+    q: &Queue,
+    chunk: Vec<Peeked>,
+    search: Option<&[u8]>,
+) -> Result<Vec<Found>, crate::store::StoreError> {
+    let ids: Vec<u64> = chunk
         .iter()
         .filter_map(|p| match p.slot {
             Slot::Stored(id) => Some(id),
             Slot::Mem(_) => None,
         })
         .collect();
-    let mut loaded = if stored.is_empty() {
+    let mut loaded = if ids.is_empty() {
         Vec::new()
     } else {
-        let q = q.clone();
-        let ids = stored.clone();
-        tokio::task::spawn_blocking(move || q.load_peeked(&ids))
-            .await
-            .map_err(|e| ApiError::internal(format!("store read failed: {e}")))?
-            .map_err(|e| ApiError::internal(format!("store read failed: {e}")))?
+        q.load_peeked(&ids)?
     }
     .into_iter();
-    let mut messages = Vec::with_capacity(peek.items.len());
-    for p in &peek.items {
-        let m = match &p.slot {
-            Slot::Mem(m) => Some(m.clone()),
-            Slot::Stored(_) => loaded.next().flatten(),
-        };
-        // Settled between the peek and the store read: no longer in the queue.
-        let Some(m) = m else { continue };
-        messages.push(message_json(
-            &m,
-            p.position,
-            p.redelivered,
-            base64,
-            truncate,
-        ));
+    Ok(chunk
+        .into_iter()
+        .map(|p| {
+            let m = match p.slot {
+                Slot::Mem(m) => Some(m),
+                Slot::Stored(_) => loaded.next().flatten(),
+            };
+            let hit = m
+                .filter(|m| search.is_none_or(|s| matches(m, s)))
+                .map(|m| (m, p.redelivered));
+            (p.position, hit)
+        })
+        .collect())
+}
+
+/// Whether `needle` occurs in the body, routing key, message id or
+/// correlation id (bytes, case-sensitive).
+fn matches(m: &Message, needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
     }
-    Ok(Reply::Json(json!({
-        "ready": peek.ready,
-        "offset": offset,
-        "count": messages.len(),
-        "messages": messages,
-    })))
+    let has = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    has(&m.body)
+        || has(m.routing_key.as_bytes())
+        || m.properties
+            .message_id()
+            .as_ref()
+            .is_some_and(|v| has(v.as_str().as_bytes()))
+        || m.properties
+            .correlation_id()
+            .as_ref()
+            .is_some_and(|v| has(v.as_str().as_bytes()))
 }
 
 fn message_json(

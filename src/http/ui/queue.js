@@ -63,15 +63,32 @@ export async function queuePage(main, vhost, name) {
   // Browse (Hopper only): nothing changes in the queue.
   const offset = h("input", { name: "offset", type: "number", min: "0", value: "0" });
   const browseCount = h("input", { name: "browse_count", type: "number", min: "1", max: "500", value: "20" });
+  const search = h("input", { name: "search", type: "search", placeholder: "text in body, routing key, message or correlation id" , size: "36" });
   const browsed = h("div#browsed");
-  const browseForm = h("form.box#browse", {
-    onsubmit: action(async () => {
-      const res = await get(`${path}/browse?offset=${Number(offset.value)}&count=${Number(browseCount.value)}&truncate=50000`);
-      fill(browsed, h("p.muted", `Showing ${res.count} of ${res.ready} ready messages from position ${res.offset}. Browsing leaves them as they are.`),
-        messagesTable(res.messages, true),
-      );
-    }),
-  }, field("From position", offset), field("Messages", browseCount), h("button.primary", { type: "submit" }, "Browse messages"), browsed);
+  const browse = async () => {
+    const params = new URLSearchParams({ offset: Number(offset.value), count: Number(browseCount.value), truncate: 50000 });
+    if (search.value) params.set("search", search.value);
+    const res = await get(`${path}/browse?${params}`);
+    const more = res.next_offset < res.ready;
+    fill(browsed,
+      h("p.muted",
+        search.value
+          ? `${res.count} message(s) containing "${search.value}" among ${res.scanned} looked at from position ${res.offset} (of ${res.ready} ready).`
+          : `Showing ${res.count} of ${res.ready} ready messages from position ${res.offset}.`,
+        " Browsing leaves them as they are. ",
+        more ? h("button#browse-next", {
+          type: "button",
+          onclick: action(async () => {
+            offset.value = res.next_offset;
+            await browse();
+          }),
+        }, `Next from position ${res.next_offset}`) : null),
+      messagesTable(res.messages, true),
+    );
+  };
+  const browseForm = h("form.box#browse", { onsubmit: action(browse) },
+    field("From position", offset), field("Messages", browseCount), field("Containing", search),
+    h("button.primary", { type: "submit" }, "Browse messages"), browsed);
 
   // Move (Hopper only): re-publish to an exchange, then remove here.
   const moveCount = h("input", { name: "move_count", type: "number", min: "1", value: "1" });
