@@ -73,6 +73,10 @@ install_system_packages() {
     # compat/node (amqplib tests): node >= 18 and npm (Debian's nodejs, npm)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
+    # compat/test_ui.py: the web UI in headless Chromium (driven by PyPI
+    # playwright with executable_path, so no `playwright install` download);
+    # about 30 s to install on the dev VM
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v "$PYTHON" >/dev/null 2>&1 || missing+=(python3)
     if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
         missing+=(python3-venv)
@@ -123,7 +127,7 @@ setup_node() {
 
 run_compat() {
     # always test the binary we just built, never an external broker
-    env -u HOPPER_TEST_EXTERNAL HOPPER_BIN="$CARGO_TARGET_DIR/debug/hopper" HOPPER_REQUIRE_NODE=1 \
+    env -u HOPPER_TEST_EXTERNAL HOPPER_BIN="$CARGO_TARGET_DIR/debug/hopper" HOPPER_REQUIRE_NODE=1 HOPPER_REQUIRE_BROWSER=1 \
         "$VENV/bin/python" -m pytest compat -p no:cacheprovider
 }
 

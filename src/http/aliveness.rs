@@ -60,7 +60,8 @@ pub async fn aliveness(r: &Req<'_>, vhost: &str) -> ApiResult {
             body: Bytes::from_static(PAYLOAD),
         },
     )
-    .await?;
+    .await?
+    .routed;
     if !routed {
         return Err(failed("aliveness-test message was not routed"));
     }

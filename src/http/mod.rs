@@ -7,7 +7,8 @@
 //! axum serves HTTP/1.1; routing is one `match` over the decoded path segments
 //! (`dispatch`), because RabbitMQ's paths carry names as percent-encoded
 //! segments that may be empty (`/api/queues//` is vhost `/` for Flower) or
-//! contain `%2F`, and a trailing slash is tolerated.
+//! contain `%2F`, and a trailing slash is tolerated. Paths outside `/api`
+//! are the embedded web UI (`ui`).
 
 pub mod aliveness;
 pub mod auth;
@@ -21,6 +22,8 @@ pub mod overview;
 pub mod policies;
 pub mod publish;
 pub mod reply;
+pub mod ui;
+pub mod ui_messages;
 pub mod users;
 
 use axum::body::Body;
@@ -97,7 +100,8 @@ async fn handle(
         .unwrap_or_default();
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     if seg.first() != Some(&"api") {
-        return ApiError::not_found().into_response();
+        // The web UI's page and files (no credentials; it logs in to /api).
+        return ui::serve(&parts.method, &seg);
     }
     let caller = match auth::authenticate(&broker, &parts.headers, peer) {
         Ok(c) => c,
@@ -231,6 +235,11 @@ async fn dispatch(r: &Req<'_>, seg: &[&str]) -> ApiResult {
         (&M::DELETE, ["queues", vh, q]) => objects::delete_queue(r, vhost_name(vh), q),
         (&M::DELETE, ["queues", vh, q, "contents"]) => objects::purge_queue(r, vhost_name(vh), q),
         (&M::POST, ["queues", vh, q, "get"]) => objects::get_messages(r, vhost_name(vh), q),
+        // Hopper-only (the web UI's browse and move; see ui_messages).
+        (&M::GET, ["queues", vh, q, "browse"]) => ui_messages::browse(r, vhost_name(vh), q).await,
+        (&M::POST, ["queues", vh, q, "move"]) => {
+            ui_messages::move_messages(r, vhost_name(vh), q).await
+        }
         (&M::GET, ["queues", vh, q, "bindings"]) => {
             bindings::list_bindings(r, vhost_name(vh), bindings::BindingFilter::Queue(q))
         }

@@ -71,7 +71,7 @@ pub async fn publish(r: &Req<'_>, vhost: &str, exchange: &str) -> ApiResult {
     let raw = gen_properties(&properties)(amq_protocol::frame::WriteContext::from(Vec::new()))
         .map(|ctx| ctx.into_inner().0)
         .map_err(|e| ApiError::bad_request(format!("cannot encode properties: {e:?}")))?;
-    let routed = publish_confirmed(
+    let published = publish_confirmed(
         r.broker,
         &v,
         Publication {
@@ -84,21 +84,22 @@ pub async fn publish(r: &Req<'_>, vhost: &str, exchange: &str) -> ApiResult {
         },
     )
     .await?;
-    Ok(Reply::Json(json!({"routed": routed})))
+    Ok(Reply::Json(json!({"routed": published.routed})))
 }
 
-/// Publish through the one publish path and wait for the confirm; whether
-/// the message was routed.
+/// Publish through the broker's one path and wait for the confirm (on disk
+/// when persistent and routed to a durable queue). Errors when the broker
+/// refuses the publication, nacks it, or does not confirm in time.
 pub async fn publish_confirmed(
     broker: &Arc<crate::broker::Broker>,
-    v: &Arc<crate::broker::VHost>,
+    vhost: &Arc<crate::broker::VHost>,
     publication: Publication,
-) -> Result<bool, ApiError> {
+) -> Result<publish::Published, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sink = Arc::new(Waiter(Mutex::new(Some(tx))));
     let published = publish::publish(
         broker,
-        v,
+        vhost,
         publication,
         Publisher {
             sink,
@@ -109,7 +110,7 @@ pub async fn publish_confirmed(
         &mut crate::batch::Batch::new(),
     )?;
     match tokio::time::timeout(CONFIRM_WAIT, rx).await {
-        Ok(Ok(true)) => Ok(published.routed),
+        Ok(Ok(true)) => Ok(published),
         Ok(Ok(false)) => Err(ApiError::internal("the message could not be stored")),
         Ok(Err(_)) | Err(_) => Err(ApiError::internal("no confirm for the message")),
     }

@@ -21,6 +21,7 @@ pub use limits::{as_u64, Limits, Overflow, PolicyLimits};
 use paging::LOAD_BATCH;
 use runtime::over_limit;
 pub use subscriber::Subscriber;
+pub use views::{Peek, Peeked};
 
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;

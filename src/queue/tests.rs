@@ -154,3 +154,48 @@ async fn flow_wait_is_bounded_and_ends_when_cleared() {
         .expect("join");
     assert!(!q.in_flow());
 }
+
+#[test]
+fn peek_changes_nothing_and_stops_at_a_pending_store_write() {
+    let q = queue();
+    for id in 1..=3 {
+        assert!(matches!(q.enqueue(message(id)), Enqueued::Accepted(_)));
+    }
+    let pending = message(4);
+    pending.mark_pending();
+    assert!(matches!(q.enqueue(pending), Enqueued::Accepted(_)));
+    let ids = |p: &Peek| -> Vec<u64> {
+        p.items
+            .iter()
+            .map(|i| match &i.slot {
+                Slot::Mem(m) => m.id,
+                Slot::Stored(id) => *id,
+            })
+            .collect()
+    };
+
+    let p = q.peek(1, 10);
+    assert_eq!(p.ready, 4);
+    assert_eq!(
+        ids(&p),
+        [2, 3],
+        "ends before the message still being written"
+    );
+    assert_eq!(
+        p.items.iter().map(|i| i.position).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let p = q.peek(0, 2);
+    assert_eq!(ids(&p), [1, 2]);
+    assert!(p.items.iter().all(|i| !i.redelivered));
+
+    // Peeking twice took nothing and marked nothing: basic.get sees the head as new.
+    assert_eq!(q.message_count(), 4);
+    let (entry, m, _) = q.get().expect("the head is deliverable");
+    assert_eq!(m.id, 1);
+    assert!(!entry.redelivered);
+    // A real requeue does mark it, and peek shows that as it is.
+    q.requeue([entry]);
+    assert!(q.peek(0, 1).items[0].redelivered);
+    assert!(q.peek(9, 5).items.is_empty());
+}

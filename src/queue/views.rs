@@ -1,11 +1,32 @@
 //! What the management API reads of a queue: its consumers, its counts,
-//! and "get messages" (which may requeue). Read-mostly views over the
-//! queue's state; delivery and ordering stay in `queue`.
+//! "get messages" (which may requeue) and `peek` (Hopper's browse, which
+//! changes nothing). Read-mostly views over the queue's state; delivery and
+//! ordering stay in `queue`. `peek` must never mark, move, expire or load
+//! entries: it only copies what it sees.
 
 use std::sync::Arc;
 
-use super::{subscriber, Queue, QueueEntry, QueueStats, Slot, FLOW_LOW};
+use super::{now_ms, subscriber, Queue, QueueEntry, QueueStats, Slot, FLOW_LOW};
 use crate::message::Message;
+use crate::store::StoreError;
+
+/// One ready message as `peek` saw it.
+#[derive(Debug, Clone)]
+pub struct Peeked {
+    /// Its place among the ready messages (0 is the head).
+    pub position: usize,
+    /// In memory, or only the id of a paged-out message (`load_peeked`
+    /// reads it back, off the async workers).
+    pub slot: Slot,
+    pub redelivered: bool,
+}
+
+/// What `peek` returns: the window, and how many messages are ready.
+#[derive(Debug, Clone, Default)]
+pub struct Peek {
+    pub ready: usize,
+    pub items: Vec<Peeked>,
+}
 
 impl Queue {
     /// The consumers, for the management API.
@@ -75,5 +96,48 @@ impl Queue {
             self.clear_flow();
         }
         out
+    }
+
+    /// Browse: up to `count` ready messages from position `offset`, as a
+    /// consumer would get them, without taking, requeueing or marking any
+    /// (`redelivered` stays as it is; no `x-expires` lease renewal). Expired
+    /// messages the sweeper has not reached yet are skipped, and the window
+    /// ends at the first message still waiting for its store write (as a
+    /// consumer would not see it either). Paged-out messages come back as
+    /// `Slot::Stored`: the queue lock is never held across a store read.
+    pub fn peek(&self, offset: usize, count: usize) -> Peek {
+        let st = self.state.lock();
+        let now = now_ms();
+        let mut items = Vec::new();
+        for (position, e) in st.ready.iter().enumerate().skip(offset) {
+            if items.len() >= count {
+                break;
+            }
+            if e.expires_at != 0 && e.expires_at < now {
+                continue;
+            }
+            if let Slot::Mem(m) = &e.slot {
+                if !m.is_deliverable() {
+                    break;
+                }
+            }
+            items.push(Peeked {
+                position,
+                slot: e.slot.clone(),
+                redelivered: e.redelivered,
+            });
+        }
+        Peek {
+            ready: st.ready.len(),
+            items,
+        }
+    }
+
+    /// Read paged-out messages of a `peek` back from the store (a blocking
+    /// store read: call it off the async workers). Leaves the queue as it
+    /// is: what is read is not kept in memory. A message the store no
+    /// longer has (settled since the peek) comes back as `None`.
+    pub fn load_peeked(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Message>>>, StoreError> {
+        self.store.load(ids)
     }
 }
