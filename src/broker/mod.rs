@@ -5,6 +5,7 @@ pub mod connections;
 pub mod deadletter;
 pub mod disk;
 pub mod publish;
+pub mod stats;
 pub mod users;
 pub mod vhost;
 
@@ -49,6 +50,8 @@ pub struct Broker {
     alarms: parking_lot::Mutex<Alarms>,
     /// True while any resource alarm is on: publishers are blocked.
     alarm: tokio::sync::watch::Sender<bool>,
+    /// Counts that outlive channels and connections, and churn.
+    pub stats: stats::BrokerStats,
 }
 
 /// The resource alarms. Publishers are blocked while either is on and
@@ -104,6 +107,7 @@ impl Broker {
             listeners: parking_lot::Mutex::new(Vec::new()),
             alarms: parking_lot::Mutex::new(Alarms::default()),
             alarm: tokio::sync::watch::channel(false).0,
+            stats: Default::default(),
             next_conn_id: AtomicU64::new(1),
         });
         broker.restore(recovered);

@@ -49,6 +49,8 @@ pub struct VHost {
     /// every publish's lookups take) while two declares of one name still
     /// cannot both create it.
     declares: parking_lot::Mutex<()>,
+    /// Queues declared, created and deleted here (Prometheus' churn).
+    pub churn: super::stats::QueueChurn,
 }
 
 /// Parameters of queue.declare.
@@ -146,6 +148,7 @@ impl VHost {
             queues: DashMap::new(),
             store,
             declares: parking_lot::Mutex::new(()),
+            churn: Default::default(),
         }
     }
 
@@ -327,6 +330,7 @@ impl VHost {
         spec: QueueSpec,
         conn_id: u64,
     ) -> AmqpResult<(Arc<Queue>, u32, u32)> {
+        self.churn.declared.add_shared(1);
         if spec.passive {
             let q = self.queue(&spec.name, conn_id)?;
             q.touch();
@@ -378,6 +382,7 @@ impl VHost {
                     self.store.clone(),
                 ));
                 self.queues.insert(q.name.clone(), q.clone());
+                self.churn.created.add_shared(1);
                 Ok((q, 0, 0))
             }
         }
@@ -410,7 +415,13 @@ impl VHost {
         // In memory first: from here on, acks of its deliveries leave the store
         // alone, so the store's own cleanup is the only one.
         let deleted = q.delete();
-        self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
+        if self
+            .queues
+            .remove_if(&q.name, |_, v| Arc::ptr_eq(v, q))
+            .is_some()
+        {
+            self.churn.deleted.add_shared(1);
+        }
         self.unbind_everywhere(&Destination::Queue(q.clone()))?;
         if q.durable && q.exclusive_owner.is_none() {
             let key = q.key();

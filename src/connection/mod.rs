@@ -171,6 +171,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     frame_max: self.frame_max,
                     channel_max: self.channel_max,
                     heartbeat: self.heartbeat,
+                    io: self.handle.flow.io.clone(),
                 }),
         );
         let end = self.main_loop().await;
@@ -200,6 +201,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             Ok(0) => Ok(false),
             Ok(_) => {
                 let got = self.buf.len() - before;
+                let io = &self.handle.flow.io;
+                io.recv_oct.add(got as u64);
+                io.recv_cnt.add(1);
                 self.read_hint = if got >= room {
                     (self.read_hint * 2).min(READ_MAX)
                 } else if got < self.read_hint / 4 {
@@ -254,6 +258,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 self.channels_changed = false;
                 if let Some(info) = &info {
                     info.set_channels(
+                        &self.broker,
                         self.channels
                             .values()
                             .filter_map(|s| match s {

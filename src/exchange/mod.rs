@@ -88,6 +88,11 @@ pub struct Exchange {
     /// `x-message-deduplication`: recently seen keys.
     pub dedup: Option<dedup::DedupCache>,
     bindings: RwLock<Bindings>,
+    /// Messages published to this exchange (`publish_in`) and those it
+    /// routed to at least one queue (`publish_out`): every channel publishing
+    /// here writes them, so they are sharded by thread.
+    pub publish_in: crate::stats::Sharded,
+    pub publish_out: crate::stats::Sharded,
 }
 
 impl Exchange {
@@ -108,6 +113,8 @@ impl Exchange {
             dedup: dedup::DedupCache::for_exchange(kind.as_str(), &arguments),
             arguments,
             bindings: RwLock::new(Bindings::default()),
+            publish_in: Default::default(),
+            publish_out: Default::default(),
         }
     }
 

@@ -90,6 +90,11 @@ fn rate() -> Value {
 }
 
 pub fn queue_json(q: &Queue) -> Value {
+    queue_json_with(q, None)
+}
+
+/// A queue's JSON, with `message_stats` and rates when `w` is given.
+pub fn queue_json_with(q: &Queue, w: Option<&super::rates::Window>) -> Value {
     let s = q.stats();
     let mut v = json!({
         "name": q.name,
@@ -127,6 +132,10 @@ pub fn queue_json(q: &Queue) -> Value {
     if s.consumers == 0 {
         v["idle_since"] = json!(idle_time());
     }
+    if let Some(w) = w {
+        v["message_stats"] = super::rates::queue_stats(w, &q.vhost, &q.name, &s.counts);
+        v["messages_paged_out_bytes"] = json!(s.paged_out_bytes);
+    }
     v
 }
 
@@ -158,6 +167,14 @@ fn format_time(ms: u64) -> String {
     )
 }
 
+/// An exchange's JSON with its `message_stats`.
+pub fn exchange_json_with(vhost: &str, x: &Exchange, w: &super::rates::Window) -> Value {
+    let mut v = exchange_json(vhost, x);
+    v["message_stats"] =
+        super::rates::exchange_stats(w, vhost, &x.name, x.publish_in.get(), x.publish_out.get());
+    v
+}
+
 pub fn exchange_json(vhost: &str, x: &Exchange) -> Value {
     json!({
         "name": x.name,
@@ -178,6 +195,7 @@ pub fn list_queues(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
     // Names are filtered before any JSON is built: with many queues the
     // JSON is the cost.
     let matcher = list::name_matcher(&r.query);
+    let w = super::rates::for_broker(r.broker).window();
     let mut items = Vec::new();
     let mut total = 0;
     for v in vhosts_for(r, vhost)? {
@@ -187,7 +205,7 @@ pub fn list_queues(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
             qs.retain(|q| m(&q.name));
         }
         qs.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(qs.iter().map(|q| queue_json(q)));
+        items.extend(qs.iter().map(|q| queue_json_with(q, Some(&w))));
     }
     Ok(Reply::Json(list::answer_counted(items, total, &r.query)?))
 }
@@ -204,7 +222,8 @@ fn find_queue(r: &Req<'_>, vhost: &str, name: &str) -> Result<(Arc<VHost>, Arc<Q
 
 pub fn get_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
     let (_, q) = find_queue(r, vhost, name)?;
-    Ok(Reply::Json(queue_json(&q)))
+    let w = super::rates::for_broker(r.broker).window();
+    Ok(Reply::Json(queue_json_with(&q, Some(&w))))
 }
 
 pub fn put_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
@@ -359,11 +378,12 @@ pub fn get_messages(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
 // ---- exchanges ----
 
 pub fn list_exchanges(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
+    let w = super::rates::for_broker(r.broker).window();
     let mut items = Vec::new();
     for v in vhosts_for(r, vhost)? {
         let mut xs: Vec<Arc<Exchange>> = v.exchanges.iter().map(|x| x.clone()).collect();
         xs.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(xs.iter().map(|x| exchange_json(&v.name, x)));
+        items.extend(xs.iter().map(|x| exchange_json_with(&v.name, x, &w)));
     }
     Ok(Reply::Json(list::answer(items, &r.query)?))
 }
@@ -375,7 +395,8 @@ pub fn get_exchange(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
         .get(name)
         .map(|x| x.clone())
         .ok_or_else(ApiError::not_found)?;
-    Ok(Reply::Json(exchange_json(vhost, &x)))
+    let w = super::rates::for_broker(r.broker).window();
+    Ok(Reply::Json(exchange_json_with(vhost, &x, &w)))
 }
 
 pub fn put_exchange(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {

@@ -31,6 +31,8 @@ impl Queue {
                 .sum(),
             consumers: st.consumers.len() as u64,
             memory: st.mem_bytes as u64,
+            paged_out_bytes: st.ready.stored_bytes(),
+            counts: st.counts,
         }
     }
 

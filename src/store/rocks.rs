@@ -57,6 +57,8 @@ enum Op {
         /// The key the message brought to a durable deduplicating exchange.
         dedup: Option<DedupDef>,
         done: Completion,
+        /// When it was submitted (for the confirm latency figure).
+        at: std::time::Instant,
     },
     /// Completes after everything submitted before it.
     Barrier(Completion),
@@ -80,6 +82,8 @@ enum Op {
 pub struct Stats {
     pub synced_writes: AtomicU64,
     pub persisted_messages: AtomicU64,
+    /// What the management API and Prometheus show (`store::stats`).
+    pub figures: super::stats::StoreStats,
 }
 
 pub struct RocksStore {
@@ -290,6 +294,7 @@ fn committer(
         let mut batch = WriteBatch::default();
         let mut completions: Vec<Completion> = Vec::new();
         let mut persisted = 0u64;
+        let mut submitted: Vec<std::time::Instant> = Vec::new();
         let mut ops = 0usize;
         let mut result: Result<(), StoreError> = Ok(());
         let mut definition: Option<(DefinitionOp, mpsc::SyncSender<Result<(), StoreError>>)> = None;
@@ -301,7 +306,9 @@ fn committer(
                     queues,
                     dedup,
                     done,
+                    at,
                 } => {
+                    submitted.push(at);
                     let r = (|| -> Result<(), StoreError> {
                         if let Some(d) = &dedup {
                             // Same batch as the message: never a key without it.
@@ -374,6 +381,7 @@ fn committer(
                 stats
                     .persisted_messages
                     .fetch_add(persisted, Ordering::Relaxed);
+                stats.figures.synced(persisted, &submitted);
             }
         }
         let ok = result.is_ok();
@@ -549,6 +557,7 @@ impl Store for RocksStore {
             queues,
             dedup,
             done,
+            at: std::time::Instant::now(),
         }) {
             done(false);
         }
@@ -694,6 +703,10 @@ impl Store for RocksStore {
 
     fn health(&self) -> tokio::sync::watch::Receiver<Health> {
         self.health.clone()
+    }
+
+    fn stats(&self) -> Option<super::stats::StoreCounts> {
+        Some(self.stats.figures.snapshot())
     }
 
     fn shutdown(&self) {
