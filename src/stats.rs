@@ -53,18 +53,29 @@ struct Line(AtomicU64);
 #[derive(Debug, Default)]
 pub struct Sharded([Line; SHARDS]);
 
+/// This thread's shard: assigned round-robin on first use, then a plain
+/// thread-local read (a `const` initialiser needs no lazy-init check).
+#[inline]
 fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
     }
-    SHARD.with(|s| *s)
+    SHARD.with(|s| {
+        let mut i = s.get();
+        if i == usize::MAX {
+            i = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            s.set(i);
+        }
+        i
+    })
 }
 
 impl Sharded {
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0[shard()].0.fetch_add(n, Ordering::Relaxed);
+        // shard() < SHARDS: the index never fails.
+        self.0[shard() % SHARDS].0.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {

@@ -141,14 +141,26 @@ pub fn take_sample(b: &Broker) -> Sample {
     s
 }
 
-/// A rate between the two samples of a counter read by `get`.
-pub fn sampled<T>(w: &Window, get: impl Fn(&Sample) -> Option<T>, f: impl Fn(&T) -> u64) -> f64 {
-    match (get(&w.prev), get(&w.last)) {
-        (Some(a), Some(b)) => w.rate(f(&a), f(&b)),
+/// A counter set read from both samples (looked up once per object).
+pub type Pair<T> = (Option<T>, Option<T>);
+
+pub fn pair<T>(w: &Window, get: impl Fn(&Sample) -> Option<T>) -> Pair<T> {
+    (get(&w.prev), get(&w.last))
+}
+
+/// The rate of one counter of a `Pair`.
+pub fn rate_of<T>(w: &Window, p: &Pair<T>, f: impl Fn(&T) -> u64) -> f64 {
+    match p {
+        (Some(a), Some(b)) => w.rate(f(a), f(b)),
         // New since the earlier sample: it started from zero.
-        (None, Some(b)) => w.rate(0, f(&b)),
+        (None, Some(b)) => w.rate(0, f(b)),
         _ => 0.0,
     }
+}
+
+/// A rate between the two samples of a counter read by `get`.
+pub fn sampled<T>(w: &Window, get: impl Fn(&Sample) -> Option<T>, f: impl Fn(&T) -> u64) -> f64 {
+    rate_of(w, &pair(w, get), f)
 }
 
 fn stats_object(fields: Vec<(&str, u64, f64)>) -> Value {
@@ -163,7 +175,8 @@ fn stats_object(fields: Vec<(&str, u64, f64)>) -> Value {
 /// A queue's `message_stats`.
 pub fn queue_stats(w: &Window, vhost: &str, name: &str, now: &QueueCounts) -> Value {
     let key = (vhost.to_string(), name.to_string());
-    let r = |f: fn(&QueueCounts) -> u64| sampled(w, |s| s.queues.get(&key).copied(), f);
+    let p = pair(w, |s| s.queues.get(&key).copied());
+    let r = |f: fn(&QueueCounts) -> u64| rate_of(w, &p, f);
     stats_object(vec![
         ("publish", now.publish, r(|c| c.publish)),
         ("deliver", now.deliver, r(|c| c.deliver)),
@@ -190,7 +203,8 @@ pub fn exchange_stats(
     publish_out: u64,
 ) -> Value {
     let key = (vhost.to_string(), name.to_string());
-    let r = |f: fn(&(u64, u64)) -> u64| sampled(w, |s| s.exchanges.get(&key).copied(), f);
+    let p = pair(w, |s| s.exchanges.get(&key).copied());
+    let r = |f: fn(&(u64, u64)) -> u64| rate_of(w, &p, f);
     stats_object(vec![
         ("publish_in", publish_in, r(|c| c.0)),
         ("publish_out", publish_out, r(|c| c.1)),
@@ -200,7 +214,8 @@ pub fn exchange_stats(
 /// `message_stats` of a channel, a connection or the whole broker, with
 /// rates from `get` over the samples.
 pub fn msg_stats(w: &Window, now: &MsgCounts, get: impl Fn(&Sample) -> Option<MsgCounts>) -> Value {
-    let r = |f: fn(&MsgCounts) -> u64| sampled(w, &get, f);
+    let p = pair(w, get);
+    let r = |f: fn(&MsgCounts) -> u64| rate_of(w, &p, f);
     stats_object(vec![
         ("publish", now.publish, r(|c| c.publish)),
         ("confirm", now.confirm, r(|c| c.confirm)),
@@ -231,7 +246,8 @@ pub fn msg_stats(w: &Window, now: &MsgCounts, get: impl Fn(&Sample) -> Option<Ms
 
 /// A connection's socket counts with rates (top-level fields, as RabbitMQ).
 pub fn io_fields(w: &Window, id: u64, now: &IoCounts) -> Vec<(String, Value)> {
-    let r = |f: fn(&IoCounts) -> u64| sampled(w, |s| s.connections.get(&id).map(|c| c.1), f);
+    let p = pair(w, |s| s.connections.get(&id).map(|c| c.1));
+    let r = |f: fn(&IoCounts) -> u64| rate_of(w, &p, f);
     vec![
         ("recv_oct".into(), json!(now.recv_oct)),
         (
