@@ -260,7 +260,27 @@ fn prometheus_endpoints_use_rabbitmq_names_labels_and_gzip() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (_conn, _ch, queue) = rt.block_on(traffic(&uri, "metrics-prom"));
 
+    let refused = rt.block_on(common::connect_uri(&b.uri_with("guest", "wrong", "%2f")));
+    assert!(refused.is_err(), "a wrong password is refused");
     let agg = scrape(p, "/metrics");
+    assert_eq!(
+        value(
+            &agg,
+            "rabbitmq_auth_attempts_succeeded_total{protocol=\"amqp091\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &agg,
+            "rabbitmq_auth_attempts_failed_total{protocol=\"amqp091\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&agg, "rabbitmq_auth_attempts_total{protocol=\"amqp091\"}"),
+        2.0
+    );
     assert_eq!(
         value(
             &agg,

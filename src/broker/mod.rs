@@ -300,12 +300,34 @@ impl Broker {
     }
 
     /// Check a user's password.
+    /// An AMQP login (counted as RabbitMQ's `auth_attempts{protocol="amqp091"}`).
     pub fn authenticate(
         &self,
         user: &str,
         password: &str,
     ) -> Result<(), crate::auth::LoginFailure> {
-        self.access.authenticate(user, password.as_bytes())
+        let r = self.access.authenticate(user, password.as_bytes());
+        let s = &self.stats;
+        match r {
+            Ok(()) => s.auth_amqp_succeeded.add_shared(1),
+            Err(_) => s.auth_amqp_failed.add_shared(1),
+        }
+        r
+    }
+
+    /// A management API login (`auth_attempts{protocol="http"}`).
+    pub fn authenticate_http(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<(), crate::auth::LoginFailure> {
+        let r = self.access.authenticate(user, password.as_bytes());
+        let s = &self.stats;
+        match r {
+            Ok(()) => s.auth_http_succeeded.add_shared(1),
+            Err(_) => s.auth_http_failed.add_shared(1),
+        }
+        r
     }
 
     pub fn may_open_vhost(&self, user: &str, vhost: &str) -> bool {

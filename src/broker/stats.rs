@@ -18,6 +18,12 @@ pub struct BrokerStats {
     pub connections_closed: Counter,
     pub channels_opened: Counter,
     pub channels_closed: Counter,
+    /// Logins over AMQP and HTTP (the management API), as RabbitMQ's
+    /// `auth_attempts` by protocol.
+    pub auth_amqp_succeeded: Counter,
+    pub auth_amqp_failed: Counter,
+    pub auth_http_succeeded: Counter,
+    pub auth_http_failed: Counter,
 }
 
 /// Queue churn of one vhost (declares are rare: shared adds).

@@ -48,6 +48,31 @@ pub(super) fn node(o: &mut Out, b: &Broker) {
         o.family(name, "counter", help);
         o.sample(name, &[], churn[i]);
     }
+    let st = &b.stats;
+    for (name, help, amqp, http) in [
+        (
+            "rabbitmq_auth_attempts_total",
+            "Total number of authorization attempts",
+            st.auth_amqp_succeeded.get() + st.auth_amqp_failed.get(),
+            st.auth_http_succeeded.get() + st.auth_http_failed.get(),
+        ),
+        (
+            "rabbitmq_auth_attempts_succeeded_total",
+            "Total number of successful authentication attempts",
+            st.auth_amqp_succeeded.get(),
+            st.auth_http_succeeded.get(),
+        ),
+        (
+            "rabbitmq_auth_attempts_failed_total",
+            "Total number of failed authentication attempts",
+            st.auth_amqp_failed.get(),
+            st.auth_http_failed.get(),
+        ),
+    ] {
+        o.family(name, "counter", help);
+        o.sample(name, &[("protocol", "http".to_string())], http);
+        o.sample(name, &[("protocol", "amqp091".to_string())], amqp);
+    }
     let (fd_used, fd_total) = crate::http::overview::fds();
     let alarms = b.alarms();
     let disk_free = crate::broker::disk::free_bytes(&b.config.data_dir).unwrap_or(0);
