@@ -588,3 +588,65 @@ fn a_prometheus_server_scrapes_hopper_and_joins_on_identity_info() {
     );
     assert_eq!(sample["value"][1], "5", "{result:#}");
 }
+
+/// A durable queue past its 8 MiB in memory pages persistent messages out
+/// (keeping the 256 at its head):
+/// `store_stats.paged_out_bytes` and the Prometheus gauges follow, and go
+/// back to zero once the messages are read back and taken.
+#[test]
+fn paged_out_bytes_follow_paging_both_ways() {
+    let mut b = Broker::start();
+    if b.is_external() {
+        return;
+    }
+    let (m, p) = (b.mgmt_addr(), b.metrics_addr());
+    let uri = b.uri();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    const N: usize = 400;
+    const SIZE: usize = 32 * 1024;
+    let body = vec![b'p'; SIZE];
+    let (_conn, ch, queue) = rt.block_on(async {
+        let conn = common::connect_uri(&uri).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        common::confirm_select(&ch).await;
+        let q = common::declare_durable_queue(&ch, "metrics-paged", Default::default()).await;
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        for _ in 0..N {
+            common::publish_confirmed(&ch, "", &q, &body, persistent.clone()).await;
+        }
+        (conn, ch, q)
+    });
+    let o = wait_json(m, "/api/overview", "messages paged out", |o| {
+        n(o, "store_stats.paged_out_bytes") > 0.0
+    });
+    let paged = n(&o, "store_stats.paged_out_bytes");
+    assert_eq!(paged % SIZE as f64, 0.0, "whole bodies: {paged}");
+    let text = scrape(p, "/metrics/per-object");
+    assert_eq!(
+        value(
+            &text,
+            &format!("rabbitmq_queue_messages_paged_out_bytes{{vhost=\"/\",queue=\"{queue}\"}}")
+        ),
+        paged
+    );
+    assert_eq!(
+        value(&scrape(p, "/metrics"), "hopper_paged_out_bytes"),
+        paged
+    );
+    rt.block_on(async {
+        for _ in 0..N {
+            let got = ch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap();
+            assert!(got.is_some());
+        }
+    });
+    let o = get_json(m, "/api/overview");
+    assert_eq!(
+        n(&o, "store_stats.paged_out_bytes"),
+        0.0,
+        "{:#}",
+        o["store_stats"]
+    );
+}
