@@ -650,3 +650,63 @@ fn paged_out_bytes_follow_paging_both_ways() {
         o["store_stats"]
     );
 }
+
+/// A client that opens a channel, publishes and closes it in one write:
+/// the broker sees it all in one read burst, and its publish still counts
+/// (and the channel in the churn), while the connection stays open.
+#[test]
+fn a_channel_opened_and_closed_in_one_burst_still_counts() {
+    use common::raw::{self, RawClient};
+    use lapin::protocol::{channel as pch, AMQPClass};
+    let mut b = Broker::start();
+    if b.is_external() {
+        return;
+    }
+    let m = b.mgmt_addr();
+    let addr = b.addr();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _client = rt.block_on(async {
+        let mut c = RawClient::open(addr).await;
+        let mut burst = raw::method_frame(1, &raw::channel_open());
+        burst.extend(raw::method_frame(
+            1,
+            &raw::basic_publish("amq.direct", "nowhere"),
+        ));
+        burst.extend(raw::header_frame(1, 3));
+        burst.extend(raw::body_frame(1, b"abc"));
+        burst.extend(raw::method_frame(
+            1,
+            &AMQPClass::Channel(pch::AMQPMethod::Close(pch::Close {
+                reply_code: 200,
+                reply_text: "bye".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        ));
+        c.send(&burst).await;
+        match c.expect_method(1).await {
+            AMQPClass::Channel(pch::AMQPMethod::OpenOk(_)) => {}
+            other => panic!("expected channel.open-ok, got {other:?}"),
+        }
+        match c.expect_method(1).await {
+            AMQPClass::Channel(pch::AMQPMethod::CloseOk(_)) => {}
+            other => panic!("expected channel.close-ok, got {other:?}"),
+        }
+        c
+    });
+    // The registry hears of the close at the end of the broker's read burst,
+    // which may be just after close-ok went out.
+    let o = wait_json(m, "/api/overview", "the closed channel's publish", |o| {
+        o["message_stats"]["publish"] == 1
+    });
+    assert_eq!(o["object_totals"]["connections"], 1, "{o:#}");
+    assert_eq!(o["message_stats"]["drop_unroutable"], 1);
+    assert_eq!(
+        o["churn_rates"]["channel_created"], 1,
+        "{:#}",
+        o["churn_rates"]
+    );
+    assert_eq!(o["churn_rates"]["channel_closed"], 1);
+    let x = get_json(m, "/api/exchanges/%2F/amq.direct");
+    assert_eq!(x["message_stats"]["publish_in"], 1);
+}

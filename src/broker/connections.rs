@@ -128,6 +128,29 @@ impl ConnectionInfo {
         *current = views;
     }
 
+    /// Channels closed since the registry last heard: their counts join the
+    /// retired totals now, also those of a channel opened and closed within
+    /// one read burst (which `set_channels` never saw). Call before
+    /// `set_channels` with the channels still open.
+    pub fn retire_channels(&self, broker: &Broker, closed: Vec<Arc<dyn ChannelView>>) {
+        let mut total = broker.stats.retired_lock();
+        let mut current = self.channel_views.lock();
+        let mut gone = MsgCounts::default();
+        for c in &closed {
+            gone += c.counters();
+            let before = current.len();
+            current.retain(|v| !same_view(v, c));
+            if current.len() == before {
+                // Never registered: opened within the same burst.
+                broker.stats.channels_opened.add_shared(1);
+            }
+        }
+        broker.stats.channels_closed.add_shared(closed.len() as u64);
+        self.channels.store(current.len(), Ordering::Relaxed);
+        *self.retired.lock() += gone;
+        *total += gone;
+    }
+
     /// This connection's message counts: closed channels plus open ones.
     pub fn counters(&self) -> MsgCounts {
         let views = self.channel_views.lock();

@@ -71,6 +71,9 @@ pub struct Connection<R> {
     info: Option<Arc<crate::broker::connections::ConnectionInfo>>,
     /// A channel opened or closed since the registry last heard.
     channels_changed: bool,
+    /// Channels closed since the registry last heard (their counts are
+    /// folded into the totals, see `ConnectionInfo::retire_channels`).
+    closed_channels: Vec<Arc<dyn ChannelView>>,
 }
 
 /// Smallest and largest read reservation (see `Connection::read_hint`).
@@ -130,6 +133,7 @@ where
         client_properties: Default::default(),
         info: None,
         channels_changed: false,
+        closed_channels: Vec::new(),
     };
     let end = c.run().await;
     tracing::debug!(conn = id, peer = %peer, ?end, "connection ended");
@@ -256,7 +260,11 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             self.flush_confirms();
             if self.channels_changed {
                 self.channels_changed = false;
+                let closed = std::mem::take(&mut self.closed_channels);
                 if let Some(info) = &info {
+                    if !closed.is_empty() {
+                        info.retire_channels(&self.broker, closed);
+                    }
                     info.set_channels(
                         &self.broker,
                         self.channels
@@ -493,6 +501,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 self.channels_changed = true;
                 if let Some(Slot::Open(mut c)) = self.channels.remove(&channel) {
                     c.teardown(&self.broker, self.vhost.as_ref());
+                    self.closed_channels
+                        .push(c.handle.clone() as Arc<dyn ChannelView>);
                 }
                 self.send_method(
                     channel,
@@ -585,6 +595,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     // Confirms for publishes completed before the error still go out.
                     c.handle.flush_confirms();
                     c.teardown(&self.broker, self.vhost.as_ref());
+                    self.closed_channels
+                        .push(c.handle.clone() as Arc<dyn ChannelView>);
                 }
                 self.send_method(
                     channel,
