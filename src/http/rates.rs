@@ -103,7 +103,11 @@ pub fn for_broker(broker: &Arc<Broker>) -> Arc<Rates> {
                 _ = shutdown.wait_for(|s| *s) => return,
             }
             let Some(b) = weak.upgrade() else { return };
-            r.push(take_sample(&b));
+            // With many queues a sample takes a while: off the async workers.
+            match tokio::task::spawn_blocking(move || take_sample(&b)).await {
+                Ok(sample) => r.push(sample),
+                Err(e) => tracing::error!(error = %e, "sampling message rates"),
+            }
         }
     });
     rates
