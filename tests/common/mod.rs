@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod mgmt;
 
 use lapin::options::{
