@@ -114,6 +114,7 @@ class Broker:
         log.flush()
         listen = f"127.0.0.1:{port}"
         cmd = [self.binary, "--listen", listen, "--management-listen", "127.0.0.1:0",
+               "--metrics-listen", "127.0.0.1:0",
                "--data-dir", self.data_dir, *self.extra_args]
         self.proc = subprocess.Popen(
             cmd,

@@ -22,7 +22,7 @@ def test_stdout_is_only_the_listen_line(fresh_amqp, fresh_broker):
     ch.basic_publish("", q, b"x")
     fresh_amqp.conn.close()
     lines = "".join(fresh_broker.extra_stdout).splitlines()
-    others = [l for l in lines if not re.match(r"^hopper (amqps|management) listening on 127\.0\.0\.1:\d+$", l)]
+    others = [l for l in lines if not re.match(r"^hopper (amqps|management|metrics) listening on 127\.0\.0\.1:\d+$", l)]
     assert others == [], "hopper must print nothing but its listen lines on stdout"
 
 

@@ -62,7 +62,7 @@ start_hopper() {
     HOPPER_DATA="$(mktemp -d "${TMPDIR:-/tmp}/perf-hopper.XXXXXX")"
     local fifo="$HOPPER_DATA/stdout"
     mkfifo "$fifo"
-    "$HOPPER_BIN" --listen 127.0.0.1:0 --management-listen off --data-dir "$HOPPER_DATA/data" >"$fifo" 2>"$OUT/hopper-$1.log" &
+    "$HOPPER_BIN" --listen 127.0.0.1:0 --management-listen off --metrics-listen off --data-dir "$HOPPER_DATA/data" >"$fifo" 2>"$OUT/hopper-$1.log" &
     HOPPER_PID=$!
     local line=""
     exec 3<"$fifo"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check of the project, the same way locally and in CI:
 #   1. system packages needed to build (clang/libclang for RocksDB's bindgen, g++, python venv)
-#      and to test (openssl, for the TLS compat tests' certificates)
+#      and to test (openssl, for the TLS compat tests' certificates; prometheus, for promtool
+#      and the Prometheus server that tests/prometheus.rs runs against the broker)
 #   2. the layering check (scripts/check-layers.sh: modules depend only downwards), then
 #      cargo fmt --check, cargo clippy -D warnings and cargo test over the workspace (the
 #      broker and perf/), all in the dev profile, so RocksDB is compiled once, into
@@ -78,6 +79,9 @@ install_system_packages() {
     # about 30 s to install on the dev VM
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v "$PYTHON" >/dev/null 2>&1 || missing+=(python3)
+    # tests/prometheus.rs: `promtool check metrics` and a Prometheus server scraping
+    # the broker (Debian's prometheus: ~15 s to install with --no-install-recommends)
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
         missing+=(python3-venv)
     fi
@@ -100,7 +104,8 @@ run_step "layers" "$LOG_DIR/layers.log" bash scripts/check-layers.sh || true
 run_step "cargo fmt" "$LOG_DIR/fmt.log" cargo fmt --all -- --check || true
 run_step "cargo clippy" "$LOG_DIR/clippy.log" cargo clippy --workspace --all-targets -- -D warnings || true
 # --workspace builds the hopper binary that perf's smoke test (perf/tests/) drives.
-run_step "cargo test" "$LOG_DIR/cargo-test.log" cargo test --workspace || true
+# HOPPER_REQUIRE_PROMTOOL: tests/prometheus.rs fails (instead of skipping) without promtool.
+run_step "cargo test" "$LOG_DIR/cargo-test.log" env HOPPER_REQUIRE_PROMTOOL=1 cargo test --workspace || true
 
 # ---------------------------------------------------------------- 3. Python compat suite
 setup_venv() {

@@ -46,6 +46,9 @@ pub struct Config {
     /// The management HTTP API.
     #[serde(default)]
     pub management: Management,
+    /// The Prometheus metrics endpoint.
+    #[serde(default)]
+    pub prometheus: Prometheus,
     /// A RabbitMQ definitions file (JSON) imported at boot, as RabbitMQ's
     /// `load_definitions`.
     #[serde(default)]
@@ -58,13 +61,40 @@ pub struct Config {
 pub struct Management {
     /// Listen address, or "off".
     pub listen: String,
+    /// How often message rates are sampled (RabbitMQ: 5 s); rates are the
+    /// change over the last interval.
+    pub sample_interval_ms: u64,
 }
 
 impl Default for Management {
     fn default() -> Self {
         Management {
             listen: "127.0.0.1:15672".to_string(),
+            sample_interval_ms: 5000,
         }
+    }
+}
+
+/// `[prometheus]`: metrics in Prometheus' text format, RabbitMQ's names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Prometheus {
+    /// Listen address, or "off".
+    pub listen: String,
+}
+
+impl Default for Prometheus {
+    fn default() -> Self {
+        Prometheus {
+            listen: "127.0.0.1:15692".to_string(),
+        }
+    }
+}
+
+impl Prometheus {
+    /// The address to listen on; None when metrics are off.
+    pub fn address(&self) -> Option<&str> {
+        (self.listen != "off").then_some(self.listen.as_str())
     }
 }
 
@@ -371,6 +401,19 @@ mod tests {
         );
         assert_ne!(off, DEFAULT_CONFIG);
         assert_eq!(Config::parse(&off).expect("off").management.address(), None);
+    }
+
+    #[test]
+    fn prometheus_listener_defaults_and_off() {
+        let c = Config::default_config().expect("default config");
+        assert_eq!(c.prometheus.address(), Some("127.0.0.1:15692"));
+        assert_eq!(c.management.sample_interval_ms, 5000);
+        let off = DEFAULT_CONFIG.replace(
+            "[prometheus]\nlisten = \"127.0.0.1:15692\"",
+            "[prometheus]\nlisten = \"off\"",
+        );
+        assert_ne!(off, DEFAULT_CONFIG);
+        assert_eq!(Config::parse(&off).expect("off").prometheus.address(), None);
     }
 
     #[test]

@@ -16,12 +16,16 @@
 //!   `store::health` reports failed writes and the way back (disk alarm).
 //! - `auth`: users (password hashes), vhost access and permissions.
 //! - `config`: the configuration file.
+//! - `stats`: counters that cost nothing measurable on the message paths
+//!   (single-writer, thread-sharded, histograms) for the management API and
+//!   Prometheus.
 //! - `http`: the management HTTP API (RabbitMQ's `/api`): reads broker state,
 //!   changes it through the same broker functions AMQP uses.
 //!
 //! Layers: a module names (`crate::x`, or `super::` out of itself) only
 //! modules of its own layer or below, never a higher one:
-//! 1. `protocol`, `message`, `store`, `error`, `config`, `auth`, `batch`, `tls`
+//! 1. `protocol`, `message`, `store`, `error`, `config`, `auth`, `batch`, `tls`,
+//!    `stats`
 //! 2. `queue` (defines what a consumer must offer it; never names `channel`)
 //! 3. `exchange`
 //! 4. `broker` (never names `channel`)
@@ -49,5 +53,6 @@ pub mod message;
 pub mod protocol;
 pub mod queue;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod tls;

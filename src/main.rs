@@ -37,6 +37,9 @@ struct Args {
     /// Management HTTP API listen address (port 0 picks a free port), or `off`.
     #[arg(long)]
     management_listen: Option<String>,
+    /// Prometheus metrics listen address (port 0 picks a free port), or `off`.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -162,6 +165,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(listen) = args.management_listen {
         config.management.listen = listen;
     }
+    if let Some(listen) = args.metrics_listen {
+        config.prometheus.listen = listen;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(config.log_level.as_deref().unwrap_or("info"))
     });
@@ -200,6 +206,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let store: Arc<dyn store::Store> = Arc::new(rocks);
     let listen = config.listen.clone();
     let management_listen = config.management.address().map(str::to_string);
+    let metrics_listen = config.prometheus.address().map(str::to_string);
     let load_definitions = config.load_definitions.clone();
     let broker = Broker::new(config, store).context("recovering the store")?;
     if let Some(path) = load_definitions {
@@ -238,6 +245,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let management_addr = management.as_ref().and_then(|t| t.local_addr().ok());
+    let metrics = match &metrics_listen {
+        Some(m) => Some(
+            hopper::http::metrics::start(m, &broker)
+                .await
+                .with_context(|| format!("binding {m} (prometheus.listen)"))?,
+        ),
+        None => None,
+    };
     {
         // Harnesses read the plain line first; the amqps line follows it.
         let mut out = std::io::stdout().lock();
@@ -247,6 +262,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         if let Some(a) = management_addr {
             writeln!(out, "hopper management listening on {a}")?;
+        }
+        if let Some((a, _)) = &metrics {
+            writeln!(out, "hopper metrics listening on {a}")?;
         }
         out.flush()?;
     }
@@ -268,6 +286,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     sweeper.abort();
     disk_watch.abort();
     if let Some(h) = http {
+        h.abort();
+    }
+    if let Some((_, h)) = metrics {
         h.abort();
     }
     broker.store.shutdown();

@@ -714,7 +714,7 @@ fn clear_text_password_in_config_is_refused_at_start() {
         .arg(file.path())
         .arg("--listen")
         .arg("127.0.0.1:0")
-        .args(["--management-listen", "off"])
+        .args(["--management-listen", "off", "--metrics-listen", "off"])
         .arg("--data-dir")
         .arg(data.path())
         .stdin(Stdio::null())

@@ -89,7 +89,8 @@ fn expect_refused_naming(dir: &Path, file: &Path) {
         .expect("name")
         .to_string_lossy()
         .into_owned();
-    let (ok, stdout, stderr) = run_hopper(&["--listen", "127.0.0.1:0"], dir);
+    let (ok, stdout, stderr) =
+        run_hopper(&["--listen", "127.0.0.1:0", "--metrics-listen", "off"], dir);
     assert!(!ok, "the broker started on a damaged store");
     assert!(!stdout.contains("listening"), "it listened: {stdout}");
     assert!(stderr.contains(&name), "the error names {name}: {stderr}");

@@ -536,7 +536,7 @@ fn run_second_broker(
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hopper"))
         .arg("--listen")
         .arg("127.0.0.1:0")
-        .args(["--management-listen", "off"])
+        .args(["--management-listen", "off", "--metrics-listen", "off"])
         .arg("--data-dir")
         .arg(data_dir)
         .stdin(std::process::Stdio::null())

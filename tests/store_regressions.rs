@@ -148,6 +148,8 @@ fn expect_refusal(dir: &std::path::Path) -> String {
             "127.0.0.1:0",
             "--management-listen",
             "off",
+            "--metrics-listen",
+            "off",
             "--data-dir",
         ])
         .arg(dir)

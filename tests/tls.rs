@@ -437,6 +437,8 @@ fn refused_start(args: &[&str]) -> String {
             "127.0.0.1:0",
             "--management-listen",
             "off",
+            "--metrics-listen",
+            "off",
             "--data-dir",
         ])
         .arg(data.path())

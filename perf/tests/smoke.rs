@@ -58,7 +58,7 @@ impl Broker {
         let mut child = Command::new(&bin)
             .arg("--listen")
             .arg("127.0.0.1:0")
-            .args(["--management-listen", "off"])
+            .args(["--management-listen", "off", "--metrics-listen", "off"])
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
             .stdin(Stdio::null())

@@ -4,7 +4,9 @@
 //! can ask one to close (the connection then sends 320 CONNECTION_FORCED
 //! itself). Channels are seen through `ChannelView`, which the channel layer
 //! implements (this module never names it). Nothing on the publish path
-//! reads the registry.
+//! reads the registry. A channel's message counts are folded into its
+//! connection's (and the broker's) retired totals when it leaves, so totals
+//! never go down.
 
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::Broker;
+use crate::stats::{IoCounters, MsgCounts};
 
 /// A channel as the management API shows it, read when asked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,11 +29,14 @@ pub struct ChannelSnapshot {
     pub consumer_count: usize,
     pub unacked: usize,
     pub unconfirmed: usize,
+    pub counts: MsgCounts,
 }
 
 /// An open channel, as the registry sees it.
 pub trait ChannelView: Send + Sync + std::fmt::Debug {
     fn snapshot(&self) -> ChannelSnapshot;
+    /// Its message counts so far (cheaper than a snapshot).
+    fn counters(&self) -> MsgCounts;
 }
 
 /// What the management API shows about a connection.
@@ -54,6 +60,10 @@ pub struct ConnectionInfo {
     channel_views: Mutex<Vec<Arc<dyn ChannelView>>>,
     close: tokio::sync::Notify,
     reason: Mutex<Option<String>>,
+    /// Socket counts, written by the connection's reader and writer tasks.
+    pub io: Arc<IoCounters>,
+    /// What its closed channels counted.
+    retired: Mutex<MsgCounts>,
 }
 
 /// What a connection tells the registry about itself.
@@ -67,6 +77,7 @@ pub struct NewConnection {
     pub frame_max: u32,
     pub channel_max: u16,
     pub heartbeat: u16,
+    pub io: Arc<IoCounters>,
 }
 
 impl ConnectionInfo {
@@ -90,10 +101,73 @@ impl ConnectionInfo {
         self.channels.load(Ordering::Relaxed)
     }
 
-    /// Replace the list of open channels.
-    pub fn set_channels(&self, views: Vec<Arc<dyn ChannelView>>) {
+    /// Replace the list of open channels; channels that left have their
+    /// counts folded into this connection's and the broker's totals.
+    pub fn set_channels(&self, broker: &Broker, views: Vec<Arc<dyn ChannelView>>) {
         self.channels.store(views.len(), Ordering::Relaxed);
-        *self.channel_views.lock() = views;
+        let mut total = broker.stats.retired_lock();
+        let mut current = self.channel_views.lock();
+        let mut gone = MsgCounts::default();
+        let mut closed = 0;
+        for old in current.iter() {
+            if !views.iter().any(|v| same_view(v, old)) {
+                gone += old.counters();
+                closed += 1;
+            }
+        }
+        let opened = views
+            .iter()
+            .filter(|v| !current.iter().any(|old| same_view(v, old)))
+            .count();
+        if closed > 0 {
+            *self.retired.lock() += gone;
+            *total += gone;
+        }
+        broker.stats.channels_closed.add_shared(closed);
+        broker.stats.channels_opened.add_shared(opened as u64);
+        *current = views;
+    }
+
+    /// Channels closed since the registry last heard: their counts join the
+    /// retired totals now, also those of a channel opened and closed within
+    /// one read burst (which `set_channels` never saw). Call before
+    /// `set_channels` with the channels still open.
+    pub fn retire_channels(&self, broker: &Broker, closed: Vec<Arc<dyn ChannelView>>) {
+        let mut total = broker.stats.retired_lock();
+        let mut current = self.channel_views.lock();
+        let mut gone = MsgCounts::default();
+        for c in &closed {
+            gone += c.counters();
+            let before = current.len();
+            current.retain(|v| !same_view(v, c));
+            if current.len() == before {
+                // Never registered: opened within the same burst.
+                broker.stats.channels_opened.add_shared(1);
+            }
+        }
+        broker.stats.channels_closed.add_shared(closed.len() as u64);
+        self.channels.store(current.len(), Ordering::Relaxed);
+        *self.retired.lock() += gone;
+        *total += gone;
+    }
+
+    /// This connection's message counts: closed channels plus open ones.
+    pub fn counters(&self) -> MsgCounts {
+        let views = self.channel_views.lock();
+        let mut m = *self.retired.lock();
+        for v in views.iter() {
+            m += v.counters();
+        }
+        m
+    }
+
+    /// Counts of the open channels only.
+    fn live_counters(&self) -> MsgCounts {
+        let mut m = MsgCounts::default();
+        for v in self.channel_views.lock().iter() {
+            m += v.counters();
+        }
+        m
     }
 
     /// The open channels now, by number.
@@ -123,8 +197,11 @@ impl Broker {
             channel_views: Mutex::new(Vec::new()),
             close: tokio::sync::Notify::new(),
             reason: Mutex::new(None),
+            io: c.io,
+            retired: Mutex::new(MsgCounts::default()),
         });
         self.connections.insert(c.id, info.clone());
+        self.stats.connections_opened.add_shared(1);
         info
     }
 
@@ -138,7 +215,28 @@ impl Broker {
     }
 
     pub fn unregister_connection(&self, id: u64) {
-        self.connections.remove(&id);
+        let mut total = self.stats.retired_lock();
+        if let Some((_, info)) = self.connections.remove(&id) {
+            let views = std::mem::take(&mut *info.channel_views.lock());
+            for v in &views {
+                *total += v.counters();
+            }
+            drop(total);
+            self.stats.retire_io(info.io.snapshot());
+            self.stats.channels_closed.add_shared(views.len() as u64);
+            self.stats.connections_closed.add_shared(1);
+        }
+    }
+
+    /// Message counts of the whole broker: closed channels and open ones.
+    pub fn message_totals(&self) -> MsgCounts {
+        let total = self.stats.retired_lock();
+        let mut m = *total;
+        for c in self.connections.iter() {
+            m += c.live_counters();
+        }
+        drop(total);
+        m
     }
 
     /// The open connections, oldest first.
@@ -147,4 +245,8 @@ impl Broker {
         v.sort_by_key(|c| c.id);
         v
     }
+}
+
+fn same_view(a: &Arc<dyn ChannelView>, b: &Arc<dyn ChannelView>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }

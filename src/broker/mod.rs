@@ -8,6 +8,7 @@ pub mod disk;
 pub mod policy;
 pub mod publish;
 pub mod queue_type;
+pub mod stats;
 pub mod users;
 pub mod vhost;
 
@@ -54,6 +55,8 @@ pub struct Broker {
     alarm: tokio::sync::watch::Sender<bool>,
     /// Dead letters whose bodies must be read back from the store.
     pub(crate) dead_letter_lane: deadletter::Lane,
+    /// Counts that outlive channels and connections, and churn.
+    pub stats: stats::BrokerStats,
 }
 
 /// The resource alarms. Publishers are blocked while either is on and
@@ -109,6 +112,7 @@ impl Broker {
             listeners: parking_lot::Mutex::new(Vec::new()),
             alarms: parking_lot::Mutex::new(Alarms::default()),
             alarm: tokio::sync::watch::channel(false).0,
+            stats: Default::default(),
             next_conn_id: AtomicU64::new(1),
             dead_letter_lane: deadletter::Lane::default(),
         });
@@ -302,12 +306,34 @@ impl Broker {
     }
 
     /// Check a user's password.
+    /// An AMQP login (counted as RabbitMQ's `auth_attempts{protocol="amqp091"}`).
     pub fn authenticate(
         &self,
         user: &str,
         password: &str,
     ) -> Result<(), crate::auth::LoginFailure> {
-        self.access.authenticate(user, password.as_bytes())
+        let r = self.access.authenticate(user, password.as_bytes());
+        let s = &self.stats;
+        match r {
+            Ok(()) => s.auth_amqp_succeeded.add_shared(1),
+            Err(_) => s.auth_amqp_failed.add_shared(1),
+        }
+        r
+    }
+
+    /// A management API login (`auth_attempts{protocol="http"}`).
+    pub fn authenticate_http(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<(), crate::auth::LoginFailure> {
+        let r = self.access.authenticate(user, password.as_bytes());
+        let s = &self.stats;
+        match r {
+            Ok(()) => s.auth_http_succeeded.add_shared(1),
+            Err(_) => s.auth_http_failed.add_shared(1),
+        }
+        r
     }
 
     pub fn may_open_vhost(&self, user: &str, vhost: &str) -> bool {

@@ -232,6 +232,10 @@ fn route(
 ) -> AmqpResult<Published> {
     let hold = KeyHold { x: x.clone(), key };
     let queues = vhost.route_with_alternates(&x, &p.routing_key, p.properties.headers().as_ref());
+    x.publish_in.add(1);
+    if !queues.is_empty() {
+        x.publish_out.add(1);
+    }
     if queues.is_empty() {
         if p.mandatory {
             from.sink

@@ -52,6 +52,8 @@ pub struct VHost {
     declares: parking_lot::Mutex<()>,
     /// Policies and operator policies (`broker::policy`).
     pub policies: super::policy::Policies,
+    /// Queues declared, created and deleted here (Prometheus' churn).
+    pub churn: super::stats::QueueChurn,
 }
 
 /// Parameters of queue.declare.
@@ -122,6 +124,7 @@ impl VHost {
             store,
             declares: parking_lot::Mutex::new(()),
             policies: Default::default(),
+            churn: Default::default(),
         }
     }
 
@@ -303,6 +306,7 @@ impl VHost {
         spec: QueueSpec,
         conn_id: u64,
     ) -> AmqpResult<(Arc<Queue>, u32, u32)> {
+        self.churn.declared.add_shared(1);
         if spec.passive {
             let q = self.queue(&spec.name, conn_id)?;
             q.touch();
@@ -361,6 +365,7 @@ impl VHost {
                 // Again: a policy changed between the two applies re-applied
                 // to a snapshot of the queues that may have missed this one.
                 self.policies.apply_to_queue(&q);
+                self.churn.created.add_shared(1);
                 Ok((q, 0, 0))
             }
         }
@@ -393,7 +398,13 @@ impl VHost {
         // In memory first: from here on, acks of its deliveries leave the store
         // alone, so the store's own cleanup is the only one.
         let deleted = q.delete();
-        self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
+        if self
+            .queues
+            .remove_if(&q.name, |_, v| Arc::ptr_eq(v, q))
+            .is_some()
+        {
+            self.churn.deleted.add_shared(1);
+        }
         self.unbind_everywhere(&Destination::Queue(q.clone()))?;
         if q.durable && q.exclusive_owner.is_none() {
             let key = q.key();

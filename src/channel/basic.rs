@@ -83,7 +83,8 @@ impl Channel {
             raw_properties: header.raw_properties,
             body,
         };
-        publish(
+        let size = publication.body.len() as u64;
+        let published = publish(
             ctx.broker,
             ctx.vhost,
             publication,
@@ -91,6 +92,14 @@ impl Channel {
             ctx.flow,
             ctx.batch,
         )?;
+        // The reader task is the one writer of these.
+        let stats = &self.handle.stats;
+        stats.published(size, seq.is_some());
+        if published.routed {
+            stats.routed.add(1);
+        } else {
+            stats.unroutable.add(1);
+        }
         Ok(())
     }
 
@@ -107,6 +116,9 @@ impl Channel {
             let mut c = self.handle.confirms.lock();
             c.enabled.then(|| c.register())
         };
+        self.handle
+            .stats
+            .published(body.len() as u64, seq.is_some());
         let target = ctx
             .broker
             .reply_channels
@@ -280,11 +292,14 @@ impl Channel {
         let name = self.queue_name(m.queue.as_str())?;
         ctx.check(Permission::Read, Resource::Queue, &name)?;
         let queue = ctx.vhost.queue(&name, ctx.conn.id)?;
-        match queue.get() {
+        match queue.get(m.no_ack) {
             Some((entry, msg, remaining)) => {
                 self.deliver_got(&queue, entry, &msg, remaining, m.no_ack)
             }
-            None => self.reply(AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {}))),
+            None => {
+                self.handle.stats.get_empty.add(1);
+                self.reply(AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})))
+            }
         }
         Ok(())
     }
@@ -301,6 +316,16 @@ impl Channel {
         let mut d = self.handle.delivery.lock();
         let tag = d.next_tag;
         d.next_tag += 1;
+        // Under the delivery lock, like a consumer's deliveries.
+        let stats = &self.handle.stats;
+        if no_ack {
+            stats.get_no_ack.add(1);
+        } else {
+            stats.get.add(1);
+        }
+        if entry.redelivered {
+            stats.redeliver.add(1);
+        }
         let mut out = BytesMut::with_capacity(msg.body.len() + 128);
         encode::get_ok_method(
             &mut out,
@@ -383,13 +408,15 @@ impl Channel {
 
     pub(super) fn ack_now(&mut self, tag: u64, multiple: bool) -> AmqpResult<()> {
         let taken = self.take_unacked(tag, multiple)?;
-        let mut touched: HashMap<*const Queue, Arc<Queue>> = HashMap::new();
+        self.handle.stats.ack.add(taken.len() as u64);
+        let mut touched: HashMap<*const Queue, (Arc<Queue>, u64)> = HashMap::new();
         for u in &taken {
             Consumer::release_credit(&u.consumer);
             u.queue.settled(&u.entry);
             touched
                 .entry(Arc::as_ptr(&u.queue))
-                .or_insert_with(|| u.queue.clone());
+                .or_insert_with(|| (u.queue.clone(), 0))
+                .1 += 1;
         }
         self.kick_after_settle(touched);
         Ok(())
@@ -403,12 +430,12 @@ impl Channel {
         requeue: bool,
     ) -> AmqpResult<()> {
         let taken = self.take_unacked(tag, multiple)?;
-        let mut touched: HashMap<*const Queue, Arc<Queue>> = HashMap::new();
+        let mut touched: HashMap<*const Queue, (Arc<Queue>, u64)> = HashMap::new();
         for u in &taken {
             Consumer::release_credit(&u.consumer);
             touched
                 .entry(Arc::as_ptr(&u.queue))
-                .or_insert_with(|| u.queue.clone());
+                .or_insert_with(|| (u.queue.clone(), 0));
         }
         if requeue {
             requeue_all(taken.into_iter().map(|u| (u.queue, u.entry)));
@@ -418,7 +445,7 @@ impl Channel {
             }
         }
         // A requeue past a quorum queue's delivery limit dead-letters too.
-        for q in touched.values() {
+        for (q, _) in touched.values() {
             deadletter::flush(ctx.broker, ctx.vhost, q);
         }
         self.kick_after_settle(touched);
@@ -426,20 +453,21 @@ impl Channel {
     }
 
     /// Freed credit: deliver again from the queues involved, and with a
-    /// channel-wide limit from every queue this channel consumes.
-    fn kick_after_settle(&self, mut touched: HashMap<*const Queue, Arc<Queue>>) {
+    /// channel-wide limit from every queue this channel consumes. Each
+    /// queue counts the acks it got (`.1`) under the lock its kick takes anyway.
+    fn kick_after_settle(&self, mut touched: HashMap<*const Queue, (Arc<Queue>, u64)>) {
         {
             let d = self.handle.delivery.lock();
             if d.prefetch_global > 0 {
                 for c in d.consumers.values() {
                     touched
                         .entry(Arc::as_ptr(&c.queue))
-                        .or_insert_with(|| c.queue.clone());
+                        .or_insert_with(|| (c.queue.clone(), 0));
                 }
             }
         }
-        for q in touched.into_values() {
-            q.kick();
+        for (q, acks) in touched.into_values() {
+            q.kick_acked(acks);
         }
     }
 

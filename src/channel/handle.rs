@@ -55,6 +55,9 @@ pub struct WriteFlow {
     /// The writer has stopped: nothing will drain any more.
     writer_gone: AtomicBool,
     gone: tokio::sync::Notify,
+    /// Socket byte and read/write counts: the reader task writes `recv_*`,
+    /// the writer task `send_*`; the broker's registry reads them.
+    pub io: Arc<crate::stats::IoCounters>,
 }
 
 impl WriteFlow {
@@ -242,6 +245,8 @@ pub struct ConfirmState {
     nacks_to_send: Vec<u64>,
     /// Nacked, inside the range not yet covered by an ack.
     nacked: BTreeSet<u64>,
+    /// Publishes acked to the client so far (`message_stats.confirm`).
+    pub confirmed: u64,
 }
 
 impl ConfirmState {
@@ -290,6 +295,7 @@ impl ConfirmState {
         }
         let nacked_in_range = self.nacked.range(..=upto).count() as u64;
         let ackable = upto - self.confirmed_upto - nacked_in_range;
+        self.confirmed += ackable;
         if ackable > 0 {
             let mut tag = upto;
             while self.nacked.contains(&tag) {
@@ -316,6 +322,8 @@ pub struct ChannelHandle {
     pub conn: Arc<ConnHandle>,
     pub delivery: Mutex<DeliveryState>,
     pub confirms: Mutex<ConfirmState>,
+    /// Message counts for the management API and Prometheus.
+    pub stats: crate::stats::ChannelCounters,
 }
 
 impl ChannelHandle {
@@ -341,6 +349,7 @@ impl ChannelHandle {
                 reply_consumer: None,
             }),
             confirms: Mutex::new(ConfirmState::default()),
+            stats: Default::default(),
         }
     }
 
@@ -369,6 +378,7 @@ impl crate::broker::publish::PublishSink for ChannelHandle {
 
     fn returned(&self, exchange: &str, routing_key: &str, raw_properties: &Bytes, body: &Bytes) {
         use amq_protocol::protocol::{basic, AMQPClass};
+        self.stats.return_unroutable.add_shared(1);
         let mut out = BytesMut::with_capacity(body.len() + 128);
         encode::method(
             &mut out,
@@ -446,6 +456,10 @@ impl Subscriber for Consumer {
         self.exclusive
     }
 
+    fn no_ack(&self) -> bool {
+        self.no_ack
+    }
+
     /// Take the queue's head if credit, flow and the connection's write
     /// backlog allow; the frames go out under the channel's lock so delivery
     /// tags reach the client in order.
@@ -470,6 +484,16 @@ impl Subscriber for Consumer {
         };
         let tag = st.next_tag;
         st.next_tag += 1;
+        // Under the channel's delivery lock: the one writer of these.
+        let stats = &self.channel.stats;
+        if self.no_ack {
+            stats.deliver_no_ack.add(1);
+        } else {
+            stats.deliver.add(1);
+        }
+        if entry.redelivered {
+            stats.redeliver.add(1);
+        }
         let mut out = BytesMut::with_capacity(msg.body.len() + msg.raw_properties.len() + 128);
         encode::deliver_method(
             &mut out,
@@ -561,7 +585,14 @@ impl crate::broker::connections::ChannelView for ChannelHandle {
             consumer_count,
             unacked,
             unconfirmed,
+            counts: self.counters(),
         }
+    }
+
+    fn counters(&self) -> crate::stats::MsgCounts {
+        let mut m = self.stats.snapshot();
+        m.confirm = self.confirms.lock().confirmed;
+        m
     }
 }
 

@@ -73,6 +73,9 @@ pub struct Connection<R> {
     info: Option<Arc<crate::broker::connections::ConnectionInfo>>,
     /// A channel opened or closed since the registry last heard.
     channels_changed: bool,
+    /// Channels closed since the registry last heard (their counts are
+    /// folded into the totals, see `ConnectionInfo::retire_channels`).
+    closed_channels: Vec<Arc<dyn ChannelView>>,
 }
 
 /// Smallest and largest read reservation (see `Connection::read_hint`).
@@ -140,6 +143,7 @@ where
         client_properties: Default::default(),
         info: None,
         channels_changed: false,
+        closed_channels: Vec::new(),
     };
     let end = c.run().await;
     tracing::debug!(conn = id, peer = %peer, ?end, "connection ended");
@@ -181,6 +185,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     frame_max: self.frame_max,
                     channel_max: self.channel_max,
                     heartbeat: self.heartbeat,
+                    io: self.handle.flow.io.clone(),
                 }),
         );
         let end = self.main_loop().await;
@@ -210,6 +215,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             Ok(0) => Ok(false),
             Ok(_) => {
                 let got = self.buf.len() - before;
+                let io = &self.handle.flow.io;
+                io.recv_oct.add(got as u64);
+                io.recv_cnt.add(1);
                 self.read_hint = if got >= room {
                     (self.read_hint * 2).min(READ_MAX)
                 } else if got < self.read_hint / 4 {
@@ -266,8 +274,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             self.flush_confirms();
             if self.channels_changed {
                 self.channels_changed = false;
+                let closed = std::mem::take(&mut self.closed_channels);
                 if let Some(info) = &info {
+                    if !closed.is_empty() {
+                        info.retire_channels(&self.broker, closed);
+                    }
                     info.set_channels(
+                        &self.broker,
                         self.channels
                             .values()
                             .filter_map(|s| match s {
@@ -533,6 +546,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 self.channels_changed = true;
                 if let Some(Slot::Open(mut c)) = self.channels.remove(&channel) {
                     c.teardown(&self.broker, self.vhost.as_ref());
+                    self.closed_channels
+                        .push(c.handle.clone() as Arc<dyn ChannelView>);
                 }
                 self.send_method(
                     channel,
@@ -627,6 +642,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     // Confirms for publishes completed before the error still go out.
                     c.handle.flush_confirms();
                     c.teardown(&self.broker, self.vhost.as_ref());
+                    self.closed_channels
+                        .push(c.handle.clone() as Arc<dyn ChannelView>);
                 }
                 self.send_method(
                     channel,

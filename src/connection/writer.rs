@@ -62,6 +62,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     if !write_all(&mut wr, &hb, send_timeout).await {
                         break;
                     }
+                    flow.io.send_oct.add(hb.len() as u64);
+                    flow.io.send_cnt.add(1);
                     continue;
                 }
             },
@@ -97,6 +99,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 flow.written(counted);
                 break;
             }
+            flow.io.send_oct.add(buf.len() as u64);
+            flow.io.send_cnt.add(1);
             buf.clear();
             flow.written(counted);
             if buf.capacity() > 4 * BURST {

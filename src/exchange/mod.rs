@@ -91,6 +91,11 @@ pub struct Exchange {
     /// The `alternate-exchange` of the policy that applies, if any (the
     /// argument wins over it, as in RabbitMQ). Read only for unroutable messages.
     policy_alternate: RwLock<Option<String>>,
+    /// Messages published to this exchange (`publish_in`) and those it
+    /// routed to at least one queue (`publish_out`): every channel publishing
+    /// here writes them, so they are sharded by thread.
+    pub publish_in: crate::stats::Sharded,
+    pub publish_out: crate::stats::Sharded,
 }
 
 impl Exchange {
@@ -112,6 +117,8 @@ impl Exchange {
             arguments,
             bindings: RwLock::new(Bindings::default()),
             policy_alternate: RwLock::new(None),
+            publish_in: Default::default(),
+            publish_out: Default::default(),
         }
     }
 

@@ -124,7 +124,7 @@ pub fn authenticate(
     let Some((user, password)) = decoded.split_once(':') else {
         return Err(wrong());
     };
-    if let Err(why) = broker.authenticate(user, password) {
+    if let Err(why) = broker.authenticate_http(user, password) {
         tracing::info!(user, peer = %peer, reason = why.as_str(), "management login refused");
         return Err(wrong());
     }

@@ -18,6 +18,18 @@ fn sees(r: &Req<'_>, c: &ConnectionInfo) -> bool {
     r.caller.level() >= Some(Level::Monitoring) || c.user == r.caller.name
 }
 
+/// A connection's JSON with its socket counts and `message_stats`.
+fn connection_json_with(c: &ConnectionInfo, w: &super::rates::Window) -> Value {
+    let mut v = connection_json(c);
+    for (k, f) in super::rates::io_fields(w, c.id, &c.io.snapshot()) {
+        v[k] = f;
+    }
+    let id = c.id;
+    v["message_stats"] =
+        super::rates::msg_stats(w, &c.counters(), |s| s.connections.get(&id).map(|c| c.0));
+    v
+}
+
 pub fn connection_json(c: &ConnectionInfo) -> Value {
     let (host, port) = match c.name.rsplit_once(" -> ") {
         Some((_, local)) => match local.parse::<std::net::SocketAddr>() {
@@ -50,6 +62,7 @@ pub fn connection_json(c: &ConnectionInfo) -> Value {
 }
 
 pub fn list_connections(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
+    let w = super::rates::for_broker(r.broker).window();
     if let Some(v) = vhost {
         visible_vhost(r, v)?;
     }
@@ -58,7 +71,7 @@ pub fn list_connections(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
         .connection_list()
         .iter()
         .filter(|c| sees(r, c) && vhost.is_none_or(|v| c.vhost == v))
-        .map(|c| connection_json(c))
+        .map(|c| connection_json_with(c, &w))
         .collect();
     Ok(Reply::Json(list::answer(items, &r.query)?))
 }
@@ -73,7 +86,8 @@ fn find(r: &Req<'_>, name: &str) -> Result<Arc<ConnectionInfo>, ApiError> {
 
 pub fn get_connection(r: &Req<'_>, name: &str) -> ApiResult {
     let c = find(r, name)?;
-    Ok(Reply::Json(connection_json(&c)))
+    let w = super::rates::for_broker(r.broker).window();
+    Ok(Reply::Json(connection_json_with(&c, &w)))
 }
 
 pub fn close_connection(r: &Req<'_>, name: &str) -> ApiResult {
@@ -139,8 +153,15 @@ pub fn list_consumers(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
     Ok(Reply::Json(list::answer(items, &r.query)?))
 }
 
-fn channel_json(c: &ConnectionInfo, ch: &crate::broker::connections::ChannelSnapshot) -> Value {
+fn channel_json(
+    c: &ConnectionInfo,
+    ch: &crate::broker::connections::ChannelSnapshot,
+    w: &super::rates::Window,
+) -> Value {
+    let key = (c.id, ch.number);
+    let stats = super::rates::msg_stats(w, &ch.counts, |s| s.channels.get(&key).copied());
     json!({
+        "message_stats": stats,
         "number": ch.number,
         "name": format!("{} ({})", c.name, ch.number),
         "node": super::overview::node_name(),
@@ -173,6 +194,7 @@ pub enum ChannelFilter<'a> {
 }
 
 fn channel_items(r: &Req<'_>, f: ChannelFilter<'_>) -> Vec<Value> {
+    let w = super::rates::for_broker(r.broker).window();
     let mut items = Vec::new();
     for c in r.broker.connection_list() {
         let wanted = match f {
@@ -181,7 +203,11 @@ fn channel_items(r: &Req<'_>, f: ChannelFilter<'_>) -> Vec<Value> {
             ChannelFilter::Connection(n) => c.name == n,
         };
         if wanted && sees(r, &c) {
-            items.extend(c.channel_snapshots().iter().map(|ch| channel_json(&c, ch)));
+            items.extend(
+                c.channel_snapshots()
+                    .iter()
+                    .map(|ch| channel_json(&c, ch, &w)),
+            );
         }
     }
     items

@@ -17,10 +17,13 @@ pub mod connections;
 pub mod definitions;
 pub mod list;
 pub mod message;
+pub mod metrics;
 pub mod objects;
 pub mod overview;
 pub mod policies;
+pub mod prometheus;
 pub mod publish;
+pub mod rates;
 pub mod reply;
 pub mod ui;
 pub mod ui_messages;
@@ -48,6 +51,8 @@ pub async fn serve(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     overview::mark_started();
+    // Start sampling message rates now, not at the first request.
+    rates::for_broker(&broker);
     let app = axum::Router::new()
         .fallback(handle)
         .with_state(broker)

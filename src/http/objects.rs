@@ -90,6 +90,11 @@ fn rate() -> Value {
 }
 
 pub fn queue_json(q: &Queue) -> Value {
+    queue_json_with(q, None)
+}
+
+/// A queue's JSON, with `message_stats` and rates when `w` is given.
+pub fn queue_json_with(q: &Queue, w: Option<&super::rates::Window>) -> Value {
     let s = q.stats();
     let mut v = json!({
         "name": q.name,
@@ -135,13 +140,17 @@ pub fn queue_json(q: &Queue) -> Value {
         v["members"] = json!([node]);
         v["online"] = json!([node]);
     }
+    if let Some(w) = w {
+        v["message_stats"] = super::rates::queue_stats(w, &q.vhost, &q.name, &s.counts);
+        v["messages_paged_out_bytes"] = json!(s.paged_out_bytes);
+    }
     v
 }
 
 /// A queue's JSON with the policies that apply to it (`queue_json` leaves
 /// them empty: it does not see the vhost).
-pub fn queue_json_in(v: &VHost, q: &Queue) -> Value {
-    let mut j = queue_json(q);
+pub fn queue_json_in(v: &VHost, q: &Queue, w: Option<&super::rates::Window>) -> Value {
+    let mut j = queue_json_with(q, w);
     let (policy, operator_policy) = v.policies.for_queue(q);
     j["policy"] = json!(policy.map(|p| p.name.clone()));
     j["operator_policy"] = json!(operator_policy.map(|p| p.name.clone()));
@@ -150,8 +159,8 @@ pub fn queue_json_in(v: &VHost, q: &Queue) -> Value {
 }
 
 /// An exchange's JSON with the policy that applies to it.
-pub fn exchange_json_in(v: &VHost, x: &Exchange) -> Value {
-    let mut j = exchange_json(&v.name, x);
+pub fn exchange_json_in(v: &VHost, x: &Exchange, w: &super::rates::Window) -> Value {
+    let mut j = exchange_json_with(&v.name, x, w);
     j["policy"] = json!(v.policies.for_exchange(x).map(|p| p.name.clone()));
     j
 }
@@ -184,6 +193,14 @@ fn format_time(ms: u64) -> String {
     )
 }
 
+/// An exchange's JSON with its `message_stats`.
+pub fn exchange_json_with(vhost: &str, x: &Exchange, w: &super::rates::Window) -> Value {
+    let mut v = exchange_json(vhost, x);
+    v["message_stats"] =
+        super::rates::exchange_stats(w, vhost, &x.name, x.publish_in.get(), x.publish_out.get());
+    v
+}
+
 pub fn exchange_json(vhost: &str, x: &Exchange) -> Value {
     json!({
         "name": x.name,
@@ -204,6 +221,7 @@ pub fn list_queues(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
     // Names are filtered before any JSON is built: with many queues the
     // JSON is the cost.
     let matcher = list::name_matcher(&r.query);
+    let w = super::rates::for_broker(r.broker).window();
     let mut items = Vec::new();
     let mut total = 0;
     for v in vhosts_for(r, vhost)? {
@@ -213,7 +231,7 @@ pub fn list_queues(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
             qs.retain(|q| m(&q.name));
         }
         qs.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(qs.iter().map(|q| queue_json_in(&v, q)));
+        items.extend(qs.iter().map(|q| queue_json_in(&v, q, Some(&w))));
     }
     Ok(Reply::Json(list::answer_counted(items, total, &r.query)?))
 }
@@ -230,7 +248,8 @@ fn find_queue(r: &Req<'_>, vhost: &str, name: &str) -> Result<(Arc<VHost>, Arc<Q
 
 pub fn get_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
     let (v, q) = find_queue(r, vhost, name)?;
-    Ok(Reply::Json(queue_json_in(&v, &q)))
+    let w = super::rates::for_broker(r.broker).window();
+    Ok(Reply::Json(queue_json_in(&v, &q, Some(&w))))
 }
 
 pub fn put_queue(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
@@ -393,11 +412,12 @@ pub fn get_messages(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
 // ---- exchanges ----
 
 pub fn list_exchanges(r: &Req<'_>, vhost: Option<&str>) -> ApiResult {
+    let w = super::rates::for_broker(r.broker).window();
     let mut items = Vec::new();
     for v in vhosts_for(r, vhost)? {
         let mut xs: Vec<Arc<Exchange>> = v.exchanges.iter().map(|x| x.clone()).collect();
         xs.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(xs.iter().map(|x| exchange_json_in(&v, x)));
+        items.extend(xs.iter().map(|x| exchange_json_in(&v, x, &w)));
     }
     Ok(Reply::Json(list::answer(items, &r.query)?))
 }
@@ -409,7 +429,8 @@ pub fn get_exchange(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
         .get(name)
         .map(|x| x.clone())
         .ok_or_else(ApiError::not_found)?;
-    Ok(Reply::Json(exchange_json_in(&v, &x)))
+    let w = super::rates::for_broker(r.broker).window();
+    Ok(Reply::Json(exchange_json_in(&v, &x, &w)))
 }
 
 pub fn put_exchange(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {

@@ -56,7 +56,7 @@ fn rate(n: f64) -> Value {
 pub fn overview(r: &Req<'_>) -> ApiResult {
     let b = r.broker;
     let (mut queues, mut exchanges, mut consumers) = (0u64, 0u64, 0u64);
-    let (mut ready, mut unacked) = (0u64, 0u64);
+    let (mut ready, mut unacked, mut paged) = (0u64, 0u64, 0u64);
     for v in b.vhosts.iter() {
         if !r.caller.may_see_vhost(b, &v.name) {
             continue;
@@ -68,8 +68,23 @@ pub fn overview(r: &Req<'_>) -> ApiResult {
             ready += s.ready;
             unacked += s.unacked;
             consumers += s.consumers;
+            paged += s.paged_out_bytes;
         }
     }
+    let w = super::rates::for_broker(b).window();
+    // Totals are broker-wide (RabbitMQ's overview counts them per vhost the
+    // caller sees; one vhost is the common case).
+    let totals = b.message_totals();
+    let message_stats = super::rates::msg_stats(&w, &totals, |s| Some(s.totals));
+    let churn = super::rates::churn_rates(&w, b);
+    let store = super::rates::store_stats(&w, b.store.stats().as_ref(), paged);
+    let depth_rate = |f: fn(&super::rates::Sample) -> u64| {
+        if w.secs > 0.0 {
+            (f(&w.last) as f64 - f(&w.prev) as f64) / w.secs
+        } else {
+            0.0
+        }
+    };
     let node = node_name();
     let conns: Vec<_> = b
         .connection_list()
@@ -97,15 +112,16 @@ pub fn overview(r: &Req<'_>) -> ApiResult {
         "is_op_policy_updating_enabled": true,
         "statistics_db_event_queue": 0,
         "node": node,
-        "churn_rates": {},
-        "message_stats": {},
+        "churn_rates": churn,
+        "message_stats": message_stats,
+        "store_stats": store,
         "queue_totals": {
             "messages": ready + unacked,
-            "messages_details": rate(0.0),
+            "messages_details": rate(depth_rate(|s| s.ready + s.unacked)),
             "messages_ready": ready,
-            "messages_ready_details": rate(0.0),
+            "messages_ready_details": rate(depth_rate(|s| s.ready)),
             "messages_unacknowledged": unacked,
-            "messages_unacknowledged_details": rate(0.0),
+            "messages_unacknowledged_details": rate(depth_rate(|s| s.unacked)),
         },
         "object_totals": {
             "channels": conns.iter().map(|c| c.channel_count()).sum::<usize>(),
@@ -170,7 +186,7 @@ fn node_json(r: &Req<'_>) -> Value {
 }
 
 /// Open and allowed file descriptors of this process (Linux; zeros elsewhere).
-fn fds() -> (u64, u64) {
+pub fn fds() -> (u64, u64) {
     let used = std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count() as u64)
         .unwrap_or(0);

@@ -270,7 +270,7 @@ pub async fn move_messages(r: &Req<'_>, vhost: &str, name: &str) -> ApiResult {
     let task = tokio::spawn(async move {
         let mut moved = 0u64;
         while moved < count {
-            let Some((entry, msg, _)) = q.get() else {
+            let Some((entry, msg, _)) = q.get(false) else {
                 break;
             };
             let (x, key) = match (&exchange, origin(&msg.properties)) {

@@ -126,6 +126,15 @@ impl QueueEntry {
 pub(super) struct Ready {
     q: VecDeque<QueueEntry>,
     bytes: u64,
+    /// Body bytes of entries paged out to the store (`Slot::Stored`).
+    stored: u64,
+}
+
+fn stored_size(e: &QueueEntry) -> u64 {
+    match e.slot {
+        Slot::Stored(_) => e.size as u64,
+        Slot::Mem(_) => 0,
+    }
 }
 
 impl std::ops::Deref for Ready {
@@ -139,35 +148,50 @@ impl Ready {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+    /// Body bytes paged out to the store.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored
+    }
     pub(super) fn push_back(&mut self, e: QueueEntry) {
         self.bytes += e.size as u64;
+        self.stored += stored_size(&e);
         self.q.push_back(e);
     }
     pub(super) fn insert(&mut self, at: usize, e: QueueEntry) {
         self.bytes += e.size as u64;
+        self.stored += stored_size(&e);
         self.q.insert(at, e);
     }
     pub(super) fn pop_front(&mut self) -> Option<QueueEntry> {
         let e = self.q.pop_front()?;
         self.bytes = self.bytes.saturating_sub(e.size as u64);
+        self.stored = self.stored.saturating_sub(stored_size(&e));
         Some(e)
     }
     pub(super) fn remove(&mut self, at: usize) -> Option<QueueEntry> {
         let e = self.q.remove(at)?;
         self.bytes = self.bytes.saturating_sub(e.size as u64);
+        self.stored = self.stored.saturating_sub(stored_size(&e));
         Some(e)
     }
     pub(super) fn retain(&mut self, keep: impl FnMut(&QueueEntry) -> bool) {
         self.q.retain(keep);
         self.bytes = self.q.iter().map(|e| e.size as u64).sum();
+        self.stored = self.q.iter().map(stored_size).sum();
     }
     pub(super) fn take(&mut self) -> VecDeque<QueueEntry> {
         self.bytes = 0;
+        self.stored = 0;
         std::mem::take(&mut self.q)
     }
     pub(super) fn get_mut(&mut self, i: usize) -> Option<&mut QueueEntry> {
-        // Only the slot changes through this: sizes stay.
+        // Only the slot changes through this: sizes stay. Whoever pages an
+        // entry out or back in says so with `paged`.
         self.q.get_mut(i)
+    }
+    /// `out` body bytes were paged out, `back` read back in.
+    pub(super) fn paged(&mut self, out: u64, back: u64) {
+        self.stored = (self.stored + out).saturating_sub(back);
     }
     pub(super) fn sort_by_order(&mut self) {
         self.q.make_contiguous().sort_by_key(|e| e.order());

@@ -86,6 +86,8 @@ struct QueueState {
     /// The limits in force: the arguments' with the matching policy laid
     /// over them (`set_policy` replaces them at run time).
     limits: Arc<Limits>,
+    /// `message_stats` counts, under the lock the queue takes anyway.
+    counts: crate::stats::QueueCounts,
 }
 
 #[derive(Debug)]
@@ -145,6 +147,9 @@ pub struct QueueStats {
     pub consumers: u64,
     /// Bytes of messages held in memory.
     pub memory: u64,
+    /// Body bytes of ready messages paged out to the store.
+    pub paged_out_bytes: u64,
+    pub counts: crate::stats::QueueCounts,
 }
 
 /// Bytes of messages a queue keeps in memory before paging stored ones out.
@@ -213,6 +218,7 @@ impl Queue {
                 deleted: false,
                 loading: false,
                 limits: Arc::new(limits_init),
+                counts: Default::default(),
             }),
         }
     }
@@ -321,6 +327,7 @@ impl Queue {
             priority,
         };
         let meta = e.meta();
+        st.counts.publish += 1;
         st.mem_bytes += e.mem_bytes();
         if priority == 0 {
             st.ready.push_back(e);
@@ -493,6 +500,12 @@ impl Queue {
 
     /// Deliver again after consumers gained credit or a store write completed.
     pub fn kick(self: &Arc<Self>) {
+        self.kick_acked(0);
+    }
+
+    /// `kick` after a channel settled deliveries, `acks` of them acked:
+    /// counted under the lock the kick takes anyway.
+    pub fn kick_acked(self: &Arc<Self>, acks: u64) {
         if let Some(d) = &self.dedup {
             let mut keys = d.keys.lock();
             if !keys.pending.is_empty() {
@@ -501,6 +514,7 @@ impl Queue {
             }
         }
         let mut st = self.state.lock();
+        st.counts.ack += acks;
         self.pump(&mut st);
         if st.mem_bytes > self.memory_limit {
             self.page_out(&mut st);
@@ -540,12 +554,12 @@ impl Queue {
         while !st.consumers.is_empty() {
             self.expire_head(st, now);
             // A stored head waits for the prefetch below to read it back.
-            let bytes = match st.ready.front() {
+            let (bytes, redelivered) = match st.ready.front() {
                 Some(
                     head @ QueueEntry {
                         slot: Slot::Mem(m), ..
                     },
-                ) if m.is_deliverable() => head.mem_bytes(),
+                ) if m.is_deliverable() => (head.mem_bytes(), head.redelivered),
                 _ => break,
             };
             // Consumers are kept by priority, highest first: try each group of
@@ -579,7 +593,14 @@ impl Queue {
                         ready.insert(0, e);
                         None
                     };
+                    let no_ack = sub.no_ack();
                     if sub.offer(self, &mut take) {
+                        if no_ack {
+                            st.counts.deliver_no_ack += 1;
+                        } else {
+                            st.counts.deliver += 1;
+                        }
+                        st.counts.redeliver += u64::from(redelivered);
                         st.rr = (idx - start + 1) % len;
                         st.mem_bytes = st.mem_bytes.saturating_sub(bytes);
                         delivered = true;
@@ -623,16 +644,25 @@ impl Queue {
     /// basic.get: take the head message (by value), with how many stay
     /// ready after it. The caller delivers it, and settles it (no-ack) or
     /// holds it unacked.
-    pub fn get(self: &Arc<Self>) -> Option<(QueueEntry, Arc<Message>, u32)> {
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueueEntry, Arc<Message>, u32)> {
         self.touch();
         let mut st = self.head_in_memory(self.state.lock());
         let msg = match st.ready.front() {
             Some(QueueEntry {
                 slot: Slot::Mem(m), ..
             }) if m.is_deliverable() => m.clone(),
-            _ => return None,
+            _ => {
+                st.counts.get_empty += 1;
+                return None;
+            }
         };
         let entry = st.ready.pop_front()?;
+        if no_ack {
+            st.counts.get_no_ack += 1;
+        } else {
+            st.counts.get += 1;
+        }
+        st.counts.redeliver += u64::from(entry.redelivered);
         st.mem_bytes = st.mem_bytes.saturating_sub(entry.mem_bytes());
         let remaining = st.ready.len() as u32;
         if st.ready.len() <= FLOW_LOW {

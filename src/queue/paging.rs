@@ -46,7 +46,9 @@ impl Queue {
             }
             let freed = m.body.len() + m.raw_properties.len();
             e.slot = Slot::Stored(m.id);
+            let size = e.size as u64;
             st.mem_bytes = st.mem_bytes.saturating_sub(freed);
+            st.ready.paged(size, 0);
         }
     }
 
@@ -126,8 +128,10 @@ impl Queue {
             match msg {
                 Some(m) => {
                     let bytes = m.body.len() + m.raw_properties.len();
+                    let size = e.size as u64;
                     e.slot = Slot::Mem(m);
                     st.mem_bytes += bytes;
+                    st.ready.paged(0, size);
                 }
                 None => missing.push(e.seq),
             }

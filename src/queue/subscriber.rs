@@ -21,6 +21,10 @@ pub trait Subscriber: Send + Sync + std::fmt::Debug {
     fn priority(&self) -> i64;
     /// Holds the queue alone (basic.consume exclusive).
     fn exclusive(&self) -> bool;
+    /// Takes deliveries without acknowledgement (for the queue's counts).
+    fn no_ack(&self) -> bool {
+        false
+    }
     /// The queue offers its head message (in memory, deliverable). If the
     /// subscriber can take a delivery now it calls `take` (exactly once),
     /// delivers what it got and returns true; otherwise false, leaving the

@@ -191,7 +191,7 @@ fn peek_changes_nothing_and_stops_at_a_pending_store_write() {
 
     // Peeking twice took nothing and marked nothing: basic.get sees the head as new.
     assert_eq!(q.message_count(), 4);
-    let (entry, m, _) = q.get().expect("the head is deliverable");
+    let (entry, m, _) = q.get(false).expect("the head is deliverable");
     assert_eq!(m.id, 1);
     assert!(!entry.redelivered);
     // A real requeue does mark it, and peek shows that as it is.

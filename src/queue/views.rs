@@ -53,6 +53,8 @@ impl Queue {
                 + self.got_unacked(),
             consumers: st.consumers.len() as u64,
             memory: st.mem_bytes as u64,
+            paged_out_bytes: st.ready.stored_bytes(),
+            counts: st.counts,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod failpoint;
 pub mod health;
 #[cfg(feature = "rocks")]
 pub mod rocks;
+pub mod stats;
 
 use amq_protocol::types::FieldTable;
 use std::sync::Arc;
@@ -180,6 +181,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A store that cannot fail says `Ok` for ever.
     fn health(&self) -> tokio::sync::watch::Receiver<health::Health> {
         tokio::sync::watch::channel(health::Health::Ok).1
+    }
+    /// Durability figures (fsyncs, batch sizes, latency), when it syncs.
+    fn stats(&self) -> Option<stats::StoreCounts> {
+        None
     }
 }
 

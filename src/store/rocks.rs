@@ -58,6 +58,8 @@ enum Op {
         /// The key the message brought to a durable deduplicating exchange.
         dedup: Option<DedupDef>,
         done: Completion,
+        /// When it was submitted (for the confirm latency figure).
+        at: std::time::Instant,
     },
     /// Completes after everything submitted before it.
     Barrier(Completion),
@@ -81,6 +83,8 @@ enum Op {
 pub struct Stats {
     pub synced_writes: AtomicU64,
     pub persisted_messages: AtomicU64,
+    /// What the management API and Prometheus show (`store::stats`).
+    pub figures: super::stats::StoreStats,
 }
 
 pub struct RocksStore {
@@ -312,6 +316,7 @@ fn committer(
         let mut batch = WriteBatch::default();
         let mut completions: Vec<Completion> = Vec::new();
         let mut persisted = 0u64;
+        let mut submitted: Vec<std::time::Instant> = Vec::new();
         let mut ops = 0usize;
         let mut result: Result<(), StoreError> = Ok(());
         let mut definition: Option<(DefinitionOp, mpsc::SyncSender<Result<(), StoreError>>)> = None;
@@ -323,7 +328,9 @@ fn committer(
                     queues,
                     dedup,
                     done,
+                    at,
                 } => {
+                    submitted.push(at);
                     let r = (|| -> Result<(), StoreError> {
                         if let Some(d) = &dedup {
                             // Same batch as the message: never a key without it.
@@ -396,6 +403,7 @@ fn committer(
                 stats
                     .persisted_messages
                     .fetch_add(persisted, Ordering::Relaxed);
+                stats.figures.synced(persisted, &submitted);
             }
         }
         let ok = result.is_ok();
@@ -571,6 +579,7 @@ impl Store for RocksStore {
             queues,
             dedup,
             done,
+            at: std::time::Instant::now(),
         }) {
             crate::batch::run(|b| done(false, b));
         }
@@ -700,6 +709,10 @@ impl Store for RocksStore {
 
     fn health(&self) -> tokio::sync::watch::Receiver<Health> {
         self.health.clone()
+    }
+
+    fn stats(&self) -> Option<super::stats::StoreCounts> {
+        Some(self.stats.figures.snapshot())
     }
 
     fn shutdown(&self) {

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod mgmt;
 pub mod policy;
 
@@ -108,6 +109,9 @@ impl Broker {
             // Never the default 15672 (RabbitMQ's, and shared by parallel tests).
             .arg("--management-listen")
             .arg("127.0.0.1:0")
+            // Never the default 15692 (RabbitMQ's Prometheus port) either.
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&self.extra_args)
@@ -192,6 +196,22 @@ impl Broker {
             Some(a) => a,
             None => panic!(
                 "hopper printed no 'hopper management listening on ADDR' line; stderr:\n{}",
+                tail(&self.log(), 4000)
+            ),
+        }
+    }
+
+    /// The Prometheus listener's address, from the "hopper metrics listening
+    /// on ADDR" line; for an external broker, its host with port 15692.
+    pub fn metrics_addr(&mut self) -> SocketAddr {
+        if self.external {
+            return SocketAddr::new(self.addr.ip(), 15692);
+        }
+        let line = self.stdout_value("hopper metrics listening on ");
+        match line.and_then(|l| l.parse().ok()) {
+            Some(a) => a,
+            None => panic!(
+                "hopper printed no 'hopper metrics listening on ADDR' line; stderr:\n{}",
                 tail(&self.log(), 4000)
             ),
         }
