@@ -16,6 +16,9 @@
 //!   `store::health` reports failed writes and the way back (disk alarm).
 //! - `auth`: users (password hashes), vhost access and permissions.
 //! - `config`: the configuration file.
+//! - `cluster`: `[cluster]` only: openraft (every type of it stays here), the
+//!   meta group replicating definitions, Raft logs on the store's committer,
+//!   the inter-node link.
 //! - `http`: the management HTTP API (RabbitMQ's `/api`): reads broker state,
 //!   changes it through the same broker functions AMQP uses.
 //!
@@ -25,9 +28,10 @@
 //! 2. `queue` (defines what a consumer must offer it; never names `channel`)
 //! 3. `exchange`
 //! 4. `broker` (never names `channel`)
-//! 5. `channel`
-//! 6. `connection`
-//! 7. `server`, `http`, `main` and this crate root
+//! 5. `cluster` (applies replicated definitions through `broker`)
+//! 6. `channel`
+//! 7. `connection`
+//! 8. `server`, `http`, `main` and this crate root
 //!
 //! `scripts/check-layers.sh` (run by CI) enforces it outside `#[cfg(test)]`
 //! code; `scripts/layers-allow.txt` lists the old violations still to remove.
@@ -40,6 +44,7 @@ pub mod auth;
 pub mod batch;
 pub mod broker;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;

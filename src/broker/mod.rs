@@ -49,6 +49,9 @@ pub struct Broker {
     alarms: parking_lot::Mutex<Alarms>,
     /// True while any resource alarm is on: publishers are blocked.
     alarm: tokio::sync::watch::Sender<bool>,
+    /// The cluster's handle when `[cluster]` is configured, set once by
+    /// `cluster::start`; the broker never looks inside (`cluster::of` does).
+    pub cluster: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The resource alarms. Publishers are blocked while either is on and
@@ -105,6 +108,7 @@ impl Broker {
             alarms: parking_lot::Mutex::new(Alarms::default()),
             alarm: tokio::sync::watch::channel(false).0,
             next_conn_id: AtomicU64::new(1),
+            cluster: std::sync::OnceLock::new(),
         });
         broker.restore(recovered);
         Ok(broker)

@@ -107,6 +107,18 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// A write to the cluster's Raft records (its own column family; the keys
+/// are the cluster's). Applied as: range deletes, deletes, then puts.
+#[derive(Debug, Default, Clone)]
+pub struct RaftWrite {
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    pub deletes: Vec<Vec<u8>>,
+    /// `[from, to)` ranges.
+    pub delete_ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Whether `done(true)` must mean "synced" (log appends, votes).
+    pub sync: bool,
+}
+
 /// Called once a persistent write is on disk (`true`) or failed (`false`).
 pub type Completion = Box<dyn FnOnce(bool) + Send>;
 
@@ -145,6 +157,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn recover(&self) -> Result<Recovered, StoreError>;
     /// The highest message id in the store, so new ids continue above it.
     fn max_message_id(&self) -> u64;
+    /// Write Raft records through the same committer (and fsync) as the
+    /// persists, then call `done`. A store that keeps nothing keeps no Raft
+    /// records either: it answers `false`.
+    fn raft_write(&self, _write: RaftWrite, done: Completion) {
+        done(false)
+    }
+    /// Raft records with keys in `[from, to)`, in key order.
+    fn raft_scan(&self, _from: &[u8], _to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Forget a key evicted from an exchange's cache.
     fn forget_dedup(&self, _vhost: &str, _exchange: &str, _key: &str) {}
     /// Keep an opaque definition (a synced write, like the other definitions).
