@@ -103,6 +103,8 @@ pub struct Link {
     next_id: AtomicU64,
     generation: AtomicU64,
     handler: std::sync::OnceLock<Arc<dyn Handler>>,
+    /// Told the peer's id whenever a connection to it ends.
+    on_down: std::sync::OnceLock<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
 fn mac(secret: &[u8], role: &[u8], nonce: &[u8; 32], node: u64) -> Vec<u8> {
@@ -174,11 +176,17 @@ impl Link {
             next_id: AtomicU64::new(1),
             generation: AtomicU64::new(1),
             handler: std::sync::OnceLock::new(),
+            on_down: std::sync::OnceLock::new(),
         })
     }
 
     pub fn set_handler(&self, h: Arc<dyn Handler>) {
         let _ = self.handler.set(h);
+    }
+
+    /// Call `f(peer)` whenever a connection to `peer` ends.
+    pub fn on_down(&self, f: Arc<dyn Fn(u64) + Send + Sync>) {
+        let _ = self.on_down.set(f);
     }
 
     /// Accept peers on `listener` and dial every peer with a higher id.
@@ -395,9 +403,18 @@ impl Link {
             _ = reader => {}
             _ = stop.changed() => {}
         }
-        let mut c = peer.conn.lock();
-        if c.as_ref().is_some_and(|c| c.generation == generation) {
-            *c = None;
+        let current = {
+            let mut c = peer.conn.lock();
+            let current = c.as_ref().is_some_and(|c| c.generation == generation);
+            if current {
+                *c = None;
+            }
+            current
+        };
+        if current {
+            if let Some(f) = self.on_down.get() {
+                f(id);
+            }
         }
     }
 

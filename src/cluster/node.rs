@@ -23,6 +23,9 @@ use crate::store::Store;
 /// elected and the entry applied) before the channel gets an error.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 const RPC_TTL: Duration = Duration::from_secs(5);
+/// Raft timings for hundreds of groups on 2 cores (CLUSTER.md): 500 ms
+/// heartbeats, elections after 2-4 s without one.
+const ELECTION_TIMEOUT_MAX: u64 = 4000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -143,7 +146,7 @@ impl Node {
             cluster_name: cfg.cluster_name(),
             heartbeat_interval: 500,
             election_timeout_min: 2000,
-            election_timeout_max: 4000,
+            election_timeout_max: ELECTION_TIMEOUT_MAX,
             // The meta log stays short: a snapshot (the definitions) every
             // 1,000 entries, and the log before it purged.
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
@@ -165,6 +168,10 @@ impl Node {
         link.set_handler(Arc::new(Rpcs {
             meta: meta.clone(),
             me,
+        }));
+        link.on_down(Arc::new({
+            let meta = meta.clone();
+            move |peer| leader_lost(meta.clone(), peer)
         }));
         link.start(listener, shutdown);
         let node = Arc::new(Node {
@@ -254,6 +261,28 @@ impl Node {
         }
         let _ = self.meta.shutdown().await;
     }
+}
+
+/// The link to the meta leader broke (its process died, most often). The
+/// other followers will not grant a vote while their leader lease (the
+/// election timeout's maximum since the last heartbeat) holds, so an election
+/// before that is wasted and the next timeout can be up to 4 s later: start a
+/// pre-vote election just after the lease ends instead, with jitter so the
+/// followers do not split the vote. A leader that is still alive keeps its
+/// followers' leases fresh and the pre-vote fails without disturbing it.
+fn leader_lost(meta: Raft, peer: u64) {
+    if meta.metrics().borrow_watched().current_leader != Some(peer) {
+        return;
+    }
+    let jitter = Duration::from_millis(rand::random_range(20..400));
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(ELECTION_TIMEOUT_MAX) + jitter).await;
+        let m = meta.metrics().borrow_watched().clone();
+        if m.current_leader == Some(peer) && m.state != ServerState::Leader {
+            tracing::info!(peer = %format!("hopper@{peer}"), "meta leader unreachable: starting an election");
+            let _ = meta.trigger().elect(true).await;
+        }
+    });
 }
 
 /// Log every change of the meta group's leader.
