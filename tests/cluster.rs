@@ -54,8 +54,11 @@ impl Cluster {
         let nodes = (1..=3u8)
             .map(|id| {
                 let path = conf.path().join(format!("node{id}.toml"));
-                std::fs::write(&path, format!("{CONF}{}", cluster_section(id, &ports, Some(&secret))))
-                    .unwrap();
+                std::fs::write(
+                    &path,
+                    format!("{CONF}{}", cluster_section(id, &ports, Some(&secret))),
+                )
+                .unwrap();
                 Broker::start_with_args(&["--config", path.to_str().unwrap()])
             })
             .collect();
@@ -66,9 +69,13 @@ impl Cluster {
     /// running node's log names it (openraft's view on that node).
     fn leader_seen_by(&self, i: usize) -> Option<u8> {
         let log = self.nodes[i].log();
-        let line = log.lines().filter(|l| l.contains("meta group leader")).last()?;
+        let line = log.lines().rfind(|l| l.contains("meta group leader"))?;
         let at = line.find("leader=hopper@")? + "leader=hopper@".len();
-        line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
     }
 }
 
@@ -80,7 +87,10 @@ async fn channel(node: &Broker) -> (Connection, Channel) {
 
 fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
     let mut t = FieldTable::default();
-    t.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    t.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     for (k, v) in extra {
         t.insert((*k).into(), v.clone());
     }
@@ -100,8 +110,13 @@ async fn declare_exchange(node: &Broker, name: &str) -> lapin::Result<()> {
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    ch.exchange_declare(name.into(), ExchangeKind::Topic, opts, FieldTable::default())
-        .await
+    ch.exchange_declare(
+        name.into(),
+        ExchangeKind::Topic,
+        opts,
+        FieldTable::default(),
+    )
+    .await
 }
 
 /// Whether `node` has the exchange and the quorum queue (passive declares).
@@ -121,7 +136,12 @@ async fn has(node: &Broker, exchange: &str, queue: &str) -> bool {
         return false;
     };
     if ch
-        .exchange_declare(exchange.into(), ExchangeKind::Topic, passive_x, FieldTable::default())
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            passive_x,
+            FieldTable::default(),
+        )
         .await
         .is_err()
     {
@@ -130,7 +150,9 @@ async fn has(node: &Broker, exchange: &str, queue: &str) -> bool {
     let Ok(ch) = conn.create_channel().await else {
         return false;
     };
-    ch.queue_declare(queue.into(), passive_q, FieldTable::default()).await.is_ok()
+    ch.queue_declare(queue.into(), passive_q, FieldTable::default())
+        .await
+        .is_ok()
 }
 
 async fn wait_until_has(node: &Broker, exchange: &str, queue: &str, what: &str) {
@@ -159,17 +181,27 @@ async fn three_nodes_replicate_definitions_through_failover_and_restarts() {
     .await;
 
     // Declares through three different nodes, visible on all.
-    declare_exchange(&c.nodes[0], "x.repl").await.expect("exchange through node 1");
+    declare_exchange(&c.nodes[0], "x.repl")
+        .await
+        .expect("exchange through node 1");
     {
         let (_c, ch) = channel(&c.nodes[1]).await;
         let args = quorum_args(&[("x-max-length", AMQPValue::LongInt(10))]);
-        ch.queue_declare("q.repl".into(), durable(), args).await.expect("quorum queue through node 2");
+        ch.queue_declare("q.repl".into(), durable(), args)
+            .await
+            .expect("quorum queue through node 2");
     }
     {
         let (_c, ch) = channel(&c.nodes[2]).await;
-        ch.queue_bind("q.repl".into(), "x.repl".into(), "a.#".into(), QueueBindOptions::default(), FieldTable::default())
-            .await
-            .expect("bind through node 3");
+        ch.queue_bind(
+            "q.repl".into(),
+            "x.repl".into(),
+            "a.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind through node 3");
     }
     for i in 0..3 {
         wait_until_has(&c.nodes[i], "x.repl", "q.repl", "definitions on every node").await;
@@ -179,7 +211,10 @@ async fn three_nodes_replicate_definitions_through_failover_and_restarts() {
     {
         let (_c, ch) = channel(&c.nodes[2]).await;
         let args = quorum_args(&[("x-max-length", AMQPValue::LongInt(11))]);
-        common::assert_code(ch.queue_declare("q.repl".into(), durable(), args).await, 406);
+        common::assert_code(
+            ch.queue_declare("q.repl".into(), durable(), args).await,
+            406,
+        );
     }
 
     // Two nodes declare the same name with different arguments at once:
@@ -191,11 +226,16 @@ async fn three_nodes_replicate_definitions_through_failover_and_restarts() {
             let conn = connect_uri(&uri).await.expect("connect");
             let ch = conn.create_channel().await.expect("channel");
             let args = quorum_args(&[("x-max-length", AMQPValue::LongInt(len))]);
-            ch.queue_declare("q.race".into(), durable(), args).await.map(drop)
+            ch.queue_declare("q.race".into(), durable(), args)
+                .await
+                .map(drop)
         }
     };
     let (a, b) = tokio::join!(race(n0, 1), race(n1, 2));
-    let codes: Vec<Option<u16>> = [&a, &b].iter().map(|r| r.as_ref().err().and_then(common::reply_code)).collect();
+    let codes: Vec<Option<u16>> = [&a, &b]
+        .iter()
+        .map(|r| r.as_ref().err().and_then(common::reply_code))
+        .collect();
     assert!(
         (a.is_ok() && codes[1] == Some(406)) || (b.is_ok() && codes[0] == Some(406)),
         "one ok and one 406 expected, got {a:?} / {b:?}"
@@ -216,33 +256,106 @@ async fn three_nodes_replicate_definitions_through_failover_and_restarts() {
         }
     })
     .await;
-    eprintln!("meta leader failover: new leader seen {:?} after kill -9", killed_at.elapsed());
-    declare_exchange(&c.nodes[survivors[0]], "x.after").await.expect("declare after failover");
+    eprintln!(
+        "meta leader failover: new leader seen {:?} after kill -9",
+        killed_at.elapsed()
+    );
+    declare_exchange(&c.nodes[survivors[0]], "x.after")
+        .await
+        .expect("declare after failover");
     {
         let (_c, ch) = channel(&c.nodes[survivors[1]]).await;
-        ch.queue_declare("q.after".into(), durable(), quorum_args(&[])).await.expect("quorum declare after failover");
+        ch.queue_declare("q.after".into(), durable(), quorum_args(&[]))
+            .await
+            .expect("quorum declare after failover");
     }
     for i in &survivors {
-        wait_until_has(&c.nodes[*i], "x.after", "q.after", "post-failover definitions on the survivors").await;
+        wait_until_has(
+            &c.nodes[*i],
+            "x.after",
+            "q.after",
+            "post-failover definitions on the survivors",
+        )
+        .await;
     }
 
     // The killed node comes back and catches up.
     c.nodes[leader].start_again();
-    wait_until_has(&c.nodes[leader], "x.after", "q.after", "the restarted node catching up").await;
+    wait_until_has(
+        &c.nodes[leader],
+        "x.after",
+        "q.after",
+        "the restarted node catching up",
+    )
+    .await;
 
     // Every node restarted: definitions stay.
     for i in 0..3 {
         c.nodes[i].restart();
     }
     for i in 0..3 {
-        wait_until_has(&c.nodes[i], "x.repl", "q.repl", "definitions after restarting every node").await;
-        wait_until_has(&c.nodes[i], "x.after", "q.after", "definitions after restarting every node").await;
+        wait_until_has(
+            &c.nodes[i],
+            "x.repl",
+            "q.repl",
+            "definitions after restarting every node",
+        )
+        .await;
+        wait_until_has(
+            &c.nodes[i],
+            "x.after",
+            "q.after",
+            "definitions after restarting every node",
+        )
+        .await;
     }
     // And the cluster takes declares again.
-    declare_exchange(&c.nodes[2], "x.last").await.expect("declare after the full restart");
+    declare_exchange(&c.nodes[2], "x.last")
+        .await
+        .expect("declare after the full restart");
     for i in 0..3 {
-        wait_until_has(&c.nodes[i], "x.last", "q.repl", "a declare after the full restart").await;
+        wait_until_has(
+            &c.nodes[i],
+            "x.last",
+            "q.repl",
+            "a declare after the full restart",
+        )
+        .await;
     }
+
+    // SIGTERM of the leader hands leadership over before the node stops.
+    let leader = within_for(SLOW, "a leader after the full restart", async {
+        loop {
+            let seen: Vec<_> = (0..3).map(|i| c.leader_seen_by(i)).collect();
+            if seen[0].is_some() && seen.iter().all(|s| *s == seen[0]) {
+                break seen[0].unwrap_or(1) as usize - 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let stopping = Instant::now();
+    assert!(c.nodes[leader].terminate(), "SIGTERM exits cleanly");
+    assert!(c.nodes[leader]
+        .log()
+        .contains("handing over meta group leadership"));
+    let other = (leader + 1) % 3;
+    within_for(SLOW, "the new leader after SIGTERM", async {
+        while c
+            .leader_seen_by(other)
+            .is_none_or(|l| l as usize - 1 == leader)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    eprintln!(
+        "meta leader handover on SIGTERM: new leader seen {:?} after the signal",
+        stopping.elapsed()
+    );
+    declare_exchange(&c.nodes[other], "x.handover")
+        .await
+        .expect("declare after the handover");
 }
 
 fn start_fails(section: &str) -> String {
@@ -250,7 +363,14 @@ fn start_fails(section: &str) -> String {
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, format!("{CONF}{section}")).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hopper"))
-        .args(["--config", path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0"])
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--management-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .output()
@@ -275,5 +395,8 @@ fn bad_cluster_sections_stop_the_broker_with_a_reason() {
     let err = start_fails(&format!(
         "\n[cluster]\nnode_id = 1\nlisten = \"{addr}\"\npeers = [ {{ id = 1, addr = \"{addr}\" }} ]\n"
     ));
-    assert!(err.contains(&format!("cannot listen on cluster.listen {addr}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on cluster.listen {addr}")),
+        "{err}"
+    );
 }

@@ -37,10 +37,9 @@ impl Channel {
                 }
             }
         }
-        let vhost = ctx.vhost.clone();
         cluster::declare_exchange(
             ctx.broker,
-            &vhost,
+            ctx.vhost,
             ExchangeSpec {
                 name: m.exchange.as_str().to_string(),
                 kind: m.kind.as_str().to_string(),
@@ -72,7 +71,7 @@ impl Channel {
                 m.exchange.as_str(),
             )?;
         }
-        cluster::delete_exchange(ctx.broker, &ctx.vhost, m.exchange.as_str(), m.if_unused)?;
+        cluster::delete_exchange(ctx.broker, ctx.vhost, m.exchange.as_str(), m.if_unused)?;
         if !m.nowait {
             self.reply(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
                 exchange::DeleteOk {},
@@ -94,7 +93,7 @@ impl Channel {
         )?;
         cluster::bind(
             ctx.broker,
-            &ctx.vhost,
+            ctx.vhost,
             false,
             m.destination.as_str(),
             true,
@@ -124,7 +123,7 @@ impl Channel {
         )?;
         cluster::bind(
             ctx.broker,
-            &ctx.vhost,
+            ctx.vhost,
             true,
             m.destination.as_str(),
             true,
@@ -199,7 +198,7 @@ impl Channel {
             auto_delete: m.auto_delete,
             arguments: m.arguments,
         };
-        if let Some(replicated) = cluster::declare_queue(ctx.broker, &ctx.vhost, &spec) {
+        if let Some(replicated) = cluster::declare_queue(ctx.broker, ctx.vhost, &spec) {
             // Applied here too by now: answer with the queue as it stands.
             replicated?;
             spec.passive = true;
@@ -238,7 +237,7 @@ impl Channel {
         };
         cluster::bind(
             ctx.broker,
-            &ctx.vhost,
+            ctx.vhost,
             false,
             &name,
             false,
@@ -264,7 +263,7 @@ impl Channel {
         binding_access(ctx, Resource::Queue, &name, m.exchange.as_str())?;
         cluster::bind(
             ctx.broker,
-            &ctx.vhost,
+            ctx.vhost,
             true,
             &name,
             false,
@@ -328,7 +327,7 @@ impl Channel {
         }
         let count = q.message_count();
         if let Some(replicated) =
-            cluster::delete_queue(ctx.broker, &ctx.vhost, &name, m.if_unused, m.if_empty)
+            cluster::delete_queue(ctx.broker, ctx.vhost, &name, m.if_unused, m.if_empty)
         {
             replicated?;
             ctx.exclusive_queues

@@ -119,6 +119,9 @@ pub struct RaftWrite {
     pub sync: bool,
 }
 
+/// Raft records read back: (key, value) in key order.
+pub type RaftRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Called once a persistent write is on disk (`true`) or failed (`false`).
 pub type Completion = Box<dyn FnOnce(bool) + Send>;
 
@@ -164,7 +167,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         done(false)
     }
     /// Raft records with keys in `[from, to)`, in key order.
-    fn raft_scan(&self, _from: &[u8], _to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn raft_scan(&self, _from: &[u8], _to: &[u8]) -> Result<RaftRecords, StoreError> {
         Ok(Vec::new())
     }
     /// Forget a key evicted from an exchange's cache.

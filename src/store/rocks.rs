@@ -611,7 +611,7 @@ impl Store for RocksStore {
         }
     }
 
-    fn raft_scan(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn raft_scan(&self, from: &[u8], to: &[u8]) -> Result<super::RaftRecords, StoreError> {
         let c = cf(&self.db, CF_RAFT)?;
         let mut out = Vec::new();
         let mode = IteratorMode::From(from, rocksdb::Direction::Forward);
