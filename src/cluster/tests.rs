@@ -63,3 +63,84 @@ async fn log_and_vote_survive_a_reopen() {
     assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
     assert_eq!(log.try_get_log_entries(1..4).await.unwrap().len(), 3);
 }
+
+/// Answers every request with its body reversed.
+struct Echo;
+impl super::link::Handler for Echo {
+    fn handle(
+        &self,
+        _from: u64,
+        _group: u64,
+        mut body: Vec<u8>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Vec<u8>, String>> {
+        body.reverse();
+        Box::pin(async move { Ok(body) })
+    }
+}
+
+/// Two links on loopback with the given secrets; returns node 1's link.
+async fn pair(
+    secret1: Option<&[u8]>,
+    secret2: Option<&[u8]>,
+) -> (
+    Arc<super::link::Link>,
+    Arc<super::link::Link>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    use super::link::Link;
+    let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peers = vec![
+        (1, l1.local_addr().unwrap().to_string()),
+        (2, l2.local_addr().unwrap().to_string()),
+    ];
+    let a = Link::new(1, secret1.map(<[u8]>::to_vec), &peers);
+    let b = Link::new(2, secret2.map(<[u8]>::to_vec), &peers);
+    a.set_handler(Arc::new(Echo));
+    b.set_handler(Arc::new(Echo));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    a.start(l1, rx.clone());
+    b.start(l2, rx);
+    (a, b, stop)
+}
+
+/// With the same secret the link comes up and carries requests both ways
+/// (one connection, dialed by the lower id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_with_the_shared_secret_carries_requests_both_ways() {
+    let (a, b, _stop) = pair(Some(b"s3cret"), Some(b"s3cret")).await;
+    let ttl = std::time::Duration::from_secs(5);
+    tokio::time::timeout(ttl, async {
+        while a.connected() != vec![2] || b.connected() != vec![1] {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("link up");
+    assert_eq!(
+        a.call(2, 7, vec![1, 2, 3], ttl).await.unwrap(),
+        vec![3, 2, 1]
+    );
+    assert_eq!(b.call(1, 0, vec![4, 5], ttl).await.unwrap(), vec![5, 4]);
+}
+
+/// A peer with another secret never gets a link: requests fail as not
+/// connected, while the dialer keeps retrying with backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_with_a_wrong_secret_is_refused() {
+    let (a, b, _stop) = pair(Some(b"s3cret"), Some(b"other")).await;
+    // Several dial attempts (backoff 0.1, 0.2, 0.4 s) all fail.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(a.connected().is_empty() && b.connected().is_empty());
+    let r = a
+        .call(2, 0, vec![1], std::time::Duration::from_secs(1))
+        .await;
+    assert!(
+        matches!(r, Err(super::link::LinkError::NotConnected(2))),
+        "{r:?}"
+    );
+    // No secret on one side is refused too.
+    let (c, _d, _stop) = pair(Some(b"s3cret"), None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(c.connected().is_empty());
+}
