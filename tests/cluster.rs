@@ -203,9 +203,11 @@ async fn three_nodes_replicate_definitions_through_failover_and_restarts() {
         .await
         .expect("bind through node 3");
     }
+    let bound = Instant::now();
     for i in 0..3 {
         wait_until_has(&c.nodes[i], "x.repl", "q.repl", "definitions on every node").await;
     }
+    eprintln!("definitions visible on every node {:?} after the last declare-ok", bound.elapsed());
     // A redeclare with other arguments on another node is refused (406),
     // as the local equivalence check would.
     {
