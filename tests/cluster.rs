@@ -207,7 +207,10 @@ async fn three_nodes_replicate_definitions_through_failover_and_restarts() {
     for i in 0..3 {
         wait_until_has(&c.nodes[i], "x.repl", "q.repl", "definitions on every node").await;
     }
-    eprintln!("definitions visible on every node {:?} after the last declare-ok", bound.elapsed());
+    eprintln!(
+        "definitions visible on every node {:?} after the last declare-ok",
+        bound.elapsed()
+    );
     // A redeclare with other arguments on another node is refused (406),
     // as the local equivalence check would.
     {
@@ -291,6 +294,27 @@ async fn three_nodes_replicate_definitions_through_failover_and_restarts() {
     )
     .await;
 
+    // A transient exchange lives as long as the cluster, as in RabbitMQ.
+    {
+        let (_c, ch) = channel(&c.nodes[0]).await;
+        ch.exchange_declare(
+            "x.transient".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("transient exchange");
+    }
+    for i in 0..3 {
+        wait_until_has(
+            &c.nodes[i],
+            "x.transient",
+            "q.repl",
+            "the transient exchange on every node",
+        )
+        .await;
+    }
     // Every node restarted: definitions stay.
     for i in 0..3 {
         c.nodes[i].restart();
@@ -308,6 +332,13 @@ async fn three_nodes_replicate_definitions_through_failover_and_restarts() {
             "x.after",
             "q.after",
             "definitions after restarting every node",
+        )
+        .await;
+        wait_until_has(
+            &c.nodes[i],
+            "x.transient",
+            "q.repl",
+            "the transient exchange after restarts",
         )
         .await;
     }

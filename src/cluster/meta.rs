@@ -207,6 +207,19 @@ impl MetaMachine {
         })
     }
 
+    /// Apply every recorded definition again, at start: the broker restores
+    /// only durable objects, so a transient exchange the cluster still has
+    /// (as RabbitMQ keeps transient definitions while the cluster lives)
+    /// would otherwise be missing on a restarted node until the next
+    /// snapshot. Exchanges first, then queues, then bindings (keys sort
+    /// "b" < "q" < "x"); objects already there are left as they are.
+    pub fn reapply(&self) {
+        let defs = self.defs();
+        for cmd in defs.items.values().rev() {
+            let _ = self.apply.apply(cmd);
+        }
+    }
+
     /// The definitions applied so far (for tests and the API).
     pub fn defs(&self) -> Defs {
         self.state.lock().defs.clone()

@@ -142,6 +142,7 @@ impl Node {
         let link = Link::new(me, secret, &peers);
         let log = LogStore::open(store.clone(), META_GROUP).map_err(StartError::Storage)?;
         let sm = MetaMachine::open(store, META_GROUP, apply).map_err(StartError::Storage)?;
+        sm.reapply();
         let raft_config = openraft::Config {
             cluster_name: cfg.cluster_name(),
             heartbeat_interval: 500,
