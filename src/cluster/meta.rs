@@ -185,8 +185,9 @@ impl MetaMachine {
         group: GroupId,
         apply: Arc<dyn Apply>,
     ) -> io::Result<MetaMachine> {
-        let from = key(group, APPLIED, &[]);
-        let to = key(group, SNAPSHOT + 1, &[]);
+        // SNAPSHOT ('S') sorts before APPLIED ('s').
+        let from = key(group, SNAPSHOT.min(APPLIED), &[]);
+        let to = key(group, SNAPSHOT.max(APPLIED) + 1, &[]);
         let records = store
             .raft_scan(&from, &to)
             .map_err(|e| io::Error::other(e.to_string()))?;

@@ -144,3 +144,48 @@ async fn link_with_a_wrong_secret_is_refused() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(c.connected().is_empty());
 }
+
+/// The meta state machine's applied point, membership, definitions and
+/// snapshot are read back when it is opened again (a restarted node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_state_survives_a_reopen() {
+    use super::types::{Entry, MetaCommand};
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = MetaCommand::DeclareExchange {
+        vhost: "/".into(),
+        name: "x".into(),
+        kind: "topic".into(),
+        durable: false,
+        auto_delete: false,
+        internal: false,
+        arguments: Default::default(),
+    };
+    {
+        let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path()).unwrap());
+        let mut sm = MetaMachine::open(store.clone(), META_GROUP, Arc::new(NoApply)).unwrap();
+        let entry = Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, 1),
+            payload: openraft::EntryPayload::Normal(cmd.clone()),
+        };
+        sm.apply(futures_util::stream::iter(vec![Ok((entry, None))]))
+            .await
+            .unwrap();
+        sm.build_snapshot().await.unwrap();
+        store.shutdown();
+    }
+    let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path()).unwrap());
+    let mut sm = MetaMachine::open(store, META_GROUP, Arc::new(NoApply)).unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(1));
+    assert_eq!(
+        sm.defs().items.values().cloned().collect::<Vec<_>>(),
+        vec![cmd]
+    );
+    let snap = sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("snapshot kept");
+    assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(1));
+}
