@@ -6,9 +6,10 @@
 #   layer 2  queue
 #   layer 3  exchange
 #   layer 4  broker
-#   layer 5  channel
-#   layer 6  connection
-#   layer 7  server http main lib.rs (the crate root)
+#   layer 5  cluster
+#   layer 6  channel
+#   layer 7  connection
+#   layer 8  server http main lib.rs (the crate root)
 #
 # "Names" means a `crate::<module>` path, or a `super::` path that climbs out
 # of the module into another one, anywhere in a .rs file under src/<module>/
@@ -35,6 +36,7 @@ LAYERS = [
     ["queue"],
     ["exchange"],
     ["broker"],
+    ["cluster"],
     ["channel"],
     ["connection"],
     ["server", "http", "main", "lib"],

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use crate::auth::hashing::{HashingAlgorithm, PasswordHash};
 use crate::auth::permissions::VhostPermissions;
 
+mod cluster;
+pub use cluster::{Cluster, Peer};
+
 /// The default configuration file, embedded at build time.
 pub const DEFAULT_CONFIG: &str = include_str!("../conf/broker.toml");
 
@@ -53,6 +56,9 @@ pub struct Config {
     /// `load_definitions`.
     #[serde(default)]
     pub load_definitions: Option<PathBuf>,
+    /// `[cluster]`: none means a single node with no Raft in the path.
+    #[serde(default)]
+    pub cluster: Option<Cluster>,
 }
 
 /// `[management]`: the HTTP API RabbitMQ's tools use.
@@ -279,6 +285,9 @@ impl Config {
                 )));
             }
             u.validate(&self.vhosts)?;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
         }
         if let Some(tls) = &self.tls {
             if tls.verify_peer && tls.ca_file.is_none() {

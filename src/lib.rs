@@ -19,6 +19,9 @@
 //! - `stats`: counters that cost nothing measurable on the message paths
 //!   (single-writer, thread-sharded, histograms) for the management API and
 //!   Prometheus.
+//! - `cluster`: `[cluster]` only: openraft (every type of it stays here), the
+//!   meta group replicating definitions, Raft logs on the store's committer,
+//!   the inter-node link.
 //! - `http`: the management HTTP API (RabbitMQ's `/api`): reads broker state,
 //!   changes it through the same broker functions AMQP uses.
 //!
@@ -29,9 +32,10 @@
 //! 2. `queue` (defines what a consumer must offer it; never names `channel`)
 //! 3. `exchange`
 //! 4. `broker` (never names `channel`)
-//! 5. `channel`
-//! 6. `connection`
-//! 7. `server`, `http`, `main` and this crate root
+//! 5. `cluster` (applies replicated definitions through `broker`)
+//! 6. `channel`
+//! 7. `connection`
+//! 8. `server`, `http`, `main` and this crate root
 //!
 //! `scripts/check-layers.sh` (run by CI) enforces it outside `#[cfg(test)]`
 //! code; `scripts/layers-allow.txt` lists the old violations still to remove.
@@ -44,6 +48,7 @@ pub mod auth;
 pub mod batch;
 pub mod broker;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;

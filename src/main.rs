@@ -213,6 +213,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         hopper::http::definitions::load_file(&broker, &path)
             .with_context(|| format!("loading definitions from {}", path.display()))?;
     }
+    // `[cluster]`: the link and the meta group; nothing without the section.
+    let cluster = hopper::cluster::start(&broker, broker.shutdown_signal())
+        .await
+        .context("starting the cluster")?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -278,6 +282,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(hopper::broker::deadletter::sweeper(broker.clone()));
     let disk_watch = tokio::spawn(hopper::broker::disk::watch(broker.clone()));
     hopper::server::run(listeners, broker.clone(), stop).await;
+    if let Some(node) = cluster {
+        node.stop().await;
+    }
     // Stop accepting (done), close clients with 320, let their pending work
     // reach the store, then finish and sync every store write.
     broker

@@ -6,6 +6,8 @@
 //! RocksDB store has its fail points, so the fault lands exactly on the
 //! commit's write.
 
+#![cfg(feature = "rocks")]
+
 use hopper::broker::Broker;
 use hopper::config::Config;
 use hopper::store::rocks::RocksStore;

@@ -57,6 +57,9 @@ pub struct Broker {
     pub(crate) dead_letter_lane: deadletter::Lane,
     /// Counts that outlive channels and connections, and churn.
     pub stats: stats::BrokerStats,
+    /// The cluster's handle when `[cluster]` is configured, set once by
+    /// `cluster::start`; the broker never looks inside (`cluster::of` does).
+    pub cluster: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The resource alarms. Publishers are blocked while either is on and
@@ -115,6 +118,7 @@ impl Broker {
             stats: Default::default(),
             next_conn_id: AtomicU64::new(1),
             dead_letter_lane: deadletter::Lane::default(),
+            cluster: std::sync::OnceLock::new(),
         });
         broker.restore(recovered);
         Ok(broker)

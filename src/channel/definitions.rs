@@ -7,6 +7,7 @@ use amq_protocol::protocol::{exchange, queue, AMQPClass};
 use super::{notify_cancelled, Channel, ConnCtx};
 use crate::auth::{Permission, Resource};
 use crate::broker::vhost::{is_predeclared, random_name, ExchangeSpec, QueueSpec};
+use crate::cluster::definitions as cluster;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::ExchangeKind;
 use crate::protocol::short;
@@ -36,15 +37,19 @@ impl Channel {
                 }
             }
         }
-        ctx.vhost.declare_exchange(ExchangeSpec {
-            name: m.exchange.as_str().to_string(),
-            kind: m.kind.as_str().to_string(),
-            passive: m.passive,
-            durable: m.durable,
-            auto_delete: m.auto_delete,
-            internal: m.internal,
-            arguments: m.arguments,
-        })?;
+        cluster::declare_exchange(
+            ctx.broker,
+            ctx.vhost,
+            ExchangeSpec {
+                name: m.exchange.as_str().to_string(),
+                kind: m.kind.as_str().to_string(),
+                passive: m.passive,
+                durable: m.durable,
+                auto_delete: m.auto_delete,
+                internal: m.internal,
+                arguments: m.arguments,
+            },
+        )?;
         if !m.nowait {
             self.reply(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
                 exchange::DeclareOk {},
@@ -66,8 +71,7 @@ impl Channel {
                 m.exchange.as_str(),
             )?;
         }
-        ctx.vhost
-            .delete_exchange(m.exchange.as_str(), m.if_unused)?;
+        cluster::delete_exchange(ctx.broker, ctx.vhost, m.exchange.as_str(), m.if_unused)?;
         if !m.nowait {
             self.reply(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
                 exchange::DeleteOk {},
@@ -87,7 +91,10 @@ impl Channel {
             m.destination.as_str(),
             m.source.as_str(),
         )?;
-        ctx.vhost.bind(
+        cluster::bind(
+            ctx.broker,
+            ctx.vhost,
+            false,
             m.destination.as_str(),
             true,
             m.source.as_str(),
@@ -114,7 +121,10 @@ impl Channel {
             m.destination.as_str(),
             m.source.as_str(),
         )?;
-        ctx.vhost.unbind(
+        cluster::bind(
+            ctx.broker,
+            ctx.vhost,
+            true,
             m.destination.as_str(),
             true,
             m.source.as_str(),
@@ -179,18 +189,21 @@ impl Channel {
                 ctx.check(Permission::Write, Resource::Exchange, &dlx)?;
             }
         }
-        let (q, messages, consumers) = ctx.vhost.declare_queue(
-            QueueSpec {
-                name,
-                server_named,
-                passive: m.passive,
-                durable: m.durable,
-                exclusive: m.exclusive,
-                auto_delete: m.auto_delete,
-                arguments: m.arguments,
-            },
-            ctx.conn.id,
-        )?;
+        let mut spec = QueueSpec {
+            name,
+            server_named,
+            passive: m.passive,
+            durable: m.durable,
+            exclusive: m.exclusive,
+            auto_delete: m.auto_delete,
+            arguments: m.arguments,
+        };
+        if let Some(replicated) = cluster::declare_queue(ctx.broker, ctx.vhost, &spec) {
+            // Applied here too by now: answer with the queue as it stands.
+            replicated?;
+            spec.passive = true;
+        }
+        let (q, messages, consumers) = ctx.vhost.declare_queue(spec, ctx.conn.id)?;
         if q.exclusive_owner == Some(ctx.conn.id)
             && !ctx
                 .exclusive_queues
@@ -222,7 +235,10 @@ impl Channel {
         } else {
             m.routing_key.as_str().to_string()
         };
-        ctx.vhost.bind(
+        cluster::bind(
+            ctx.broker,
+            ctx.vhost,
+            false,
             &name,
             false,
             m.exchange.as_str(),
@@ -245,7 +261,10 @@ impl Channel {
     ) -> AmqpResult<()> {
         let name = self.queue_name(m.queue.as_str())?;
         binding_access(ctx, Resource::Queue, &name, m.exchange.as_str())?;
-        ctx.vhost.unbind(
+        cluster::bind(
+            ctx.broker,
+            ctx.vhost,
+            true,
             &name,
             false,
             m.exchange.as_str(),
@@ -305,6 +324,22 @@ impl Channel {
                 "queue '{name}' in vhost '{}' is not empty",
                 ctx.vhost.name
             )));
+        }
+        let count = q.message_count();
+        if let Some(replicated) =
+            cluster::delete_queue(ctx.broker, ctx.vhost, &name, m.if_unused, m.if_empty)
+        {
+            replicated?;
+            ctx.exclusive_queues
+                .retain(|e| !std::sync::Arc::ptr_eq(e, &q));
+            if !m.nowait {
+                self.reply(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(
+                    queue::DeleteOk {
+                        message_count: count,
+                    },
+                )));
+            }
+            return Ok(());
         }
         let deleted = ctx.vhost.remove_queue(&q)?;
         ctx.exclusive_queues

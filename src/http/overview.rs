@@ -85,7 +85,16 @@ pub fn overview(r: &Req<'_>) -> ApiResult {
             0.0
         }
     };
-    let node = node_name();
+    let node = b
+        .config
+        .cluster
+        .as_ref()
+        .map_or_else(node_name, |c| c.node_name());
+    let cluster_name = b
+        .config
+        .cluster
+        .as_ref()
+        .map_or_else(|| node.clone(), |c| c.cluster_name());
     let conns: Vec<_> = b
         .connection_list()
         .into_iter()
@@ -103,7 +112,7 @@ pub fn overview(r: &Req<'_>) -> ApiResult {
         "product_version": env!("CARGO_PKG_VERSION"),
         "product_name": PRODUCT_NAME,
         "rabbitmq_version": RABBITMQ_VERSION,
-        "cluster_name": node,
+        "cluster_name": cluster_name,
         "erlang_version": "none",
         "erlang_full_version": "none (Hopper is written in Rust)",
         "release_series_support_status": "supported",
@@ -145,8 +154,14 @@ pub fn whoami(r: &Req<'_>) -> ApiResult {
     })))
 }
 
-pub fn cluster_name(_r: &Req<'_>) -> ApiResult {
-    Ok(Reply::Json(json!({ "name": node_name() })))
+pub fn cluster_name(r: &Req<'_>) -> ApiResult {
+    let name = r
+        .broker
+        .config
+        .cluster
+        .as_ref()
+        .map_or_else(node_name, |c| c.cluster_name());
+    Ok(Reply::Json(json!({ "name": name })))
 }
 
 fn node_json(r: &Req<'_>) -> Value {

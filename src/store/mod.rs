@@ -116,6 +116,21 @@ pub type Completion = Box<dyn FnOnce(bool, &mut Batch) + Send>;
 /// Called with the messages `Store::read` read back, in the order asked.
 pub type ReadDone = Box<dyn FnOnce(Result<Vec<Option<Arc<Message>>>, StoreError>) + Send>;
 
+/// A write to the cluster's Raft records (its own column family; the keys
+/// are the cluster's). Applied as: range deletes, deletes, then puts.
+#[derive(Debug, Default, Clone)]
+pub struct RaftWrite {
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    pub deletes: Vec<Vec<u8>>,
+    /// `[from, to)` ranges.
+    pub delete_ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Whether `done(true)` must mean "synced" (log appends, votes).
+    pub sync: bool,
+}
+
+/// Raft records read back: (key, value) in key order.
+pub type RaftRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
 pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_exchange(&self, def: &ExchangeDef) -> Result<(), StoreError>;
     fn delete_exchange(&self, vhost: &str, name: &str) -> Result<(), StoreError>;
@@ -164,6 +179,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn recover(&self) -> Result<Recovered, StoreError>;
     /// The highest message id in the store, so new ids continue above it.
     fn max_message_id(&self) -> u64;
+    /// Write Raft records through the same committer (and fsync) as the
+    /// persists, then call `done`. A store that keeps nothing keeps no Raft
+    /// records either: it answers `false`.
+    fn raft_write(&self, _write: RaftWrite, done: Completion) {
+        crate::batch::run(|b| done(false, b))
+    }
+    /// Raft records with keys in `[from, to)`, in key order.
+    fn raft_scan(&self, _from: &[u8], _to: &[u8]) -> Result<RaftRecords, StoreError> {
+        Ok(Vec::new())
+    }
     /// Forget a key evicted from an exchange's cache.
     fn forget_dedup(&self, _vhost: &str, _exchange: &str, _key: &str) {}
     /// Keep an opaque definition (a synced write, like the other definitions).

@@ -5,7 +5,8 @@
 //! queues hold it), `index` (queue + message id → expiry, priority, size; a
 //! queue's contents in order) and `dedup` (a durable exchange's deduplication
 //! keys → expiry, written only in the same batch as the message that brought
-//! them).
+//! them) and `raft` (the cluster's Raft logs, votes and state machine records,
+//! opaque keys the cluster owns; written through `Store::raft_write`).
 //!
 //! One committer thread owns every write. It takes everything pending, writes it
 //! as one `WriteBatch` (synced when it holds a persistent publish), then hands
@@ -31,8 +32,8 @@ use super::codec;
 use super::failpoint::FailPoints;
 use super::health::{self, Health, Recovery};
 use super::{
-    BindingDef, Completion, DedupDef, ExchangeDef, IndexMeta, QueueDef, QueueKey, ReadDone,
-    Recovered, Store, StoreError, StoredObject,
+    BindingDef, Completion, DedupDef, ExchangeDef, IndexMeta, QueueDef, QueueKey, RaftWrite,
+    ReadDone, Recovered, Store, StoreError, StoredObject,
 };
 use crate::batch::Batch;
 use crate::message::Message;
@@ -41,7 +42,8 @@ const CF_DEFINITIONS: &str = "definitions";
 const CF_MESSAGES: &str = "messages";
 const CF_INDEX: &str = "index";
 const CF_DEDUP: &str = "dedup";
-const ALL_CFS: [&str; 4] = [CF_DEFINITIONS, CF_MESSAGES, CF_INDEX, CF_DEDUP];
+const CF_RAFT: &str = "raft";
+const ALL_CFS: [&str; 5] = [CF_DEFINITIONS, CF_MESSAGES, CF_INDEX, CF_DEDUP, CF_RAFT];
 /// Most operations folded into one write.
 const MAX_BATCH_OPS: usize = 8192;
 
@@ -52,6 +54,12 @@ type DefinitionOp =
     Box<dyn FnOnce(&DB, &mut Refs, &mut WriteBatch) -> Result<(), StoreError> + Send>;
 
 enum Op {
+    /// Raft log appends, votes and state (`raft` column family), in the
+    /// same batch (and fsync, when `sync`) as everything else pending.
+    Raft {
+        write: RaftWrite,
+        done: Completion,
+    },
     Persist {
         msg: Arc<Message>,
         queues: Vec<(QueueKey, IndexMeta)>,
@@ -160,9 +168,15 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_MESSAGES, msg_opts),
             ColumnFamilyDescriptor::new(CF_INDEX, small(8 * 1024 * 1024)),
             ColumnFamilyDescriptor::new(CF_DEDUP, small(4 * 1024 * 1024)),
+            ColumnFamilyDescriptor::new(CF_RAFT, small(4 * 1024 * 1024)),
         ];
         let mut names = ALL_CFS.to_vec();
         names.push(rocksdb::DEFAULT_COLUMN_FAMILY_NAME);
+        // A store from before a column family existed (`raft`) gets it at
+        // open; the read-only check before that opens only the ones it has.
+        if let Ok(existing) = DB::list_cf(&opts, dir) {
+            names.retain(|n| existing.iter().any(|e| e == n));
+        }
         check::refuse_if_older(&opts, dir, &names)?;
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| check::open_error(dir, e))?;
         let mark = check::Mark::new(dir, &db);
@@ -317,6 +331,7 @@ fn committer(
         let mut completions: Vec<Completion> = Vec::new();
         let mut persisted = 0u64;
         let mut submitted: Vec<std::time::Instant> = Vec::new();
+        let mut raft_sync = false;
         let mut ops = 0usize;
         let mut result: Result<(), StoreError> = Ok(());
         let mut definition: Option<(DefinitionOp, mpsc::SyncSender<Result<(), StoreError>>)> = None;
@@ -366,6 +381,24 @@ fn committer(
                     persisted += 1;
                     completions.push(done);
                 }
+                Op::Raft { write, done } => {
+                    match cf(&db, CF_RAFT) {
+                        Ok(c) => {
+                            for (from, to) in write.delete_ranges {
+                                batch.delete_range_cf(c, from, to);
+                            }
+                            for k in write.deletes {
+                                batch.delete_cf(c, k);
+                            }
+                            for (k, v) in write.puts {
+                                batch.put_cf(c, k, v);
+                            }
+                        }
+                        Err(e) => result = Err(e),
+                    }
+                    raft_sync |= write.sync;
+                    completions.push(done);
+                }
                 Op::Remove { queue, msg_id } => {
                     if let Err(e) =
                         remove_in_batch(&db, &mut refs.lock(), &mut batch, &queue, msg_id)
@@ -391,7 +424,11 @@ fn committer(
         }
         let wrote = !batch.is_empty();
         if wrote {
-            let opts = if persisted > 0 { &synced } else { &unsynced };
+            let opts = if persisted > 0 || raft_sync {
+                &synced
+            } else {
+                &unsynced
+            };
             if result.is_ok() && fail_points.before_write() {
                 result = Err(StoreError::Io("injected write failure (fail point)".into()));
             }
@@ -410,7 +447,7 @@ fn committer(
         if wrote || result.is_err() {
             recovery.write_result(std::time::Instant::now(), &result, completions.len());
         }
-        if ok && persisted > 0 {
+        if ok && (persisted > 0 || raft_sync) {
             mark.after_synced_write(&db);
         }
         if !completions.is_empty() {
@@ -593,6 +630,30 @@ impl Store for RocksStore {
         if let Err(mpsc::SendError(Op::Barrier(done))) = tx.send(Op::Barrier(done)) {
             crate::batch::run(|b| done(false, b));
         }
+    }
+
+    fn raft_write(&self, write: RaftWrite, done: Completion) {
+        let tx = self.tx.lock().clone();
+        let Some(tx) = tx else {
+            return crate::batch::run(|b| done(false, b));
+        };
+        if let Err(mpsc::SendError(Op::Raft { done, .. })) = tx.send(Op::Raft { write, done }) {
+            crate::batch::run(|b| done(false, b));
+        }
+    }
+
+    fn raft_scan(&self, from: &[u8], to: &[u8]) -> Result<super::RaftRecords, StoreError> {
+        let c = cf(&self.db, CF_RAFT)?;
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(from, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(c, mode) {
+            let (k, v) = item.map_err(io)?;
+            if &*k >= to {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     fn forget_dedup(&self, vhost: &str, exchange: &str, key: &str) {

@@ -342,6 +342,32 @@ mod tests {
         // A sound store with an up-to-date mark opens.
         std::fs::write(dir.path().join(MARK), format!("{recorded}\n")).expect("write");
         let store = RocksStore::open(dir.path()).expect("open");
-        assert_eq!(store.verify().expect("verify").column_families.len(), 4);
+        assert_eq!(
+            store.verify().expect("verify").column_families.len(),
+            ALL_CFS.len()
+        );
+    }
+
+    /// A data dir from before the `raft` column family (with its mark)
+    /// opens: the read-only check opens only the families it has, and the
+    /// open creates the new one.
+    #[test]
+    fn store_from_before_the_raft_family_opens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = RocksStore::open(dir.path()).expect("open");
+            assert!(persist(&store, 1));
+            store.shutdown();
+        }
+        {
+            let mut db = DB::open_cf(&Options::default(), dir.path(), ALL_CFS).expect("raw open");
+            db.drop_cf("raft").expect("drop raft");
+        }
+        let store = RocksStore::open(dir.path()).expect("an older store opens");
+        assert_eq!(store.load(&[1]).expect("load").iter().flatten().count(), 1);
+        assert_eq!(
+            store.verify().expect("verify").column_families.len(),
+            ALL_CFS.len()
+        );
     }
 }
