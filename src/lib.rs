@@ -1,6 +1,9 @@
 //! Hopper: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
 //!
 //! Module map (a frame's way through the broker, top to bottom):
+//! - `run`: the entry point, `hopper::run(config, shutdown)`: store, broker,
+//!   listeners, background tasks, shutdown (the binary and the in-process
+//!   test harness both start here).
 //! - `server`: accept loops (plain and amqps), connection limit, TLS handshake.
 //! - `tls`: the rustls server configuration from `[tls]` (cert, key, client CAs).
 //! - `connection`: one task per socket: handshake, frame loop, heartbeats,
@@ -27,7 +30,7 @@
 //! 4. `broker` (never names `channel`)
 //! 5. `channel`
 //! 6. `connection`
-//! 7. `server`, `http`, `main` and this crate root
+//! 7. `run`, `server`, `http`, `main` and this crate root
 //!
 //! `scripts/check-layers.sh` (run by CI) enforces it outside `#[cfg(test)]`
 //! code; `scripts/layers-allow.txt` lists the old violations still to remove.
@@ -48,6 +51,11 @@ pub mod http;
 pub mod message;
 pub mod protocol;
 pub mod queue;
+pub mod run;
 pub mod server;
 pub mod store;
 pub mod tls;
+
+#[cfg(feature = "rocks")]
+pub use run::run;
+pub use run::{run_with_store, Running};
