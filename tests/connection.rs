@@ -226,7 +226,8 @@ async fn client_connection_close_gets_close_ok() {
 
 #[tokio::test]
 async fn silent_client_is_disconnected_after_missed_heartbeats() {
-    let Some(broker) = external_only("silent_client_is_disconnected_after_two_missed_heartbeats")
+    let Some(broker) =
+        external_only("timing.rs: silent_client_is_disconnected_after_two_missed_heartbeats")
     else {
         return;
     };
@@ -267,7 +268,8 @@ async fn silent_client_is_disconnected_after_missed_heartbeats() {
 
 #[tokio::test]
 async fn broker_sends_heartbeats_and_keeps_a_live_client() {
-    let Some(broker) = external_only("broker_sends_heartbeats_and_keeps_a_live_client") else {
+    let Some(broker) = external_only("timing.rs: broker_sends_heartbeats_and_keeps_a_live_client")
+    else {
         return;
     };
     let (mut c, _) = RawClient::handshake(broker.addr(), Auth::Plain("guest", "guest"), 1).await;

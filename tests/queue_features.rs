@@ -41,7 +41,7 @@ async fn declare_with(ch: &Channel, prefix: &str, arguments: FieldTable) -> Stri
 
 #[tokio::test]
 async fn queue_message_ttl_expires_messages() {
-    let Some(broker) = external_only("queue_message_ttl_expires_messages") else {
+    let Some(broker) = external_only("timing.rs: queue_message_ttl_expires_messages") else {
         return;
     };
     let (conn, ch) = connect_channel(&broker).await;
@@ -63,7 +63,7 @@ async fn queue_message_ttl_expires_messages() {
 
 #[tokio::test]
 async fn per_message_expiration_expires_messages() {
-    let Some(broker) = external_only("per_message_expiration_expires_messages") else {
+    let Some(broker) = external_only("timing.rs: per_message_expiration_expires_messages") else {
         return;
     };
     let (conn, ch) = connect_channel(&broker).await;
@@ -493,7 +493,8 @@ async fn message_ttl_survives_restart() {
 /// is dropped when it comes round (no rejection in the cycle), never loops.
 #[tokio::test]
 async fn dead_letter_cycle_without_rejection_is_dropped() {
-    let Some(broker) = external_only("dead_letter_cycle_without_rejection_is_dropped") else {
+    let Some(broker) = external_only("timing.rs: dead_letter_cycle_without_rejection_is_dropped")
+    else {
         return;
     };
     let (conn, ch) = connect_channel(&broker).await;

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod durable;
+pub mod hostile;
 pub mod inproc;
 pub mod mgmt;
 pub mod raw;
@@ -379,13 +380,13 @@ fn parse_uri(uri: &str) -> (SocketAddr, String) {
 }
 
 /// For a TCP test whose hopper side runs in-process under paused time
-/// (`twin`, in tests/timing.rs): the broker when the suite runs against an
+/// (`twin`: its file and name): the broker when the suite runs against an
 /// external broker, to keep comparing with RabbitMQ; otherwise None, after
 /// printing why the test is skipped.
 pub fn external_only(twin: &str) -> Option<Broker> {
     let external = std::env::var(EXTERNAL_ENV).is_ok_and(|u| !u.trim().is_empty());
     if !external {
-        eprintln!("skipped against hopper: {twin} (tests/timing.rs) covers it under paused time");
+        eprintln!("skipped against hopper: {twin} covers it in-process under paused time");
         return None;
     }
     Some(Broker::start())
