@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod access;
 pub mod durable;
 pub mod hostile;
 pub mod inproc;
