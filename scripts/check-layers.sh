@@ -9,7 +9,7 @@
 #   layer 5  cluster
 #   layer 6  channel
 #   layer 7  connection
-#   layer 8  server http main lib.rs (the crate root)
+#   layer 8  run server http main lib.rs (the crate root)
 #
 # "Names" means a `crate::<module>` path, or a `super::` path that climbs out
 # of the module into another one, anywhere in a .rs file under src/<module>/
@@ -39,7 +39,7 @@ LAYERS = [
     ["cluster"],
     ["channel"],
     ["connection"],
-    ["server", "http", "main", "lib"],
+    ["run", "server", "http", "main", "lib"],
 ]
 LAYER = {m: i for i, names in enumerate(LAYERS) for m in names}
 ALLOW_FILE = "scripts/layers-allow.txt"

@@ -1,6 +1,9 @@
 //! Hopper: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
 //!
 //! Module map (a frame's way through the broker, top to bottom):
+//! - `run`: the entry point, `hopper::run(config, shutdown)`: store, broker,
+//!   listeners, background tasks, shutdown (the binary and the in-process
+//!   test harness both start here).
 //! - `server`: accept loops (plain and amqps), connection limit, TLS handshake.
 //! - `tls`: the rustls server configuration from `[tls]` (cert, key, client CAs).
 //! - `connection`: one task per socket: handshake, frame loop, heartbeats,
@@ -35,7 +38,7 @@
 //! 5. `cluster` (applies replicated definitions through `broker`)
 //! 6. `channel`
 //! 7. `connection`
-//! 8. `server`, `http`, `main` and this crate root
+//! 8. `run`, `server`, `http`, `main` and this crate root
 //!
 //! `scripts/check-layers.sh` (run by CI) enforces it outside `#[cfg(test)]`
 //! code; `scripts/layers-allow.txt` lists the old violations still to remove.
@@ -57,7 +60,12 @@ pub mod http;
 pub mod message;
 pub mod protocol;
 pub mod queue;
+pub mod run;
 pub mod server;
 pub mod stats;
 pub mod store;
 pub mod tls;
+
+#[cfg(feature = "rocks")]
+pub use run::run;
+pub use run::{run_with_store, Running};

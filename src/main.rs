@@ -1,13 +1,13 @@
-//! The broker binary: arguments, logging, configuration, then serve until
-//! SIGINT / SIGTERM.
+//! The broker binary: arguments, logging, configuration and the subcommands;
+//! the broker itself is `hopper::run` (src/run.rs), served until SIGINT /
+//! SIGTERM, with the addresses it reports printed on stdout.
 
 use anyhow::Context;
 use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use hopper::{broker::Broker, config::Config, server::Listener, store};
+use hopper::{config::Config, store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -182,124 +182,30 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(run(config))
+    runtime.block_on(serve(config))
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    // Certificate and key problems stop the broker before it touches the store.
-    let tls = match &config.tls {
-        Some(t) => Some((t.listen.clone(), hopper::tls::acceptor(t)?)),
-        None => None,
-    };
-    let rocks = store::rocks::RocksStore::open(&config.data_dir)
-        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
-    // Every record read back before anything is served: a damaged file
-    // stops the broker here instead of surfacing when a consumer reaches it.
-    let verified = rocks
-        .verify()
-        .with_context(|| format!("checking data directory {}", config.data_dir.display()))?;
-    tracing::info!(
-        table_files = verified.table_files,
-        ms = verified.millis,
-        "store read back and verified"
-    );
-    let store: Arc<dyn store::Store> = Arc::new(rocks);
-    let listen = config.listen.clone();
-    let management_listen = config.management.address().map(str::to_string);
-    let metrics_listen = config.prometheus.address().map(str::to_string);
-    let load_definitions = config.load_definitions.clone();
-    let broker = Broker::new(config, store).context("recovering the store")?;
-    if let Some(path) = load_definitions {
-        hopper::http::definitions::load_file(&broker, &path)
-            .with_context(|| format!("loading definitions from {}", path.display()))?;
-    }
-    // `[cluster]`: the link and the meta group; nothing without the section.
-    let cluster = hopper::cluster::start(&broker, broker.shutdown_signal())
-        .await
-        .context("starting the cluster")?;
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
-    broker.add_listener("amqp", addr);
-    let mut listeners = vec![Listener::plain(listener)];
-    let mut tls_addr = None;
-    if let Some((tls_listen, acceptor)) = tls {
-        let tcp = tokio::net::TcpListener::bind(&tls_listen)
-            .await
-            .with_context(|| format!("binding {tls_listen} (tls.listen)"))?;
-        let a = tcp.local_addr()?;
-        tracing::info!(addr = %a, "listening (amqps)");
-        broker.add_listener("amqp/ssl", a);
-        tls_addr = Some(a);
-        listeners.push(Listener::tls(tcp, acceptor));
-    }
+/// Run the broker until SIGTERM / SIGINT, printing where it listens.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    // Installed before anything is bound: see `shutdown_signal`.
     let stop = shutdown_signal();
-    let management = match &management_listen {
-        Some(m) => {
-            let tcp = tokio::net::TcpListener::bind(m)
-                .await
-                .with_context(|| format!("binding {m} (management.listen)"))?;
-            let a = tcp.local_addr()?;
-            tracing::info!(addr = %a, "management API listening");
-            broker.add_listener("http", a);
-            Some(tcp)
-        }
-        None => None,
-    };
-    let management_addr = management.as_ref().and_then(|t| t.local_addr().ok());
-    let metrics = match &metrics_listen {
-        Some(m) => Some(
-            hopper::http::metrics::start(m, &broker)
-                .await
-                .with_context(|| format!("binding {m} (prometheus.listen)"))?,
-        ),
-        None => None,
-    };
+    let running = hopper::run(config, stop).await?;
     {
         // Harnesses read the plain line first; the amqps line follows it.
         let mut out = std::io::stdout().lock();
-        writeln!(out, "hopper listening on {addr}")?;
-        if let Some(a) = tls_addr {
+        writeln!(out, "hopper listening on {}", running.amqp)?;
+        if let Some(a) = running.amqps {
             writeln!(out, "hopper amqps listening on {a}")?;
         }
-        if let Some(a) = management_addr {
+        if let Some(a) = running.management {
             writeln!(out, "hopper management listening on {a}")?;
         }
-        if let Some((a, _)) = &metrics {
+        if let Some(a) = running.metrics {
             writeln!(out, "hopper metrics listening on {a}")?;
         }
         out.flush()?;
     }
-    let http = management.map(|tcp| {
-        tokio::spawn(hopper::http::serve(
-            tcp,
-            broker.clone(),
-            broker.shutdown_signal(),
-        ))
-    });
-    let sweeper = tokio::spawn(hopper::broker::deadletter::sweeper(broker.clone()));
-    let disk_watch = tokio::spawn(hopper::broker::disk::watch(broker.clone()));
-    hopper::server::run(listeners, broker.clone(), stop).await;
-    if let Some(node) = cluster {
-        node.stop().await;
-    }
-    // Stop accepting (done), close clients with 320, let their pending work
-    // reach the store, then finish and sync every store write.
-    broker
-        .close_connections(std::time::Duration::from_secs(5))
-        .await;
-    sweeper.abort();
-    disk_watch.abort();
-    if let Some(h) = http {
-        h.abort();
-    }
-    if let Some((_, h)) = metrics {
-        h.abort();
-    }
-    broker.store.shutdown();
-    Ok(())
+    running.stopped().await
 }
 
 /// SIGTERM or SIGINT. The SIGTERM handler is installed when this is called,

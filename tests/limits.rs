@@ -295,68 +295,70 @@ async fn disk_alarm_blocks_publishers_while_consumers_drain() {
 /// A consumer that stops reading its socket: once the broker's writes make no
 /// progress for `write_timeout` (RabbitMQ's send_timeout), the connection is
 /// closed and its unacked deliveries go back to the queue: nothing is lost
-/// and nothing stays pinned to a dead client.
-#[tokio::test]
-async fn client_that_stops_reading_is_dropped_after_write_timeout() {
-    if std::env::var(EXTERNAL_ENV).is_ok() {
+/// and nothing stays pinned to a dead client. In-process under paused time
+/// (`common::inproc`): the client's "socket" is an in-memory duplex that
+/// nobody reads, and the timeout is virtual.
+#[test]
+fn client_that_stops_reading_is_dropped_after_write_timeout() {
+    if common::inproc::skip_in_external_mode() {
         return;
     }
     use lapin::protocol::{self as proto, AMQPClass};
-    let (broker, _cfg) = broker_with_text(&[("write_timeout = 15", "write_timeout = 1")]);
-    let (conn, ch) = connect_channel(&broker).await;
-    let q = declare_queue(&ch, "unread").await;
-    confirm_select(&ch).await;
-    // More than the socket buffers on both sides and the writer's 2 MiB hold.
-    const N: u32 = 400;
-    let body = vec![b'x'; 64 * 1024];
-    for _ in 0..N {
-        let c = publish_confirmed(&ch, "", &q, &body, lapin::BasicProperties::default()).await;
-        assert!(c.is_ack());
-    }
-    let mut c = common::raw::RawClient::open(broker.addr()).await;
-    c.open_channel(1).await;
-    c.send_method(
-        1,
-        &AMQPClass::Basic(proto::basic::AMQPMethod::Consume(proto::basic::Consume {
-            queue: q.as_str().into(),
-            consumer_tag: "never-reads".into(),
-            no_local: false,
-            no_ack: false,
-            exclusive: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        })),
-    )
-    .await;
-    // Deliveries leave the queue for the stalled socket...
-    within_for(Duration::from_secs(10), "deliveries in flight", async {
-        while message_count(&ch, &q).await == N {
+    common::inproc::paused(async {
+        let broker = common::inproc::InProc::start_with(|c| c.limits.write_timeout = 1).await;
+        let mut p = broker.raw_open(0).await;
+        p.open_channel(1).await;
+        let q = "unread";
+        p.declare(1, q, FieldTable::default()).await;
+        // More than the duplex buffer and the writer's 2 MiB hold.
+        const N: u32 = 400;
+        let body = vec![b'x'; 64 * 1024];
+        for _ in 0..N {
+            p.publish(1, "", q, &body, None).await;
+        }
+        assert_eq!(p.count(1, q).await, N);
+        let mut c = broker.raw_open(0).await;
+        c.open_channel(1).await;
+        c.send_method(
+            1,
+            &AMQPClass::Basic(proto::basic::AMQPMethod::Consume(proto::basic::Consume {
+                queue: q.into(),
+                consumer_tag: "never-reads".into(),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        )
+        .await;
+        let stalled = tokio::time::Instant::now();
+        // Deliveries leave the queue for the stalled client...
+        while p.count(1, q).await == N {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    })
-    .await;
-    // ...and come back once the broker gives the client up.
-    within_for(
-        Duration::from_secs(20),
-        "unacked deliveries requeued",
-        async {
-            while message_count(&ch, &q).await != N {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        },
-    )
-    .await;
-    // The socket is closed: after what is buffered, the client reads EOF.
-    let mut s = c.into_stream();
-    within_for(Duration::from_secs(20), "EOF", async {
-        use tokio::io::AsyncReadExt;
-        let mut sink = vec![0u8; 256 * 1024];
-        while let Ok(n) = s.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
+        // ...and come back once the broker gives the client up.
+        while p.count(1, q).await != N {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    })
-    .await;
-    let _ = conn.close(200, "bye".into()).await;
+        let elapsed = stalled.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(1),
+            "dropped before write_timeout: {elapsed:?}"
+        );
+        // The client is closed: after what is buffered, it reads EOF.
+        let mut s = c.into_stream();
+        within_for(Duration::from_secs(20), "EOF", async {
+            use tokio::io::AsyncReadExt;
+            let mut sink = vec![0u8; 256 * 1024];
+            while let Ok(n) = s.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        p.close().await;
+        broker.stop().await;
+    });
 }

@@ -59,12 +59,27 @@ impl QueueEntry {
     }
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch, the clock of every TTL, expiry and
+/// `x-expires`: the wall clock read once, at the first call, plus tokio's
+/// monotonic clock since then. Two reasons: a wall clock stepped back or
+/// forth (NTP) cannot expire a whole backlog at once or keep it for ever,
+/// and under paused tokio time (`tokio::time::pause`, the in-process test
+/// harness) expiry follows the test's `advance` instead of real sleeps. A
+/// runtime whose clock is paused must be created after the first call (the
+/// harness calls this first), or its clock starts behind the base and reads
+/// the base until it has advanced past it. Outside a runtime (store threads)
+/// tokio's clock is the real monotonic one.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    static BASE: std::sync::OnceLock<(u64, tokio::time::Instant)> = std::sync::OnceLock::new();
+    let (wall, at) = *BASE.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        (wall, tokio::time::Instant::now())
+    });
+    let since = tokio::time::Instant::now().saturating_duration_since(at);
+    wall.saturating_add(since.as_millis() as u64)
 }
 
 /// Why a message is dead-lettered (the `reason` in `x-death`).
