@@ -3,6 +3,7 @@
 //! heartbeats, and connection-level errors. The writer task (`writer`) owns the
 //! socket's write half; everything else here runs in the reader task.
 
+mod close;
 mod handshake;
 mod writer;
 
@@ -18,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::broker::connections::ChannelView;
 use crate::broker::{Broker, VHost};
 use crate::channel::handle::{ConnHandle, Outbound, WriteFlow, READ_PAUSE};
-use crate::channel::{notify_cancelled, Channel, ConnCtx};
+use crate::channel::{Channel, ConnCtx};
 use crate::error::AmqpError;
 use crate::protocol::{codes, encode, read_frame, Frame, FrameError};
 use crate::queue::Queue;
@@ -711,88 +712,6 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 "unexpected method in connection state running (channel method on channel 0)",
             )
             .caused_by(class_id, method_id)),
-        }
-    }
-
-    /// Send connection.close for `e`, wait briefly for close-ok, and end.
-    async fn close_with(&mut self, e: AmqpError) -> End {
-        let AmqpError::Connection {
-            code,
-            text,
-            class_id,
-            method_id,
-        } = e
-        else {
-            return End::Closed;
-        };
-        tracing::warn!(conn = self.handle.id, peer = %self.peer, code, %text, "closing connection");
-        self.flush_confirms();
-        self.teardown();
-        self.send_method(
-            0,
-            AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
-                reply_code: code,
-                reply_text: crate::protocol::short(&text),
-                class_id,
-                method_id,
-            })),
-        );
-        self.await_close_ok().await;
-        End::Closed
-    }
-
-    /// After our connection.close: drop every frame but close-ok, for at most a second.
-    async fn await_close_ok(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        loop {
-            // Frames are cut leniently here: anything unparseable ends the wait.
-            loop {
-                match read_frame(&mut self.buf, self.frame_max) {
-                    Ok(Some(Frame::Method(0, m)))
-                        if matches!(
-                            *m,
-                            AMQPClass::Connection(conn::AMQPMethod::CloseOk(_))
-                                | AMQPClass::Connection(conn::AMQPMethod::Close(_))
-                        ) =>
-                    {
-                        return
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(_) => return,
-                }
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            match self.fill(Some(left)).await {
-                Ok(true) => {}
-                _ => return,
-            }
-        }
-    }
-
-    /// Close every channel (requeueing unacked deliveries) and delete this
-    /// connection's exclusive queues. Idempotent.
-    fn teardown(&mut self) {
-        let vhost = self.vhost.take();
-        for (_, slot) in self.channels.drain() {
-            if let Slot::Open(mut c) = slot {
-                c.teardown(&self.broker, vhost.as_ref());
-            }
-        }
-        if let Some(v) = vhost.as_ref() {
-            for q in self.exclusive_queues.drain(..) {
-                if !q.is_deleted() {
-                    match v.remove_queue(&q) {
-                        Ok(d) => notify_cancelled(&d.consumers),
-                        Err(e) => {
-                            tracing::error!(queue = %q.name, error = %e, "failed to delete exclusive queue")
-                        }
-                    }
-                }
-            }
         }
     }
 }
