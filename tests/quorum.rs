@@ -396,3 +396,49 @@ fn declared_through_the_api_client_and_kept_across_a_restart() {
     }
     c.delete_queue("/", &q, false).expect("delete");
 }
+
+/// A quorum queue keeps every message on disk, whatever its delivery mode
+/// (RabbitMQ's quorum queues have no transient messages): a transient
+/// message confirmed into one is still there after a kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_messages_in_a_quorum_queue_survive_kill9() {
+    let mut broker = Broker::start();
+    if broker.is_external() {
+        eprintln!("skipped: kills the broker");
+        return;
+    }
+    let q = unique("quorum-transient");
+    {
+        let conn = connect(&broker).await;
+        let ch = conn.create_channel().await.expect("channel");
+        ch.queue_declare(q.as_str().into(), durable(), quorum_args(&[]))
+            .await
+            .expect("declare");
+        ch.confirm_select(Default::default())
+            .await
+            .expect("confirm.select");
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                q.as_str().into(),
+                Default::default(),
+                b"transient",
+                BasicProperties::default().with_delivery_mode(1),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack());
+    }
+    broker.kill9();
+    broker.start_again();
+    let conn = connect(&broker).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let got = ch
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .expect("the confirmed transient message is still in the quorum queue");
+    assert_eq!(got.delivery.data, b"transient");
+}

@@ -4,9 +4,9 @@
 //!
 //! Channels call it for basic.publish and tx.commit, and deduplication
 //! waiters call it to publish a duplicate whose original failed. It owns the
-//! rule that makes confirms safe: a persistent message routed to a durable
-//! queue is held back from consumers and its confirm is not sent until the
-//! store has synced it, and a duplicate is confirmed only once its original
+//! rule that makes confirms safe: a message a queue keeps in the store (a
+//! persistent one in a durable queue, any in a quorum queue) is held back
+//! from consumers and its confirm is not sent until the store has synced it, and a duplicate is confirmed only once its original
 //! is. It never names `channel`: the publisher is reached through
 //! `PublishSink`, a transaction through `WriteWaiter`. It never blocks: the
 //! store write completes later, on the store's side.
@@ -325,8 +325,9 @@ impl Placed {
     }
 }
 
-/// Enqueue `msg` in `queues`. A persistent message bound for a durable queue
-/// is held back from consumers until `when_written` has its write synced.
+/// Enqueue `msg` in `queues`. A message some queue keeps in the store
+/// (`Queue::stores_message`: persistent in a durable queue, any in a quorum
+/// queue) is held back from consumers until `when_written` has its write synced.
 /// Dead letters the enqueues caused (a length limit dropping a head,
 /// reject-publish-dlx) are routed on; queues under flow control join `flow`.
 pub(super) fn place(
@@ -336,9 +337,8 @@ pub(super) fn place(
     queues: Vec<Arc<Queue>>,
     flow: &mut Vec<Arc<Queue>>,
 ) -> Placed {
-    let stores = |q: &Arc<Queue>| q.durable && q.exclusive_owner.is_none();
-    let persistent = msg.is_persistent();
-    if persistent && queues.iter().any(stores) {
+    // Held back from consumers until synced when any queue keeps it.
+    if queues.iter().any(|q| q.stores_message(&msg)) {
         msg.mark_pending();
     }
     let mut placed = Placed {
@@ -351,7 +351,7 @@ pub(super) fn place(
     for q in queues {
         match q.enqueue(placed.msg.clone()) {
             Enqueued::Accepted(meta) => {
-                if persistent && stores(&q) {
+                if q.stores_message(&placed.msg) {
                     placed.stored.push((q.key(), meta));
                 }
                 placed.accepted.push(q);

@@ -233,9 +233,17 @@ impl Queue {
             return false;
         }
         match &e.slot {
-            Slot::Mem(m) => self.durable && self.exclusive_owner.is_none() && m.is_persistent(),
+            Slot::Mem(m) => self.stores_message(m),
             Slot::Stored(_) => true,
         }
+    }
+
+    /// Whether this queue keeps `m` in the store: a durable queue keeps
+    /// persistent messages; a quorum queue keeps every message, whatever its
+    /// delivery mode (as RabbitMQ's quorum queues do). Exclusive queues
+    /// keep nothing.
+    pub fn stores_message(&self, m: &Message) -> bool {
+        self.durable && self.exclusive_owner.is_none() && (m.is_persistent() || self.quorum)
     }
 
     /// Bytes of messages this queue holds in memory.

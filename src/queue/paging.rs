@@ -37,11 +37,7 @@ impl Queue {
             i -= 1;
             let Some(e) = st.ready.get_mut(i) else { break };
             let Slot::Mem(m) = &e.slot else { break };
-            if !(self.durable
-                && self.exclusive_owner.is_none()
-                && m.is_persistent()
-                && m.is_deliverable())
-            {
+            if !(self.stores_message(m) && m.is_deliverable()) {
                 continue;
             }
             let freed = m.body.len() + m.raw_properties.len();
