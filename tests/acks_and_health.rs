@@ -7,29 +7,12 @@
 
 mod common;
 
-use common::mgmt::{http, GUEST};
+use common::mgmt::{http, wait_json, GUEST};
 use common::{connect, Broker};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use serde_json::{json, Value};
-use std::time::{Duration, Instant};
-
-/// GET `path` until `done` holds (RabbitMQ's counts lag by its stats interval).
-fn wait_json(addr: std::net::SocketAddr, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = http(addr, "GET", path, GUEST, None);
-        if r.status == 200 {
-            let j = r.json();
-            if done(&j) {
-                return j;
-            }
-        }
-        assert!(Instant::now() < deadline, "{path}: {} {}", r.status, r.body);
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn basic_get_deliveries_count_as_unacknowledged() {

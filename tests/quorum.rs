@@ -6,12 +6,12 @@
 
 mod common;
 
-use common::mgmt::{http, GUEST};
+use common::mgmt::{http, wait_json, GUEST};
 use common::{connect, reply_code, unique, Broker};
 use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
@@ -291,22 +291,6 @@ async fn delivery_count_header_and_delivery_limit_dead_letters() {
         common::delete_queue(&conn, name).await;
     }
     let _ = conn.close(200, "bye".into()).await;
-}
-
-/// GET `path` until `done` holds (RabbitMQ's stats lag).
-fn wait_json(addr: std::net::SocketAddr, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = http(addr, "GET", path, GUEST, None);
-        if r.status == 200 {
-            let j = r.json();
-            if done(&j) {
-                return j;
-            }
-        }
-        assert!(Instant::now() < deadline, "{path}: {} {}", r.status, r.body);
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -309,8 +309,7 @@ impl Broker {
         self.next_msg_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Check a user's password.
-    /// An AMQP login (counted as RabbitMQ's `auth_attempts{protocol="amqp091"}`).
+    /// Check a user's password for an AMQP login (counted as RabbitMQ's `auth_attempts{protocol="amqp091"}`).
     pub fn authenticate(
         &self,
         user: &str,

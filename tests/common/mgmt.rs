@@ -5,7 +5,7 @@ use rabbitmq_http_client::blocking_api::Client;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Broker;
 
@@ -86,6 +86,23 @@ pub fn wait_count(c: &Api, q: &str, n: u64) {
             std::time::Instant::now() < deadline,
             "{q}: {got} messages, not {n}"
         );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET `path` as guest until `done` holds, bounded (RabbitMQ's counts lag by
+/// its stats interval; Hopper's by its sample interval).
+pub fn wait_json(addr: SocketAddr, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = http(addr, "GET", path, GUEST, None);
+        if r.status == 200 {
+            let j = r.json();
+            if done(&j) {
+                return j;
+            }
+        }
+        assert!(Instant::now() < deadline, "{path}: {} {}", r.status, r.body);
         std::thread::sleep(Duration::from_millis(100));
     }
 }
