@@ -11,7 +11,6 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRecoverOptions,
 };
 use lapin::protocol::{self as proto, AMQPClass};
-use lapin::types::FieldTable;
 use std::time::Duration;
 
 #[tokio::test]
@@ -321,19 +320,8 @@ async fn deleting_the_queue_cancels_its_consumers() {
 async fn raw_server_basic_cancel_frame_names_the_consumer() {
     let broker = Broker::start();
     let (mut c, q) = raw_channel_with_consumer(&broker).await;
-    c.send_method(
-        1,
-        &AMQPClass::Basic(proto::basic::AMQPMethod::Consume(proto::basic::Consume {
-            queue: q.as_str().into(),
-            consumer_tag: "watcher".into(),
-            no_local: false,
-            no_ack: false,
-            exclusive: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        })),
-    )
-    .await;
+    c.send_method(1, &raw::basic_consume(q.as_str(), "watcher"))
+        .await;
     match c.expect_method(1).await {
         AMQPClass::Basic(proto::basic::AMQPMethod::ConsumeOk(ok)) => {
             assert_eq!(ok.consumer_tag.as_str(), "watcher")

@@ -8,7 +8,6 @@ use common::raw::{self, RawClient};
 use common::*;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRecoverOptions, BasicRejectOptions};
 use lapin::protocol::{self as proto, AMQPClass};
-use lapin::types::FieldTable;
 use std::time::Duration;
 
 #[tokio::test]
@@ -247,19 +246,8 @@ async fn recover_ok_comes_before_the_redeliveries() {
         c.send(&raw::header_frame(1, body.len() as u64)).await;
         c.send(&raw::body_frame(1, body)).await;
     }
-    c.send_method(
-        1,
-        &AMQPClass::Basic(proto::basic::AMQPMethod::Consume(proto::basic::Consume {
-            queue: q.as_str().into(),
-            consumer_tag: "c1".into(),
-            no_local: false,
-            no_ack: false,
-            exclusive: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        })),
-    )
-    .await;
+    c.send_method(1, &raw::basic_consume(q.as_str(), "c1"))
+        .await;
     let mut delivered = 0;
     while delivered < 2 {
         match c.expect_method(1).await {
@@ -361,18 +349,7 @@ async fn unacked_messages_return_when_socket_drops_abruptly() {
     let mut raw_c = RawClient::open(broker.addr()).await;
     raw_c.open_channel(1).await;
     raw_c
-        .send_method(
-            1,
-            &AMQPClass::Basic(proto::basic::AMQPMethod::Consume(proto::basic::Consume {
-                queue: q.as_str().into(),
-                consumer_tag: "".into(),
-                no_local: false,
-                no_ack: false,
-                exclusive: false,
-                nowait: false,
-                arguments: FieldTable::default(),
-            })),
-        )
+        .send_method(1, &raw::basic_consume(q.as_str(), ""))
         .await;
     let mut saw_deliver = false;
     while !saw_deliver {

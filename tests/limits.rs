@@ -303,7 +303,6 @@ fn client_that_stops_reading_is_dropped_after_write_timeout() {
     if common::inproc::skip_in_external_mode() {
         return;
     }
-    use lapin::protocol::{self as proto, AMQPClass};
     common::inproc::paused(async {
         let broker = common::inproc::InProc::start_with(|c| c.limits.write_timeout = 1).await;
         let mut p = broker.raw_open(0).await;
@@ -319,19 +318,8 @@ fn client_that_stops_reading_is_dropped_after_write_timeout() {
         assert_eq!(p.count(1, q).await, N);
         let mut c = broker.raw_open(0).await;
         c.open_channel(1).await;
-        c.send_method(
-            1,
-            &AMQPClass::Basic(proto::basic::AMQPMethod::Consume(proto::basic::Consume {
-                queue: q.into(),
-                consumer_tag: "never-reads".into(),
-                no_local: false,
-                no_ack: false,
-                exclusive: false,
-                nowait: false,
-                arguments: FieldTable::default(),
-            })),
-        )
-        .await;
+        c.send_method(1, &raw::basic_consume(q, "never-reads"))
+            .await;
         let stalled = tokio::time::Instant::now();
         // Deliveries leave the queue for the stalled client...
         while p.count(1, q).await == N {

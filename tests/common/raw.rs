@@ -152,6 +152,19 @@ pub fn basic_publish(exchange: &str, routing_key: &str) -> AMQPClass {
     }))
 }
 
+/// basic.consume with manual acks and no arguments.
+pub fn basic_consume(queue: &str, consumer_tag: &str) -> AMQPClass {
+    AMQPClass::Basic(proto::basic::AMQPMethod::Consume(proto::basic::Consume {
+        queue: queue.into(),
+        consumer_tag: consumer_tag.into(),
+        no_local: false,
+        no_ack: false,
+        exclusive: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    }))
+}
+
 pub fn channel_open() -> AMQPClass {
     AMQPClass::Channel(proto::channel::AMQPMethod::Open(proto::channel::Open {}))
 }
