@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::link::Link;
 use super::log::{decode, encode};
-use super::types::{GroupId, MetaCommand, MetaResult, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use super::types::{
+    GroupId, MetaCommand, MetaResult, QueueCommand, Snapshot, SnapshotMeta, TypeConfig, Vote,
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Rpc {
@@ -34,6 +36,21 @@ pub enum Rpc {
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     /// A proposal from a follower: the leader writes and applies it.
     Propose(MetaCommand),
+    /// A queue command from a node that does not lead the queue's group.
+    QPropose(QueueCommand),
+    /// A follower with consumers asks the leader for messages, holding
+    /// these deliveries (from an earlier leader) unacknowledged.
+    Subscribe {
+        window: u32,
+        holding: Vec<u64>,
+    },
+    /// A follower's consumers are gone: these undelivered ones come back.
+    Unsubscribe {
+        returned: Vec<u64>,
+    },
+    /// The leader's deliveries for a follower's consumers: (id, message as
+    /// the store encodes it, redelivered, delivery count).
+    Deliver(Vec<(u64, Vec<u8>, bool, u32)>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +63,8 @@ pub enum Reply {
     Proposed(MetaResult, u64),
     /// Not the leader (any more): try the one named, if any.
     NotLeader(Option<u64>),
+    /// Done (a subscription, a delivery).
+    Done,
 }
 
 fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {

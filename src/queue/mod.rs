@@ -11,6 +11,7 @@
 mod entry;
 mod limits;
 mod paging;
+mod replica;
 mod runtime;
 pub mod subscriber;
 mod views;
@@ -19,6 +20,7 @@ pub use entry::{now_ms, QueueEntry, Reason, Slot};
 use entry::{Ready, NEVER_ENQUEUED};
 pub use limits::{as_u64, Limits, Overflow, PolicyLimits};
 use paging::LOAD_BATCH;
+pub use replica::Replica;
 use runtime::over_limit;
 pub use subscriber::Subscriber;
 pub use views::{Peek, Peeked};
@@ -88,6 +90,9 @@ struct QueueState {
     limits: Arc<Limits>,
     /// `message_stats` counts, under the lock the queue takes anyway.
     counts: crate::stats::QueueCounts,
+    /// Whether this queue delivers its messages: always, unless it is the
+    /// view of a replicated queue on a node that does not lead it (`replica`).
+    leading: bool,
 }
 
 #[derive(Debug)]
@@ -123,6 +128,11 @@ pub struct Queue {
     /// basic.get deliveries held unacknowledged (`QueueEntry::got`), for
     /// `messages_unacknowledged`.
     got_unacked: std::sync::atomic::AtomicU64,
+    /// Set when the queue is a quorum queue replicated by a cluster group.
+    replica: std::sync::OnceLock<Arc<dyn Replica>>,
+    /// A replicated queue's deliveries not settled yet (`replica`); taken
+    /// inside the state lock, never the other way round.
+    out: Mutex<HashMap<u64, replica::Out>>,
     state: Mutex<QueueState>,
 }
 
@@ -207,6 +217,8 @@ impl Queue {
             flow: AtomicBool::new(false),
             flow_cleared: tokio::sync::Notify::new(),
             got_unacked: std::sync::atomic::AtomicU64::new(0),
+            replica: std::sync::OnceLock::new(),
+            out: Mutex::new(HashMap::new()),
             state: Mutex::new(QueueState {
                 ready: Ready::default(),
                 dead: Vec::new(),
@@ -219,6 +231,7 @@ impl Queue {
                 loading: false,
                 limits: Arc::new(limits_init),
                 counts: Default::default(),
+                leading: true,
             }),
         }
     }
@@ -483,7 +496,12 @@ impl Queue {
         if st.deleted {
             return;
         }
+        let mut returned = Vec::new();
         for mut e in entries {
+            if self.replica.get().is_some() {
+                self.out.lock().remove(&e.msg_id());
+                returned.push(e.msg_id());
+            }
             e.redelivered = true;
             self.release_got(&mut e);
             if self.quorum {
@@ -504,6 +522,9 @@ impl Queue {
             st.ready.insert(at, e);
         }
         self.pump(&mut st);
+        if let (Some(r), false) = (self.replica.get(), returned.is_empty()) {
+            r.returned(&returned);
+        }
     }
 
     /// Deliver again after consumers gained credit or a store write completed.
@@ -536,6 +557,12 @@ impl Queue {
         }
         if let (Some(d), Some(k)) = (&self.dedup, &entry.dedup_key) {
             d.keys.lock().remove(k);
+        }
+        if let Some(r) = self.replica.get() {
+            // The group's apply removes it from every node's store.
+            self.out.lock().remove(&entry.msg_id());
+            r.settle(entry.msg_id());
+            return;
         }
         if self.stores(entry) && !self.gone.load(Ordering::Acquire) {
             self.store.remove(&self.store_key, entry.msg_id());
@@ -595,6 +622,7 @@ impl Queue {
                         let e = ready.pop_front()?;
                         if let Slot::Mem(m) = &e.slot {
                             let m = m.clone();
+                            self.taken(m.id);
                             return Some((e, m));
                         }
                         // pump offers only an in-memory head; never reached
@@ -665,6 +693,7 @@ impl Queue {
             }
         };
         let entry = st.ready.pop_front()?;
+        self.taken(entry.msg_id());
         if no_ack {
             st.counts.get_no_ack += 1;
         } else {
@@ -696,6 +725,9 @@ impl Queue {
             .partition_point(|c| c.priority() >= consumer.priority());
         st.consumers.insert(at, consumer);
         st.had_consumer = true;
+        if let Some(r) = self.replica.get() {
+            r.consumers_changed();
+        }
         // No delivery yet: consume-ok must reach the client first (the caller kicks).
         true
     }
@@ -713,6 +745,9 @@ impl Queue {
         if st.consumers.is_empty() {
             self.clear_flow();
         }
+        if let Some(r) = self.replica.get() {
+            r.consumers_changed();
+        }
         self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }
 
@@ -726,7 +761,9 @@ impl Queue {
         let n = st.ready.len() as u32;
         let key = &self.store_key;
         for e in st.ready.take() {
-            if self.stores(&e) {
+            if let Some(r) = self.replica.get() {
+                r.settle(e.msg_id());
+            } else if self.stores(&e) {
                 self.store.remove(key, e.msg_id());
             }
             if let (Some(d), Some(k)) = (&self.dedup, &e.dedup_key) {
