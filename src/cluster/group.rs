@@ -64,6 +64,8 @@ pub struct Group {
     pub feeds: Feeds,
     /// Confirms given, and samples of which nodes had synced the entry.
     pub proof: Proof,
+    /// Where a node outside the group last heard the leader is (0: unknown).
+    hint: AtomicU64,
 }
 
 /// For a sample of confirmed enqueues: which nodes had the entry on disk
@@ -113,9 +115,11 @@ impl Group {
             sub_wake: Arc::new(Notify::new()),
             feeds: Feeds::default(),
             proof: Proof::default(),
+            hint: AtomicU64::new(0),
         });
         tokio::spawn(proposer(Arc::downgrade(&g), rx));
         tokio::spawn(settler(Arc::downgrade(&g)));
+        tokio::spawn(subscription(Arc::downgrade(&g)));
         g
     }
 
@@ -183,13 +187,37 @@ impl Group {
             }
         }
         tokio::spawn(leadership(Arc::downgrade(self), raft.clone(), shutdown));
-        tokio::spawn(subscription(Arc::downgrade(self)));
         Ok(())
     }
 
-    /// The leader as this node knows it.
+    /// The leader as this node knows it: a member from its Raft, a node
+    /// outside the group from the last answer it had (or a first guess).
     pub fn leader(&self) -> Option<u64> {
-        self.raft.get()?.metrics().borrow_watched().current_leader
+        if let Some(raft) = self.raft.get() {
+            return raft.metrics().borrow_watched().current_leader;
+        }
+        if self.members.contains(&self.me) {
+            return None;
+        }
+        match self.hint.load(Ordering::Relaxed) {
+            0 => self.members.first().copied(),
+            l => Some(l),
+        }
+    }
+
+    /// A node outside the group learned where the leader is, or that `from`
+    /// is not it (then it tries the next member).
+    fn heard(&self, from: u64, leader: Option<u64>) {
+        if self.members.contains(&self.me) {
+            return;
+        }
+        let next = leader.unwrap_or_else(|| {
+            let at = self.members.iter().position(|m| *m == from).unwrap_or(0);
+            self.members[(at + 1) % self.members.len()]
+        });
+        if self.hint.swap(next, Ordering::Relaxed) != next {
+            self.sub_wake.notify_one();
+        }
     }
 
     /// Propose a queue command on the leader (here or forwarded), retrying
@@ -214,7 +242,14 @@ impl Group {
                     let rpc = Rpc::QPropose(cmd.clone());
                     match call(&self.link, l, self.id, &rpc, RPC_TTL).await {
                         Ok(Reply::Proposed(r, _)) => Some(r),
-                        _ => None,
+                        Ok(Reply::NotLeader(hint)) => {
+                            self.heard(l, hint);
+                            None
+                        }
+                        _ => {
+                            self.heard(l, None);
+                            None
+                        }
                     }
                 }
                 _ => None,
@@ -292,6 +327,16 @@ impl Group {
                 }
                 Ok(Reply::Done)
             }
+            Rpc::Get => {
+                let q = self.queue().ok_or("queue gone")?;
+                if !q.is_leading() {
+                    return Ok(Reply::NotLeader(self.leader()));
+                }
+                let got = q.take_for(from).map(|(e, m)| {
+                    (m.id, encode_message(&m), e.redelivered, e.delivery_count)
+                });
+                Ok(Reply::Messages(got.into_iter().collect()))
+            }
             Rpc::Deliver(items) => {
                 if let Some(q) = self.queue() {
                     feed::delivered(&q, items);
@@ -304,6 +349,9 @@ impl Group {
 
     /// A peer's link went down: what was sent to its consumers is ready again.
     pub fn node_down(self: &Arc<Self>, node: u64) {
+        if self.leader() == Some(node) {
+            self.heard(node, None);
+        }
         if let Some(q) = self.queue() {
             feed::node_down(self, &q, node);
         }
@@ -357,8 +405,52 @@ impl Replica for Group {
         self.sub_wake.notify_one();
     }
 
-    fn held(&self) -> u64 {
-        self.machine.get().map_or(0, |m| m.held())
+    fn info(&self) -> crate::queue::ReplicaInfo {
+        let name = |id: &u64| format!("hopper@{id}");
+        let connected = self.link.connected();
+        let last = self.proof.last.lock().clone();
+        crate::queue::ReplicaInfo {
+            leader: self.leader().map(|l| name(&l)),
+            members: self.members.iter().map(name).collect(),
+            online: self
+                .members
+                .iter()
+                .filter(|m| **m == self.me || connected.contains(m))
+                .map(name)
+                .collect(),
+            messages: self.machine.get().map_or(0, |m| m.held()),
+            confirmed: self.proof.confirmed.load(Ordering::Relaxed),
+            sampled: self.proof.sampled.load(Ordering::Relaxed),
+            sampled_majority: self.proof.majority.load(Ordering::Relaxed),
+            last_sample: last.map(|(i, nodes)| (i, nodes.iter().map(name).collect())),
+        }
+    }
+
+    fn fetch(&self) {
+        let Some(leader) = self.leader().filter(|l| *l != self.me) else {
+            return;
+        };
+        let Some(q) = self.queue() else { return };
+        let run = || {
+            tokio::runtime::Handle::current().block_on(call(
+                &self.link,
+                leader,
+                self.id,
+                &Rpc::Get,
+                RPC_TTL,
+            ))
+        };
+        let reply = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => return,
+        };
+        match reply {
+            Ok(Reply::Messages(items)) => feed::delivered(&q, items),
+            Ok(Reply::NotLeader(hint)) => self.heard(leader, hint),
+            _ => self.heard(leader, None),
+        }
     }
 }
 
@@ -506,7 +598,14 @@ async fn subscription(group: Weak<Group>) {
             };
             match call(&g.link, l, g.id, &rpc, RPC_TTL).await {
                 Ok(Reply::Done) => subscribed = Some(l),
-                _ => retry = true,
+                Ok(Reply::NotLeader(hint)) => {
+                    g.heard(l, hint);
+                    retry = true;
+                }
+                _ => {
+                    g.heard(l, None);
+                    retry = true;
+                }
             }
         }
         drop((g, q));

@@ -51,6 +51,10 @@ pub enum Rpc {
     /// The leader's deliveries for a follower's consumers: (id, message as
     /// the store encodes it, redelivered, delivery count).
     Deliver(Vec<(u64, Vec<u8>, bool, u32)>),
+    /// basic.get on a follower: the leader's head, sent to that node.
+    Get,
+    /// Wait until this node has applied the meta log up to this index.
+    Applied(u64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,6 +69,8 @@ pub enum Reply {
     NotLeader(Option<u64>),
     /// Done (a subscription, a delivery).
     Done,
+    /// Messages for a follower's basic.get (none: the queue is empty).
+    Messages(Vec<(u64, Vec<u8>, bool, u32)>),
 }
 
 fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {

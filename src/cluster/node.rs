@@ -27,6 +27,9 @@ use crate::store::Store;
 /// elected and the entry applied) before the channel gets an error.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 const RPC_TTL: Duration = Duration::from_secs(5);
+/// How long a definition change waits for the other live nodes to apply it
+/// too (so a publish through any node right after declare-ok is routed).
+const APPLIED_WAIT: Duration = Duration::from_secs(2);
 /// Raft timings for hundreds of groups on 2 cores (CLUSTER.md): 500 ms
 /// heartbeats, elections after 2-4 s without one.
 pub(super) const ELECTION_TIMEOUT_MAX: u64 = 4000;
@@ -122,7 +125,8 @@ impl Handler for Rpcs {
                     Rpc::QPropose(_)
                     | Rpc::Subscribe { .. }
                     | Rpc::Unsubscribe { .. }
-                    | Rpc::Deliver(_) => g.handle(from, rpc).await?,
+                    | Rpc::Deliver(_)
+                    | Rpc::Get => g.handle(from, rpc).await?,
                     rpc => {
                         let raft = g.raft().ok_or("group starting")?.clone();
                         raft_rpc(&raft, rpc).await?
@@ -143,6 +147,13 @@ impl Handler for Rpcs {
                                 }
                             }
                         }
+                    }
+                    Rpc::Applied(index) => {
+                        raft.wait(Some(APPLIED_WAIT))
+                            .applied_index_at_least(Some(index), "definition change")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Reply::Done
                     }
                     rpc => raft_rpc(&raft, rpc).await?,
                 }
@@ -294,6 +305,17 @@ impl Node {
                     .applied_index_at_least(Some(index), "definition change")
                     .await
                     .map_err(|e| format!("not applied on this node: {e}"))?;
+                // As in RabbitMQ, a declare-ok means the object exists on
+                // every node: wait (briefly) for the live ones to apply it.
+                let peers = self.link.connected();
+                let waits = peers.into_iter().map(|p| {
+                    let link = self.link.clone();
+                    async move {
+                        let rpc = Rpc::Applied(index);
+                        call(&link, p, META_GROUP, &rpc, APPLIED_WAIT).await
+                    }
+                });
+                futures_util::future::join_all(waits).await;
                 return Ok(result);
             }
             if tokio::time::Instant::now() >= deadline {

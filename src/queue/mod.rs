@@ -20,7 +20,7 @@ pub use entry::{now_ms, QueueEntry, Reason, Slot};
 use entry::{Ready, NEVER_ENQUEUED};
 pub use limits::{as_u64, Limits, Overflow, PolicyLimits};
 use paging::LOAD_BATCH;
-pub use replica::Replica;
+pub use replica::{Replica, ReplicaInfo};
 use runtime::over_limit;
 pub use subscriber::Subscriber;
 pub use views::{Peek, Peeked};
@@ -682,6 +682,15 @@ impl Queue {
     /// holds it unacked.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueueEntry, Arc<Message>, u32)> {
         self.touch();
+        if let Some(r) = self.replica.get() {
+            let empty = {
+                let st = self.state.lock();
+                !st.leading && st.ready.is_empty()
+            };
+            if empty {
+                r.fetch();
+            }
+        }
         let mut st = self.head_in_memory(self.state.lock());
         let msg = match st.ready.front() {
             Some(QueueEntry {
@@ -791,5 +800,7 @@ impl Queue {
     }
 }
 
+#[cfg(test)]
+mod replica_tests;
 #[cfg(test)]
 mod tests;

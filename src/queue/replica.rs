@@ -34,8 +34,30 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     fn returned(&self, ids: &[u64]);
     /// The queue's local consumers changed.
     fn consumers_changed(&self);
+    /// Where the queue runs and what it holds, for the management API.
+    fn info(&self) -> ReplicaInfo;
+    /// basic.get on a following view with nothing buffered: ask the leader
+    /// for its head, into the buffer. Blocks (the worker is handed off).
+    fn fetch(&self);
+}
+
+/// A replicated queue as the management API shows it.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaInfo {
+    /// The group's leader's node name, when there is one.
+    pub leader: Option<String>,
+    pub members: Vec<String>,
+    /// Members this node reaches (itself included).
+    pub online: Vec<String>,
     /// Messages the group holds (ready and unacknowledged, all nodes).
-    fn held(&self) -> u64;
+    pub messages: u64,
+    /// Confirmed publishes, sampled confirms (one per 1,000), and samples
+    /// that showed a majority of members with the entry synced.
+    pub confirmed: u64,
+    pub sampled: u64,
+    pub sampled_majority: u64,
+    /// The last sample: its log index and the nodes that had synced it.
+    pub last_sample: Option<(u64, Vec<String>)>,
 }
 
 /// Who holds a delivered message that is not settled yet.
@@ -192,6 +214,28 @@ impl Queue {
         out.values()
             .filter(|o| matches!(o, Out::Remote(n, _) if *n == node))
             .count()
+    }
+
+    /// basic.get from another node: the head, as sent to `node` (read back
+    /// from the store first when it is paged out; blocks for that).
+    pub fn take_for(self: &Arc<Self>, node: u64) -> Option<(QueueEntry, Arc<Message>)> {
+        let mut st = self.head_in_memory(self.state.lock());
+        if !st.leading {
+            return None;
+        }
+        let msg = match st.ready.front() {
+            Some(QueueEntry {
+                slot: Slot::Mem(m), ..
+            }) if m.is_deliverable() => m.clone(),
+            _ => return None,
+        };
+        let entry = st.ready.pop_front()?;
+        st.mem_bytes = st.mem_bytes.saturating_sub(entry.mem_bytes());
+        st.counts.get += 1;
+        self.out
+            .lock()
+            .insert(msg.id, Out::Remote(node, entry.clone()));
+        Some((entry, msg))
     }
 
     /// A delivery the leading view sent to `node` (see `cluster::quorum`).
