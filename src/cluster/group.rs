@@ -41,7 +41,7 @@ const RPC_TTL: Duration = Duration::from_secs(5);
 /// Messages in one `Enqueue` entry at most.
 const MAX_BATCH: usize = 512;
 /// Enqueue batches in flight per group.
-const IN_FLIGHT: usize = 8;
+const IN_FLIGHT: usize = 64;
 
 type Pending = (Arc<Message>, Completion);
 
@@ -337,6 +337,13 @@ impl Group {
                 });
                 Ok(Reply::Messages(got.into_iter().collect()))
             }
+            Rpc::Purge => {
+                let q = self.queue().ok_or("queue gone")?;
+                if !q.is_leading() {
+                    return Ok(Reply::NotLeader(self.leader()));
+                }
+                Ok(Reply::Purged(q.purge()))
+            }
             Rpc::Deliver(items) => {
                 if let Some(q) = self.queue() {
                     feed::delivered(&q, items);
@@ -426,31 +433,45 @@ impl Replica for Group {
         }
     }
 
+    fn messages(&self) -> u64 {
+        self.machine.get().map_or(0, |m| m.held())
+    }
+
+    fn purge(&self) -> u32 {
+        match self.ask_leader(Rpc::Purge) {
+            Some((_, Reply::Purged(n))) => n,
+            _ => 0,
+        }
+    }
+
     fn fetch(&self) {
-        let Some(leader) = self.leader().filter(|l| *l != self.me) else {
-            return;
-        };
         let Some(q) = self.queue() else { return };
+        match self.ask_leader(Rpc::Get) {
+            Some((_, Reply::Messages(items))) => feed::delivered(&q, items),
+            Some((leader, Reply::NotLeader(hint))) => self.heard(leader, hint),
+            Some((leader, _)) => self.heard(leader, None),
+            None => {}
+        }
+    }
+}
+
+impl Group {
+    /// One request to the leader from a channel's thread: blocks, with the
+    /// worker handed off (as the store's synced definition writes do).
+    /// `None` when no other node leads; an error reply counts as `Done`.
+    fn ask_leader(&self, rpc: Rpc) -> Option<(u64, Reply)> {
+        let leader = self.leader().filter(|l| *l != self.me)?;
         let run = || {
-            tokio::runtime::Handle::current().block_on(call(
-                &self.link,
-                leader,
-                self.id,
-                &Rpc::Get,
-                RPC_TTL,
-            ))
+            tokio::runtime::Handle::current()
+                .block_on(call(&self.link, leader, self.id, &rpc, RPC_TTL))
         };
         let reply = match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(run)
             }
-            _ => return,
+            _ => return None,
         };
-        match reply {
-            Ok(Reply::Messages(items)) => feed::delivered(&q, items),
-            Ok(Reply::NotLeader(hint)) => self.heard(leader, hint),
-            _ => self.heard(leader, None),
-        }
+        Some((leader, reply.unwrap_or(Reply::Done)))
     }
 }
 

@@ -53,6 +53,8 @@ pub enum Rpc {
     Deliver(Vec<(u64, Vec<u8>, bool, u32)>),
     /// basic.get on a follower: the leader's head, sent to that node.
     Get,
+    /// queue.purge on a follower: the leader purges.
+    Purge,
     /// Wait until this node has applied the meta log up to this index.
     Applied(u64),
 }
@@ -69,6 +71,8 @@ pub enum Reply {
     NotLeader(Option<u64>),
     /// Done (a subscription, a delivery).
     Done,
+    /// The leader purged this many.
+    Purged(u32),
     /// Messages for a follower's basic.get (none: the queue is empty).
     Messages(Vec<(u64, Vec<u8>, bool, u32)>),
 }

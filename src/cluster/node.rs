@@ -33,9 +33,6 @@ const APPLIED_WAIT: Duration = Duration::from_secs(2);
 /// Raft timings for hundreds of groups on 2 cores (CLUSTER.md): 500 ms
 /// heartbeats, elections after 2-4 s without one.
 pub(super) const ELECTION_TIMEOUT_MAX: u64 = 4000;
-/// How long a publish to a quorum queue may wait for a majority before it
-/// is nacked.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The quorum queues' groups this node knows, by group id.
 pub type Groups = DashMap<GroupId, Arc<Group>>;
@@ -126,7 +123,8 @@ impl Handler for Rpcs {
                     | Rpc::Subscribe { .. }
                     | Rpc::Unsubscribe { .. }
                     | Rpc::Deliver(_)
-                    | Rpc::Get => g.handle(from, rpc).await?,
+                    | Rpc::Get
+                    | Rpc::Purge => g.handle(from, rpc).await?,
                     rpc => {
                         let raft = g.raft().ok_or("group starting")?.clone();
                         raft_rpc(&raft, rpc).await?
@@ -250,7 +248,7 @@ impl Node {
             machine,
             store,
             shutdown,
-            confirm_timeout: CONFIRM_TIMEOUT,
+            confirm_timeout: Duration::from_millis(cfg.confirm_timeout_ms),
         });
         let lowest = node.members.keys().next().copied() == Some(me);
         let initialized = node

@@ -265,6 +265,10 @@ impl Queue {
     }
 
     pub fn message_count(&self) -> u32 {
+        if let Some(r) = self.replica.get() {
+            // Every node answers for the whole replicated queue.
+            return r.messages().min(u64::from(u32::MAX)) as u32;
+        }
         self.state.lock().ready.len() as u32
     }
 
@@ -766,6 +770,13 @@ impl Queue {
 
     /// Drop all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
+        if let Some(r) = self.replica.get() {
+            if !self.is_leading() {
+                // The leader purges its ready messages for every node.
+                self.take_buffer();
+                return r.purge();
+            }
+        }
         let mut st = self.state.lock();
         let n = st.ready.len() as u32;
         let key = &self.store_key;

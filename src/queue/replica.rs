@@ -36,6 +36,11 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     fn consumers_changed(&self);
     /// Where the queue runs and what it holds, for the management API.
     fn info(&self) -> ReplicaInfo;
+    /// Messages the group holds (ready and unacknowledged, all nodes).
+    fn messages(&self) -> u64;
+    /// queue.purge on a following view: the leader purges; how many went.
+    /// Blocks (the worker is handed off).
+    fn purge(&self) -> u32;
     /// basic.get on a following view with nothing buffered: ask the leader
     /// for its head, into the buffer. Blocks (the worker is handed off).
     fn fetch(&self);

@@ -27,6 +27,12 @@ impl Replica for Recorder {
         ReplicaInfo::default()
     }
     fn fetch(&self) {}
+    fn messages(&self) -> u64 {
+        0
+    }
+    fn purge(&self) -> u32 {
+        0
+    }
 }
 
 fn replicated() -> (Arc<Queue>, Arc<Recorder>) {
