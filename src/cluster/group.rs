@@ -293,7 +293,7 @@ impl Group {
         if synced.len() * 2 > self.members.len() {
             self.proof.majority.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::info!(queue = %self.name, index, synced_on = ?synced, "quorum confirm sample");
+        tracing::debug!(queue = %self.name, index, synced_on = ?synced, "quorum confirm sample");
         *self.proof.last.lock() = Some((index, synced));
     }
 
@@ -332,9 +332,9 @@ impl Group {
                 if !q.is_leading() {
                     return Ok(Reply::NotLeader(self.leader()));
                 }
-                let got = q.take_for(from).map(|(e, m)| {
-                    (m.id, encode_message(&m), e.redelivered, e.delivery_count)
-                });
+                let got = q
+                    .take_for(from)
+                    .map(|(e, m)| (m.id, encode_message(&m), e.redelivered, e.delivery_count));
                 Ok(Reply::Messages(got.into_iter().collect()))
             }
             Rpc::Purge => {

@@ -63,20 +63,31 @@ fn ready_ids(q: &Queue) -> Vec<u64> {
 #[test]
 fn a_following_view_delivers_what_the_leader_sent_and_settles_through_the_group() {
     let (q, r) = replicated();
-    assert!(!q.is_leading(), "a replicated view follows until told to lead");
+    assert!(
+        !q.is_leading(),
+        "a replicated view follows until told to lead"
+    );
     let (c, ()) = consumer(&q);
     q.push_remote(vec![(message(1), false, 0), (message(2), true, 3)]);
     assert_eq!(c.taken.lock().len(), 1);
     let first = c.taken.lock().remove(0);
     q.settled(&first);
-    assert_eq!(*r.settled.lock(), vec![1], "an ack settles by id in the group");
+    assert_eq!(
+        *r.settled.lock(),
+        vec![1],
+        "an ack settles by id in the group"
+    );
     c.credit.store(1, Ordering::Relaxed);
     q.kick();
     let second = c.taken.lock().remove(0);
     assert!(second.redelivered);
     assert_eq!(second.delivery_count, 3);
     q.requeue([second]);
-    assert_eq!(*r.returned.lock(), vec![2], "a requeue is counted in the group");
+    assert_eq!(
+        *r.returned.lock(),
+        vec![2],
+        "a requeue is counted in the group"
+    );
     assert_eq!(ready_ids(&q), vec![2], "and stays in this node's buffer");
 }
 
@@ -129,7 +140,10 @@ fn following_again_drops_the_ready_list_and_keeps_local_deliveries() {
     q.lead(held(&[1, 2]));
     let (c, ()) = consumer(&q);
     q.kick();
-    assert!(c.taken.lock().is_empty(), "stored heads wait for the store read");
+    assert!(
+        c.taken.lock().is_empty(),
+        "stored heads wait for the store read"
+    );
     let dropped = q.follow();
     assert_eq!(dropped, vec![1, 2]);
     assert!(!q.is_leading());
