@@ -141,7 +141,7 @@ pub fn unsubscribe(g: &Arc<Group>, q: &Arc<Queue>, node: u64, returned: &[u64]) 
 }
 
 /// Deliveries from the leader for this node's consumers.
-pub fn delivered(q: &Arc<Queue>, items: Vec<(u64, Vec<u8>, bool, u32)>) {
+pub fn delivered(q: &Arc<Queue>, items: Vec<(u64, super::types::Body, bool, u32)>) {
     let msgs = items
         .into_iter()
         .filter_map(|(id, bytes, redelivered, count)| {

@@ -156,8 +156,8 @@ impl Group {
             election_timeout_max: super::node::ELECTION_TIMEOUT_MAX,
             // Snapshots are barriers (the state is in the store): the log
             // behind them is purged, so it never grows with the backlog.
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(4096),
-            max_in_snapshot_log_to_keep: 512,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1024),
+            max_in_snapshot_log_to_keep: 256,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| e.to_string())?);

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::link::Link;
 use super::log::{decode, encode};
 use super::types::{
-    GroupId, MetaCommand, MetaResult, QueueCommand, Snapshot, SnapshotMeta, TypeConfig, Vote,
+    Body, GroupId, MetaCommand, MetaResult, QueueCommand, Snapshot, SnapshotMeta, TypeConfig, Vote,
 };
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -31,6 +31,7 @@ pub enum Rpc {
     Snapshot {
         vote: Vote,
         meta: SnapshotMeta,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
@@ -50,7 +51,7 @@ pub enum Rpc {
     },
     /// The leader's deliveries for a follower's consumers: (id, message as
     /// the store encodes it, redelivered, delivery count).
-    Deliver(Vec<(u64, Vec<u8>, bool, u32)>),
+    Deliver(Vec<(u64, Body, bool, u32)>),
     /// basic.get on a follower: the leader's head, sent to that node.
     Get,
     /// queue.purge on a follower: the leader purges.
@@ -74,7 +75,7 @@ pub enum Reply {
     /// The leader purged this many.
     Purged(u32),
     /// Messages for a follower's basic.get (none: the queue is empty).
-    Messages(Vec<(u64, Vec<u8>, bool, u32)>),
+    Messages(Vec<(u64, Body, bool, u32)>),
 }
 
 fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use super::log::{decode, encode, key, write_and_wait};
 use super::types::{
-    Command, GroupId, LogId, MetaResult, QueueCommand, Snapshot, SnapshotMeta, StoredMembership,
-    TypeConfig,
+    Body, Command, GroupId, LogId, MetaResult, QueueCommand, Snapshot, SnapshotMeta,
+    StoredMembership, TypeConfig,
 };
 use crate::message::Message;
 use crate::queue::{now_ms, Enqueued, Queue};
@@ -72,7 +72,7 @@ struct State {
 /// A snapshot's data: every held message, in order.
 #[derive(Serialize, Deserialize)]
 struct Contents {
-    messages: Vec<(u64, u32, Vec<u8>)>,
+    messages: Vec<(u64, u32, Body)>,
 }
 
 #[derive(Clone)]
@@ -107,8 +107,14 @@ pub fn decode_message(id: u64, bytes: &[u8]) -> Option<Arc<Message>> {
 }
 
 /// A message as the store encodes it (the form it travels in).
-pub fn encode_message(m: &Message) -> Vec<u8> {
-    codec::encode_message(&m.exchange, &m.routing_key, &m.raw_properties, 1, &m.body)
+pub fn encode_message(m: &Message) -> Body {
+    Body::from(codec::encode_message(
+        &m.exchange,
+        &m.routing_key,
+        &m.raw_properties,
+        1,
+        &m.body,
+    ))
 }
 
 impl QueueMachine {

@@ -94,13 +94,17 @@ impl std::fmt::Display for MetaCommand {
     }
 }
 
+/// Bytes written as one byte string (serde's default for `Vec<u8>` writes
+/// them one by one).
+pub type Body = serde_bytes::ByteBuf;
+
 /// A change to one quorum queue (a queue group's log entries).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum QueueCommand {
     /// Messages published to the queue, in order: (cluster-unique id, the
     /// message as the store encodes it). An id the group already holds is
     /// ignored, so a publish retried after a failover does not duplicate.
-    Enqueue(Vec<(u64, Vec<u8>)>),
+    Enqueue(Vec<(u64, Body)>),
     /// Messages that left the queue for good (acked, rejected, dropped) and
     /// messages that came back unacknowledged (their delivery count grows).
     Settle { acked: Vec<u64>, returned: Vec<u64> },
