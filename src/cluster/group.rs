@@ -66,6 +66,9 @@ pub struct Group {
     pub proof: Proof,
     /// Where a node outside the group last heard the leader is (0: unknown).
     hint: AtomicU64,
+    /// The link to the leader dropped: the leader ended this node's feed
+    /// (and made what it had sent ready again), so subscribe anew.
+    feed_lost: std::sync::atomic::AtomicBool,
 }
 
 /// For a sample of confirmed enqueues: which nodes had the entry on disk
@@ -116,6 +119,7 @@ impl Group {
             feeds: Feeds::default(),
             proof: Proof::default(),
             hint: AtomicU64::new(0),
+            feed_lost: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(proposer(Arc::downgrade(&g), rx));
         tokio::spawn(settler(Arc::downgrade(&g)));
@@ -358,6 +362,8 @@ impl Group {
     pub fn node_down(self: &Arc<Self>, node: u64) {
         if self.leader() == Some(node) {
             self.heard(node, None);
+            self.feed_lost.store(true, Ordering::Release);
+            self.sub_wake.notify_one();
         }
         if let Some(q) = self.queue() {
             feed::node_down(self, &q, node);
@@ -598,6 +604,11 @@ async fn subscription(group: Weak<Group>) {
         let leader = g.leader();
         let want = leader.filter(|l| *l != g.me && q.consumer_count() > 0);
         let mut retry = false;
+        if g.feed_lost.swap(false, Ordering::AcqRel) && subscribed.is_some() {
+            // The leader already took back what it had sent here.
+            q.take_buffer();
+            subscribed = None;
+        }
         if subscribed.is_some() && subscribed != want {
             if subscribed == leader {
                 let returned = q.take_buffer();
