@@ -131,7 +131,7 @@ pub fn subscribe(g: &Arc<Group>, q: &Arc<Queue>, node: u64, window: usize, holdi
 }
 
 /// `node` has no consumers left: what it had not delivered is ready again.
-pub fn unsubscribe(g: &Arc<Group>, q: &Arc<Queue>, node: u64, returned: &[u64]) {
+pub fn unsubscribe(g: &Arc<Group>, q: &Arc<Queue>, node: u64, returned: &[(u64, bool, u32)]) {
     let feed = g.feeds.0.lock().remove(&node);
     if let Some(feed) = feed {
         let sub: Arc<dyn Subscriber> = feed;

@@ -412,6 +412,8 @@ impl Replica for Group {
     fn returned(&self, ids: &[u64]) {
         self.settles.lock().1.extend_from_slice(ids);
         self.settle_wake.notify_one();
+        // A follower whose consumers are gone hands requeued ones back.
+        self.sub_wake.notify_one();
     }
 
     fn consumers_changed(&self) {
@@ -596,6 +598,9 @@ async fn leadership(
 /// is dropped: the new leader holds those messages and sends them again).
 async fn subscription(group: Weak<Group>) {
     let mut subscribed: Option<u64> = None;
+    // The leader this node's buffer came from (it stays that leader's
+    // after unsubscribing: deliveries requeued as the consumers closed).
+    let mut fed_by: Option<u64> = None;
     loop {
         let Some(g) = group.upgrade() else { return };
         let waker = g.sub_wake.clone();
@@ -604,10 +609,11 @@ async fn subscription(group: Weak<Group>) {
         let leader = g.leader();
         let want = leader.filter(|l| *l != g.me && q.consumer_count() > 0);
         let mut retry = false;
-        if g.feed_lost.swap(false, Ordering::AcqRel) && subscribed.is_some() {
+        if g.feed_lost.swap(false, Ordering::AcqRel) && fed_by.is_some() {
             // The leader already took back what it had sent here.
             q.take_buffer();
             subscribed = None;
+            fed_by = None;
         }
         if subscribed.is_some() && subscribed != want {
             if subscribed == leader {
@@ -620,8 +626,26 @@ async fn subscription(group: Weak<Group>) {
                 // The buffer came from a leader that no longer leads: the
                 // new one holds those messages (a leading view keeps its own).
                 q.take_buffer();
+                fed_by = None;
             }
             subscribed = None;
+        }
+        if subscribed.is_none() && want.is_none() {
+            // Deliveries requeued here after the consumers left (their
+            // channels closing) go back to the leader that sent them.
+            match fed_by {
+                Some(l) if Some(l) == leader => {
+                    let returned = q.take_buffer();
+                    if !returned.is_empty() {
+                        let rpc = Rpc::Unsubscribe { returned };
+                        let _ = call(&g.link, l, g.id, &rpc, RPC_TTL).await;
+                    }
+                }
+                _ => {
+                    q.take_buffer();
+                    fed_by = None;
+                }
+            }
         }
         if let (Some(l), None) = (want, subscribed) {
             let rpc = Rpc::Subscribe {
@@ -629,7 +653,10 @@ async fn subscription(group: Weak<Group>) {
                 holding: q.local_outstanding(),
             };
             match call(&g.link, l, g.id, &rpc, RPC_TTL).await {
-                Ok(Reply::Done) => subscribed = Some(l),
+                Ok(Reply::Done) => {
+                    subscribed = Some(l);
+                    fed_by = Some(l);
+                }
                 Ok(Reply::NotLeader(hint)) => {
                     g.heard(l, hint);
                     retry = true;

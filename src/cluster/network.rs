@@ -46,8 +46,9 @@ pub enum Rpc {
         holding: Vec<u64>,
     },
     /// A follower's consumers are gone: these undelivered ones come back.
+    /// (id, redelivered, delivery count) as the follower had them.
     Unsubscribe {
-        returned: Vec<u64>,
+        returned: Vec<(u64, bool, u32)>,
     },
     /// The leader's deliveries for a follower's consumers: (id, message as
     /// the store encodes it, redelivered, delivery count).

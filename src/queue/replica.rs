@@ -179,14 +179,19 @@ impl Queue {
     }
 
     /// A following view gives its undelivered buffer back (its consumers
-    /// left): the ids, for the leader to make ready again.
-    pub fn take_buffer(&self) -> Vec<u64> {
+    /// left), for the leader to make ready again: (id, redelivered,
+    /// delivery count), as returns here may have changed them.
+    pub fn take_buffer(&self) -> Vec<(u64, bool, u32)> {
         let mut st = self.state.lock();
         if st.leading {
             return Vec::new();
         }
         st.mem_bytes = 0;
-        st.ready.take().iter().map(|e| e.msg_id()).collect()
+        st.ready
+            .take()
+            .iter()
+            .map(|e| (e.msg_id(), e.redelivered, e.delivery_count))
+            .collect()
     }
 
     /// Deliveries this node's consumers hold unacknowledged.
@@ -288,16 +293,19 @@ impl Queue {
         nodes
     }
 
-    /// `node` gave back deliveries it had not handed to a consumer: ready
-    /// again at their places. Returns how many came back.
-    pub fn return_remote(self: &Arc<Self>, node: u64, ids: &[u64]) -> usize {
+    /// `node` gave back deliveries it had not handed to a consumer (with
+    /// their redelivered flag and delivery count there): ready again at
+    /// their places. Returns how many came back.
+    pub fn return_remote(self: &Arc<Self>, node: u64, returned: &[(u64, bool, u32)]) -> usize {
         let mut st = self.state.lock();
         let mut back = Vec::new();
         {
             let mut out = self.out.lock();
-            for id in ids {
+            for (id, redelivered, count) in returned {
                 if matches!(out.get(id), Some(Out::Remote(n, _)) if *n == node) {
-                    if let Some(Out::Remote(_, e)) = out.remove(id) {
+                    if let Some(Out::Remote(_, mut e)) = out.remove(id) {
+                        e.redelivered |= *redelivered;
+                        e.delivery_count = e.delivery_count.max(*count);
                         back.push(e);
                     }
                 }

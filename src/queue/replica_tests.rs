@@ -127,8 +127,14 @@ fn a_lost_node_and_a_returned_buffer_make_messages_ready_again() {
     q.lead(held(&[1, 2, 3]));
     q.claim_remote(5, &[1, 2]);
     q.claim_remote(6, &[3]);
-    assert_eq!(q.return_remote(6, &[3, 1]), 1, "only what was sent to 6");
+    let returned = [(3, true, 2), (1, false, 0)];
+    assert_eq!(q.return_remote(6, &returned), 1, "only what was sent to 6");
     assert_eq!(ready_ids(&q), vec![3]);
+    let three = q.state.lock().ready[0].clone();
+    assert!(
+        three.redelivered && three.delivery_count == 2,
+        "returns counted on the follower come back with it"
+    );
     assert_eq!(q.node_down(5), 2);
     assert_eq!(ready_ids(&q), vec![1, 2, 3], "back at their places");
     assert!(q.remote_counts().is_empty());
