@@ -69,6 +69,9 @@ pub struct Group {
     /// The link to the leader dropped: the leader ended this node's feed
     /// (and made what it had sent ready again), so subscribe anew.
     feed_lost: std::sync::atomic::AtomicBool,
+    /// The leader this node's buffer came from (0: none): a subscription's,
+    /// or a follower's basic.get. Requeued deliveries go back to it.
+    fed_by: AtomicU64,
 }
 
 /// For a sample of confirmed enqueues: which nodes had the entry on disk
@@ -120,6 +123,7 @@ impl Group {
             proof: Proof::default(),
             hint: AtomicU64::new(0),
             feed_lost: std::sync::atomic::AtomicBool::new(false),
+            fed_by: AtomicU64::new(0),
         });
         tokio::spawn(proposer(Arc::downgrade(&g), rx));
         tokio::spawn(settler(Arc::downgrade(&g)));
@@ -455,7 +459,10 @@ impl Replica for Group {
     fn fetch(&self) {
         let Some(q) = self.queue() else { return };
         match self.ask_leader(Rpc::Get) {
-            Some((_, Reply::Messages(items))) => feed::delivered(&q, items),
+            Some((leader, Reply::Messages(items))) => {
+                self.fed_by.store(leader, Ordering::Release);
+                feed::delivered(&q, items)
+            }
             Some((leader, Reply::NotLeader(hint))) => self.heard(leader, hint),
             Some((leader, _)) => self.heard(leader, None),
             None => {}
@@ -598,9 +605,6 @@ async fn leadership(
 /// is dropped: the new leader holds those messages and sends them again).
 async fn subscription(group: Weak<Group>) {
     let mut subscribed: Option<u64> = None;
-    // The leader this node's buffer came from (it stays that leader's
-    // after unsubscribing: deliveries requeued as the consumers closed).
-    let mut fed_by: Option<u64> = None;
     loop {
         let Some(g) = group.upgrade() else { return };
         let waker = g.sub_wake.clone();
@@ -609,11 +613,11 @@ async fn subscription(group: Weak<Group>) {
         let leader = g.leader();
         let want = leader.filter(|l| *l != g.me && q.consumer_count() > 0);
         let mut retry = false;
-        if g.feed_lost.swap(false, Ordering::AcqRel) && fed_by.is_some() {
+        if g.feed_lost.swap(false, Ordering::AcqRel) {
             // The leader already took back what it had sent here.
             q.take_buffer();
             subscribed = None;
-            fed_by = None;
+            g.fed_by.store(0, Ordering::Release);
         }
         if subscribed.is_some() && subscribed != want {
             if subscribed == leader {
@@ -626,15 +630,15 @@ async fn subscription(group: Weak<Group>) {
                 // The buffer came from a leader that no longer leads: the
                 // new one holds those messages (a leading view keeps its own).
                 q.take_buffer();
-                fed_by = None;
+                g.fed_by.store(0, Ordering::Release);
             }
             subscribed = None;
         }
         if subscribed.is_none() && want.is_none() {
             // Deliveries requeued here after the consumers left (their
             // channels closing) go back to the leader that sent them.
-            match fed_by {
-                Some(l) if Some(l) == leader => {
+            match g.fed_by.load(Ordering::Acquire) {
+                l if l != 0 && Some(l) == leader => {
                     let returned = q.take_buffer();
                     if !returned.is_empty() {
                         let rpc = Rpc::Unsubscribe { returned };
@@ -643,7 +647,7 @@ async fn subscription(group: Weak<Group>) {
                 }
                 _ => {
                     q.take_buffer();
-                    fed_by = None;
+                    g.fed_by.store(0, Ordering::Release);
                 }
             }
         }
@@ -655,7 +659,7 @@ async fn subscription(group: Weak<Group>) {
             match call(&g.link, l, g.id, &rpc, RPC_TTL).await {
                 Ok(Reply::Done) => {
                     subscribed = Some(l);
-                    fed_by = Some(l);
+                    g.fed_by.store(l, Ordering::Release);
                 }
                 Ok(Reply::NotLeader(hint)) => {
                     g.heard(l, hint);
