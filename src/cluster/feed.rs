@@ -4,20 +4,22 @@
 //! order; the follower's view buffers them for its own consumers. Settles
 //! come back through the group's log (`quorum` credits the feed); a node
 //! that unsubscribes gives its buffer back, a node whose link drops has
-//! everything it held made ready again, redelivered. Owns the feeds; never
-//! proposes anything.
+//! everything it held made ready again, redelivered. On the follower's side
+//! `subscription` keeps one subscription to whichever node leads while
+//! there are consumers, and hands back what they requeued once they are
+//! gone. Owns the feeds and the subscription; never proposes anything.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::group::Group;
+use super::group::{Group, RPC_TTL};
 use super::link::Link;
-use super::network::{call, Rpc};
+use super::network::{call, Reply, Rpc};
 use super::quorum::{decode_message, encode_message};
 use super::types::GroupId;
 use crate::message::Message;
@@ -180,6 +182,86 @@ pub fn drop_all(g: &Arc<Group>) {
         for f in feeds {
             let sub: Arc<dyn Subscriber> = f;
             q.remove_consumer(&sub);
+        }
+    }
+}
+
+/// A follower with consumers subscribes to the leader; without, it gives
+/// its buffer back. A new leader means a new subscription (the old buffer
+/// is dropped: the new leader holds those messages and sends them again).
+pub async fn subscription(group: Weak<Group>) {
+    let mut subscribed: Option<u64> = None;
+    loop {
+        let Some(g) = group.upgrade() else { return };
+        let waker = g.sub_wake.clone();
+        let wake = waker.notified();
+        let Some(q) = g.queue() else { return };
+        let leader = g.leader();
+        let want = leader.filter(|l| *l != g.me && q.consumer_count() > 0);
+        let mut retry = false;
+        if g.feed_lost.swap(false, Ordering::AcqRel) {
+            // The leader already took back what it had sent here.
+            q.take_buffer();
+            subscribed = None;
+            g.fed_by.store(0, Ordering::Release);
+        }
+        if subscribed.is_some() && subscribed != want {
+            if subscribed == leader {
+                let returned = q.take_buffer();
+                let rpc = Rpc::Unsubscribe { returned };
+                if let Some(to) = subscribed {
+                    let _ = call(&g.link, to, g.id, &rpc, RPC_TTL).await;
+                }
+            } else {
+                // The buffer came from a leader that no longer leads: the
+                // new one holds those messages (a leading view keeps its own).
+                q.take_buffer();
+                g.fed_by.store(0, Ordering::Release);
+            }
+            subscribed = None;
+        }
+        if subscribed.is_none() && want.is_none() {
+            // Deliveries requeued here after the consumers left (their
+            // channels closing) go back to the leader that sent them.
+            match g.fed_by.load(Ordering::Acquire) {
+                l if l != 0 && Some(l) == leader => {
+                    let returned = q.take_buffer();
+                    if !returned.is_empty() {
+                        let rpc = Rpc::Unsubscribe { returned };
+                        let _ = call(&g.link, l, g.id, &rpc, RPC_TTL).await;
+                    }
+                }
+                _ => {
+                    q.take_buffer();
+                    g.fed_by.store(0, Ordering::Release);
+                }
+            }
+        }
+        if let (Some(l), None) = (want, subscribed) {
+            let rpc = Rpc::Subscribe {
+                window: WINDOW as u32,
+                holding: q.local_outstanding(),
+            };
+            match call(&g.link, l, g.id, &rpc, RPC_TTL).await {
+                Ok(Reply::Done) => {
+                    subscribed = Some(l);
+                    g.fed_by.store(l, Ordering::Release);
+                }
+                Ok(Reply::NotLeader(hint)) => {
+                    g.heard(l, hint);
+                    retry = true;
+                }
+                _ => {
+                    g.heard(l, None);
+                    retry = true;
+                }
+            }
+        }
+        drop((g, q));
+        if retry {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        } else {
+            wake.await;
         }
     }
 }

@@ -37,7 +37,7 @@ use crate::message::Message;
 use crate::queue::{Queue, Replica};
 use crate::store::{Completion, Store};
 
-const RPC_TTL: Duration = Duration::from_secs(5);
+pub(super) const RPC_TTL: Duration = Duration::from_secs(5);
 /// Messages in one `Enqueue` entry at most.
 const MAX_BATCH: usize = 512;
 /// Enqueue batches in flight per group.
@@ -50,8 +50,8 @@ pub struct Group {
     pub vhost: String,
     pub name: String,
     pub members: Vec<u64>,
-    me: u64,
-    link: Arc<Link>,
+    pub(super) me: u64,
+    pub(super) link: Arc<Link>,
     raft: OnceLock<QueueRaft>,
     machine: OnceLock<QueueMachine>,
     queue: Weak<Queue>,
@@ -60,7 +60,7 @@ pub struct Group {
     settles: Mutex<(Vec<u64>, Vec<u64>)>,
     settle_wake: Arc<Notify>,
     /// Consumers here changed or the leader moved: the subscription task looks.
-    sub_wake: Arc<Notify>,
+    pub(super) sub_wake: Arc<Notify>,
     pub feeds: Feeds,
     /// Confirms given, and samples of which nodes had synced the entry.
     pub proof: Proof,
@@ -68,10 +68,10 @@ pub struct Group {
     hint: AtomicU64,
     /// The link to the leader dropped: the leader ended this node's feed
     /// (and made what it had sent ready again), so subscribe anew.
-    feed_lost: std::sync::atomic::AtomicBool,
+    pub(super) feed_lost: std::sync::atomic::AtomicBool,
     /// The leader this node's buffer came from (0: none): a subscription's,
     /// or a follower's basic.get. Requeued deliveries go back to it.
-    fed_by: AtomicU64,
+    pub(super) fed_by: AtomicU64,
 }
 
 /// For a sample of confirmed enqueues: which nodes had the entry on disk
@@ -127,7 +127,7 @@ impl Group {
         });
         tokio::spawn(proposer(Arc::downgrade(&g), rx));
         tokio::spawn(settler(Arc::downgrade(&g)));
-        tokio::spawn(subscription(Arc::downgrade(&g)));
+        tokio::spawn(feed::subscription(Arc::downgrade(&g)));
         g
     }
 
@@ -215,7 +215,7 @@ impl Group {
 
     /// A node outside the group learned where the leader is, or that `from`
     /// is not it (then it tries the next member).
-    fn heard(&self, from: u64, leader: Option<u64>) {
+    pub(super) fn heard(&self, from: u64, leader: Option<u64>) {
         if self.members.contains(&self.me) {
             return;
         }
@@ -596,86 +596,6 @@ async fn leadership(
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// A follower with consumers subscribes to the leader; without, it gives
-/// its buffer back. A new leader means a new subscription (the old buffer
-/// is dropped: the new leader holds those messages and sends them again).
-async fn subscription(group: Weak<Group>) {
-    let mut subscribed: Option<u64> = None;
-    loop {
-        let Some(g) = group.upgrade() else { return };
-        let waker = g.sub_wake.clone();
-        let wake = waker.notified();
-        let Some(q) = g.queue() else { return };
-        let leader = g.leader();
-        let want = leader.filter(|l| *l != g.me && q.consumer_count() > 0);
-        let mut retry = false;
-        if g.feed_lost.swap(false, Ordering::AcqRel) {
-            // The leader already took back what it had sent here.
-            q.take_buffer();
-            subscribed = None;
-            g.fed_by.store(0, Ordering::Release);
-        }
-        if subscribed.is_some() && subscribed != want {
-            if subscribed == leader {
-                let returned = q.take_buffer();
-                let rpc = Rpc::Unsubscribe { returned };
-                if let Some(to) = subscribed {
-                    let _ = call(&g.link, to, g.id, &rpc, RPC_TTL).await;
-                }
-            } else {
-                // The buffer came from a leader that no longer leads: the
-                // new one holds those messages (a leading view keeps its own).
-                q.take_buffer();
-                g.fed_by.store(0, Ordering::Release);
-            }
-            subscribed = None;
-        }
-        if subscribed.is_none() && want.is_none() {
-            // Deliveries requeued here after the consumers left (their
-            // channels closing) go back to the leader that sent them.
-            match g.fed_by.load(Ordering::Acquire) {
-                l if l != 0 && Some(l) == leader => {
-                    let returned = q.take_buffer();
-                    if !returned.is_empty() {
-                        let rpc = Rpc::Unsubscribe { returned };
-                        let _ = call(&g.link, l, g.id, &rpc, RPC_TTL).await;
-                    }
-                }
-                _ => {
-                    q.take_buffer();
-                    g.fed_by.store(0, Ordering::Release);
-                }
-            }
-        }
-        if let (Some(l), None) = (want, subscribed) {
-            let rpc = Rpc::Subscribe {
-                window: feed::WINDOW as u32,
-                holding: q.local_outstanding(),
-            };
-            match call(&g.link, l, g.id, &rpc, RPC_TTL).await {
-                Ok(Reply::Done) => {
-                    subscribed = Some(l);
-                    g.fed_by.store(l, Ordering::Release);
-                }
-                Ok(Reply::NotLeader(hint)) => {
-                    g.heard(l, hint);
-                    retry = true;
-                }
-                _ => {
-                    g.heard(l, None);
-                    retry = true;
-                }
-            }
-        }
-        drop((g, q));
-        if retry {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        } else {
-            wake.await;
         }
     }
 }
