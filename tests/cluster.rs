@@ -47,6 +47,11 @@ fn cluster_section(id: u8, ports: &[u16], secret: Option<&std::path::Path>) -> S
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with("")
+    }
+
+    /// Three nodes whose `[cluster]` sections end with `extra` lines.
+    fn start_with(extra: &str) -> Cluster {
         let conf = tempfile::tempdir().unwrap();
         let secret = conf.path().join("secret");
         std::fs::write(&secret, "correct horse battery staple\n").unwrap();
@@ -56,7 +61,10 @@ impl Cluster {
                 let path = conf.path().join(format!("node{id}.toml"));
                 std::fs::write(
                     &path,
-                    format!("{CONF}{}", cluster_section(id, &ports, Some(&secret))),
+                    format!(
+                        "{CONF}{}{extra}",
+                        cluster_section(id, &ports, Some(&secret))
+                    ),
                 )
                 .unwrap();
                 Broker::start_with_args(&["--config", path.to_str().unwrap()])
@@ -527,4 +535,83 @@ async fn quorum_queue_messages_publish_get_and_purge_through_any_node() {
         }
     })
     .await;
+}
+
+/// A publish to a quorum queue whose group has lost its majority is nacked
+/// once `confirm_timeout_ms` has passed, never confirmed or left hanging; the
+/// queue takes publishes again once a majority is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_without_a_majority_is_nacked_after_the_confirm_timeout() {
+    let mut c = Cluster::start_with("confirm_timeout_ms = 1500\n");
+    {
+        let (_c, ch) = within_for(SLOW, "node 1 up", channel(&c.nodes[0])).await;
+        within_for(
+            SLOW,
+            "the quorum queue declared",
+            ch.queue_declare("q.minority".into(), durable(), quorum_args(&[])),
+        )
+        .await
+        .expect("declare");
+        common::confirm_select(&ch).await;
+        let ok = within_for(SLOW, "a first confirm", async {
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    "q.minority".into(),
+                    Default::default(),
+                    b"with a majority",
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .expect("publish");
+            confirm.await.expect("confirm")
+        })
+        .await;
+        assert!(ok.is_ack(), "{ok:?}");
+    }
+    c.nodes[1].kill9();
+    c.nodes[2].kill9();
+    let (_c, ch) = channel(&c.nodes[0]).await;
+    common::confirm_select(&ch).await;
+    let sent = Instant::now();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            "q.minority".into(),
+            Default::default(),
+            b"alone",
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .expect("publish to the minority");
+    let outcome = within_for(SLOW, "the minority's answer", confirm)
+        .await
+        .expect("confirm");
+    assert!(outcome.is_nack(), "expected a nack, got {outcome:?}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1500),
+        "nacked before the confirm timeout: {:?}",
+        sent.elapsed()
+    );
+    c.nodes[1].start_again();
+    let ok = within_for(SLOW, "a confirm once a majority is back", async {
+        loop {
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    "q.minority".into(),
+                    Default::default(),
+                    b"majority again",
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .expect("publish");
+            let outcome = confirm.await.expect("confirm");
+            if outcome.is_ack() {
+                break outcome;
+            }
+        }
+    })
+    .await;
+    assert!(ok.is_ack());
 }

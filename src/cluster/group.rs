@@ -235,20 +235,26 @@ impl Group {
         loop {
             let attempt = match (self.raft.get(), self.leader()) {
                 (Some(raft), Some(l)) if l == self.me => {
-                    match raft.client_write(Command::Queue(cmd.clone())).await {
-                        Ok(r) => {
+                    // A leader cut off from its followers waits for a
+                    // commit that cannot come: bounded by the deadline.
+                    let write = raft.client_write(Command::Queue(cmd.clone()));
+                    match tokio::time::timeout_at(deadline, write).await {
+                        Ok(Ok(r)) => {
                             self.sample(raft, r.log_id.index, &cmd);
                             Some(r.data)
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             tracing::debug!(group = self.id, error = %e, "proposal failed; retrying");
                             None
                         }
+                        Err(_) => None,
                     }
                 }
                 (_, Some(l)) => {
                     let rpc = Rpc::QPropose(cmd.clone());
-                    match call(&self.link, l, self.id, &rpc, RPC_TTL).await {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let ttl = RPC_TTL.min(left.max(Duration::from_millis(1)));
+                    match call(&self.link, l, self.id, &rpc, ttl).await {
                         Ok(Reply::Proposed(r, _)) => Some(r),
                         Ok(Reply::NotLeader(hint)) => {
                             self.heard(l, hint);
