@@ -213,6 +213,7 @@ class Node:
         self.config_path = os.path.join(base, "broker.toml")
         self.log_path = os.path.join(base, "hopper.log")
         self.proc = None
+        self._log_leaders, self._log_offset = {}, 0
         self.starts = 0
         self.start_seconds = []
 
@@ -317,6 +318,22 @@ class Node:
             self.kill()
         return self.start()
 
+    LEADER_LINE = re.compile(r"quorum queue leader queue=(\S+) .*leader=hopper@(\d+)")
+
+    def logged_leaders(self):
+        """queue -> the leader this node's log last named (read incrementally)."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_offset)
+                chunk = fh.read()
+        except OSError:
+            return self._log_leaders
+        complete = chunk.rfind(b"\n") + 1  # a line still being written waits for next time
+        self._log_offset += complete
+        for m in self.LEADER_LINE.finditer(chunk[:complete].decode(errors="replace")):
+            self._log_leaders[m.group(1)] = int(m.group(2))
+        return self._log_leaders
+
     def log_tail(self, lines=40):
         try:
             with open(self.log_path, "rb") as fh:
@@ -352,9 +369,10 @@ class Node:
         return self.api(f"/api/queues/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(queue, safe='')}")
 
 
-LeaderView = collections.namedtuple("LeaderView", "leader agreed answers")
+LeaderView = collections.namedtuple("LeaderView", "leader agreed answers reported")
 LeaderView.__doc__ = """leader: the node id a majority of the cluster names (None without one);
-agreed: whether it is a majority answer; answers: node id -> the leader it named (None: no answer)."""
+agreed: whether it is a majority answer; answers: node id -> the leader it named (None: no
+answer); reported: False when every node names a leader that is no `hopper@<id>`."""
 
 
 # ------------------------------------------------------------------ the cluster
@@ -429,18 +447,23 @@ class Cluster:
     def leader(self, queue, vhost="/"):
         """The queue's leader as the live nodes see it: the answer a majority of the
         cluster's nodes gives (and that names a live node), else leader=None."""
-        answers = {}
+        answers, names = {}, []
         for n in self.live():
             try:
-                answers[n.id] = node_id_of(n.queue_info(queue, vhost).get("leader"))
+                name = n.queue_info(queue, vhost).get("leader")
             except Exception:
-                answers[n.id] = None
+                name = None
+            answers[n.id] = node_id_of(name)
+            names.append(name)
         counts = collections.Counter(v for v in answers.values() if v is not None)
         if counts:
             top, votes = counts.most_common(1)[0]
             if votes > len(self.nodes) // 2 and self.node(top).alive():
-                return LeaderView(top, True, answers)
-        return LeaderView(None, False, answers)
+                return LeaderView(top, True, answers, True)
+        # Every node answered with a name that is no `hopper@<id>` (a broker from before
+        # quorum queues were replicated): waiting will not change that.
+        unknown = bool(names) and all(isinstance(x, str) and node_id_of(x) is None for x in names)
+        return LeaderView(None, False, answers, not unknown)
 
     def wait_leader(self, queue, timeout=30, not_node=None, vhost="/"):
         """Wait until a majority names a live leader (other than `not_node`). On timeout
@@ -450,16 +473,32 @@ class Cluster:
             view = self.leader(queue, vhost)
             if view.agreed and view.leader != not_node:
                 return view
-            if time.monotonic() > deadline:
+            if not view.reported or time.monotonic() > deadline:
                 return view
             time.sleep(0.1)
 
+    def leader_from_logs(self, queue):
+        """The queue's leader by the nodes' logs (a fallback for brokers whose API does not
+        name it): the majority of each live node's last `quorum queue leader queue=<q>
+        ... leader=hopper@N` line, or None."""
+        seen = [n.logged_leaders().get(queue) for n in self.live()]
+        counts = collections.Counter(x for x in seen if x is not None)
+        if counts:
+            top, votes = counts.most_common(1)[0]
+            if votes > len(self.nodes) // 2 and self.node(top).alive():
+                return top
+        return None
+
     def guess_leader(self, queue, vhost="/", timeout=15):
-        """The agreed leader, else (brokers that do not agree, e.g. before queues are
-        replicated) the leader the lowest live node names, else the lowest live node."""
+        """The agreed leader; else (a broker whose API does not name it) the leader the
+        nodes' logs agree on; else the leader the lowest live node names; else the lowest
+        live node."""
         view = self.wait_leader(queue, timeout=timeout, vhost=vhost)
         if view.agreed:
             return view.leader, view
+        from_logs = self.leader_from_logs(queue)
+        if from_logs is not None:
+            return from_logs, view._replace(leader=from_logs)
         for nid in sorted(view.answers):
             if view.answers[nid] is not None and self.node(view.answers[nid]).alive():
                 return view.answers[nid], view

@@ -111,9 +111,15 @@ class History:
 
     def first_ack_after(self, t):
         """When the first publish sent at or after t was acked (None: none yet)."""
+        first = None
         with self.lock:
-            acks = [a.done for a in self.attempts if a.outcome == "ack" and a.sent is not None and a.sent >= t]
-        return min(acks) if acks else None
+            # attempts are appended as they complete: only the tail can qualify
+            for a in reversed(self.attempts):
+                if a.done < t:
+                    break
+                if a.outcome == "ack" and a.sent is not None and a.sent >= t:
+                    first = a.done if first is None else min(first, a.done)
+        return first
 
     # -------------------------------------------------------------- the checker
     def report(self):
