@@ -372,7 +372,8 @@ class Node:
 LeaderView = collections.namedtuple("LeaderView", "leader agreed answers reported")
 LeaderView.__doc__ = """leader: the node id a majority of the cluster names (None without one);
 agreed: whether it is a majority answer; answers: node id -> the leader it named (None: no
-answer); reported: False when every node names a leader that is no `hopper@<id>`."""
+answer); reported: False when every node names a leader that is no `hopper@<id>` (then the
+leader, if any, is the one the nodes' logs agree on)."""
 
 
 # ------------------------------------------------------------------ the cluster
@@ -386,6 +387,7 @@ class Cluster:
         if not (os.path.isfile(self.binary) and os.access(self.binary, os.X_OK)):
             raise ClusterError(f"no hopper binary at {self.binary} (build it, or set HOPPER_BIN)")
         self.workdir = workdir or tempfile.mkdtemp(prefix="hopper-cluster-")
+        os.makedirs(self.workdir, exist_ok=True)
         self.keep, self.extra_config, self.rust_log = keep, extra_config, rust_log
         self.secret_path = os.path.join(self.workdir, "cluster.secret")
         with open(self.secret_path, "w") as fh:
@@ -460,10 +462,12 @@ class Cluster:
             top, votes = counts.most_common(1)[0]
             if votes > len(self.nodes) // 2 and self.node(top).alive():
                 return LeaderView(top, True, answers, True)
-        # Every node answered with a name that is no `hopper@<id>` (a broker from before
-        # quorum queues were replicated): waiting will not change that.
-        unknown = bool(names) and all(isinstance(x, str) and node_id_of(x) is None for x in names)
-        return LeaderView(None, False, answers, not unknown)
+        # Every node answered with a name that is no `hopper@<id>` (a broker whose API does
+        # not name the leader): the nodes' logs may, else waiting will not change anything.
+        if bool(names) and all(isinstance(x, str) and node_id_of(x) is None for x in names):
+            logged = self.leader_from_logs(queue)
+            return LeaderView(logged, logged is not None, answers, False)
+        return LeaderView(None, False, answers, True)
 
     def wait_leader(self, queue, timeout=30, not_node=None, vhost="/"):
         """Wait until a majority names a live leader (other than `not_node`). On timeout
@@ -473,7 +477,7 @@ class Cluster:
             view = self.leader(queue, vhost)
             if view.agreed and view.leader != not_node:
                 return view
-            if not view.reported or time.monotonic() > deadline:
+            if (not view.reported and not view.agreed) or time.monotonic() > deadline:
                 return view
             time.sleep(0.1)
 
@@ -490,15 +494,11 @@ class Cluster:
         return None
 
     def guess_leader(self, queue, vhost="/", timeout=15):
-        """The agreed leader; else (a broker whose API does not name it) the leader the
-        nodes' logs agree on; else the leader the lowest live node names; else the lowest
-        live node."""
+        """(leader id, LeaderView): the agreed leader, else the leader the lowest live node
+        names, else the lowest live node."""
         view = self.wait_leader(queue, timeout=timeout, vhost=vhost)
         if view.agreed:
             return view.leader, view
-        from_logs = self.leader_from_logs(queue)
-        if from_logs is not None:
-            return from_logs, view._replace(leader=from_logs)
         for nid in sorted(view.answers):
             if view.answers[nid] is not None and self.node(view.answers[nid]).alive():
                 return view.answers[nid], view
