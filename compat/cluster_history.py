@@ -130,7 +130,8 @@ class History:
             events = list(self.events)
         outcomes = collections.Counter(a.outcome for a in attempts)
         confirmed = {a.mid for a in attempts if a.outcome == "ack"}
-        ack_node = {a.mid: a.node for a in attempts if a.outcome == "ack"}  # the last node that acked
+        acked = {a.mid: a for a in attempts if a.outcome == "ack"}  # the last acked attempt
+        ack_node = {m: a.node for m, a in acked.items()}
         published = {m for m, _ in sent}
         by_mid = collections.defaultdict(list)
         for d in deliveries:
@@ -180,6 +181,9 @@ class History:
             "lost": len(lost),
             "lost_ids": lost[:20],
             "lost_by_last_node": dict(collections.Counter(ack_node.get(m) for m in lost)),
+            "lost_sample": [{"mid": m, "attempt": acked[m].attempt, "node": acked[m].node,
+                             "sent": round(acked[m].sent, 3), "acked": round(acked[m].done, 3)}
+                            for m in lost[:5]],
             "duplicates": sum(dups.values()),
             "duplicates_from_retries": dups["retry"],
             "duplicates_from_redelivery": dups["redelivery"],
@@ -211,6 +215,9 @@ def summary(report):
         f"redeliveries {report['duplicates_from_redelivery']}; redelivered flag missing on "
         f"{report['redelivered_without_flag']}); stored but unconfirmed {report['stored_but_unconfirmed']}",
     ]
+    for x in report["lost_sample"]:
+        lines.append(f"  lost {x['mid']} (attempt {x['attempt']}): sent through node {x['node']} at "
+                     f"{x['sent']}s, confirmed at {x['acked']}s")
     for r in report["faults"]:
         lines.append(f"  fault {r['kind']} {r['nodes']} at {r['at']}s {r['note']}: "
                      f"first ack of a later publish after {r['failover_s']}s, duplicates {r['duplicates']}")

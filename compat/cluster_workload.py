@@ -37,7 +37,7 @@ logging.getLogger("aiormq").setLevel(logging.CRITICAL)
 
 class Workload:
     def __init__(self, cluster, queue, history, publishers=None, consumers=None, window=20, size=200,
-                 rate=None, prefix="m", prefetch=50, confirm_timeout=30.0, max_messages=None,
+                 rate=None, prefix="m", prefetch=50, confirm_timeout=45.0, max_messages=None,
                  return_home_after=5.0):
         """publishers/consumers: the home node id of each (default: one of each per node);
         rate: messages/s per publisher (None: as fast as confirms come back);
