@@ -102,10 +102,6 @@ class Workload:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
-    def stop_consumers(self):
-        self._stop_con = True
-        self._con_done.wait(15)
-
     # ------------------------------------------------------------------ clients
     async def _run(self, fn, homes, done):
         try:

@@ -5,7 +5,8 @@
 - a consumer on a follower gets and acks what is published through another node;
 - `x-delivery-limit`: redeliveries carry `x-delivery-count`, and a message
   returned more often than the limit is dead-lettered (to another quorum queue)
-  or dropped, through nodes that do not lead the queue;
+  or dropped, through consumers on nodes that do not lead the queue;
+- basic.get through a follower, and a reject with requeue through one;
 - confirmed load through all three nodes while the queue's leader is killed -9
   three times (and restarted each time), then a drain through all nodes:
   nothing confirmed is lost, duplicates are counted and printed per failover;
