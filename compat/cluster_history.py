@@ -1,0 +1,226 @@
+"""What the clients of a cluster saw, and the checker over it.
+
+Owns: the history of a run (every publish attempt: message id, attempt number,
+node, when sent, outcome; every delivery: id, attempt, node, redelivered,
+`x-delivery-count`, body check; every fault: kind, node(s), when) and
+`report()`, which checks it:
+
+- confirmed: message ids with at least one acked publish attempt;
+- lost: confirmed but never consumed (must be 0);
+- duplicates: deliveries of an id beyond its first, split into redeliveries of
+  one stored copy (same attempt: an ack lost with a node) and retries (two
+  attempts of one id both stored: a confirm lost with a node, at-least-once);
+- unexpected: a delivery of an (id, attempt) that was never sent, or whose body
+  is not the one sent (must be 0);
+- failover: per fault, the time from the fault to the first ack of a publish
+  sent after it, and the duplicates that show up until the next fault.
+
+Thread-safe (one lock); never talks to a broker.
+"""
+
+import collections
+import statistics
+import threading
+import time
+
+Attempt = collections.namedtuple("Attempt", "mid attempt node sent done outcome")
+Delivery = collections.namedtuple("Delivery", "mid attempt node redelivered delivery_count at body_ok")
+Fault = collections.namedtuple("Fault", "kind nodes at note")
+
+
+def body_for(mid, attempt, size):
+    """The body a publisher sends for (mid, attempt): checkable by the consumer."""
+    head = f"{mid}/{attempt}/".encode()
+    return head + b"." * max(0, size - len(head))
+
+
+def body_matches(body, mid, attempt):
+    return body.rstrip(b".") == f"{mid}/{attempt}/".encode()
+
+
+def _pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else None
+
+
+def _stats(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return {"n": 0}
+    return {"n": len(xs), "p50": round(statistics.median(xs), 3), "max": round(max(xs), 3)}
+
+
+class History:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.t0 = time.monotonic()
+        self.attempts = []  # Attempt, completed ones
+        self.in_flight = {}  # (mid, attempt) -> (node, sent)
+        self.sent = set()  # (mid, attempt)
+        self.deliveries = []
+        self.faults = []
+        self.events = []  # (at, text): notes for the report's timeline
+
+    def now(self):
+        return time.monotonic() - self.t0
+
+    # -------------------------------------------------------------- recording
+    def publish_sent(self, mid, attempt, node):
+        with self.lock:
+            self.sent.add((mid, attempt))
+            self.in_flight[(mid, attempt)] = (node, self.now())
+
+    def publish_done(self, mid, attempt, outcome):
+        """outcome: "ack", "nack", "closed" (connection/channel lost), "timeout"."""
+        with self.lock:
+            node, sent = self.in_flight.pop((mid, attempt), (None, None))
+            self.attempts.append(Attempt(mid, attempt, node, sent, self.now(), outcome))
+
+    def consumed(self, mid, attempt, node, redelivered, delivery_count, body_ok=True):
+        with self.lock:
+            self.deliveries.append(
+                Delivery(mid, attempt, node, bool(redelivered), delivery_count, self.now(), body_ok))
+
+    def fault(self, kind, nodes, note=""):
+        with self.lock:
+            self.faults.append(Fault(kind, tuple(nodes) if isinstance(nodes, (list, tuple)) else (nodes,),
+                                     self.now(), note))
+
+    def note(self, text):
+        with self.lock:
+            self.events.append((round(self.now(), 2), text))
+
+    # -------------------------------------------------------------- queries
+    def confirmed_ids(self):
+        with self.lock:
+            return {a.mid for a in self.attempts if a.outcome == "ack"}
+
+    def consumed_ids(self):
+        with self.lock:
+            return {d.mid for d in self.deliveries}
+
+    def counts(self):
+        with self.lock:
+            acked = {a.mid for a in self.attempts if a.outcome == "ack"}
+            return {"sent": len(self.sent), "confirmed": len(acked),
+                    "consumed": len({d.mid for d in self.deliveries}), "deliveries": len(self.deliveries)}
+
+    def last_delivery_at(self):
+        with self.lock:
+            return self.deliveries[-1].at if self.deliveries else None
+
+    def first_ack_after(self, t):
+        """When the first publish sent at or after t was acked (None: none yet)."""
+        first = None
+        with self.lock:
+            # attempts are appended as they complete: only the tail can qualify
+            for a in reversed(self.attempts):
+                if a.done < t:
+                    break
+                if a.outcome == "ack" and a.sent is not None and a.sent >= t:
+                    first = a.done if first is None else min(first, a.done)
+        return first
+
+    # -------------------------------------------------------------- the checker
+    def report(self):
+        with self.lock:
+            attempts, deliveries = list(self.attempts), list(self.deliveries)
+            faults, sent = list(self.faults), set(self.sent)
+            in_flight = dict(self.in_flight)
+            events = list(self.events)
+        outcomes = collections.Counter(a.outcome for a in attempts)
+        confirmed = {a.mid for a in attempts if a.outcome == "ack"}
+        acked = {a.mid: a for a in attempts if a.outcome == "ack"}  # the last acked attempt
+        ack_node = {m: a.node for m, a in acked.items()}
+        published = {m for m, _ in sent}
+        by_mid = collections.defaultdict(list)
+        for d in deliveries:
+            by_mid[d.mid].append(d)
+        lost = sorted(m for m in confirmed if m not in by_mid)
+        unexpected = [d for d in deliveries if (d.mid, d.attempt) not in sent or not d.body_ok]
+        # Duplicates: beyond the first delivery of an id. Each is a retry (another
+        # stored attempt) or a redelivery (the same attempt again); each is charged to
+        # the last fault before it showed up.
+        dup_events = []
+        for mid, ds in by_mid.items():
+            ds = sorted(ds, key=lambda d: d.at)
+            seen_attempts = set()
+            for i, d in enumerate(ds):
+                if i > 0:
+                    kind = "redelivery" if d.attempt in seen_attempts else "retry"
+                    dup_events.append((d.at, kind))
+                seen_attempts.add(d.attempt)
+        dups = collections.Counter(k for _, k in dup_events)
+        fault_rows, fault_times = [], [f.at for f in faults]
+        for i, f in enumerate(faults):
+            until = fault_times[i + 1] if i + 1 < len(faults) else float("inf")
+            acks = [a.done for a in attempts if a.outcome == "ack" and a.sent is not None and a.sent >= f.at]
+            first = min(acks) if acks else None
+            fault_rows.append({
+                "kind": f.kind, "nodes": list(f.nodes), "at": round(f.at, 2), "note": f.note,
+                "failover_s": round(first - f.at, 3) if first is not None else None,
+                "duplicates": sum(1 for at, _ in dup_events if f.at <= at < until),
+            })
+        per_kind = {}
+        for kind in sorted({r["kind"] for r in fault_rows}):
+            rows = [r for r in fault_rows if r["kind"] == kind]
+            per_kind[kind] = {"count": len(rows), "failover_s": _stats([r["failover_s"] for r in rows]),
+                              "duplicates": sum(r["duplicates"] for r in rows),
+                              "no_ack_after": sum(1 for r in rows if r["failover_s"] is None)}
+        delivery_counts = [d.delivery_count for d in deliveries if d.delivery_count is not None]
+        redelivered = [d for d in deliveries if d.redelivered]
+        report = {
+            "published_ids": len(published),
+            "publish_attempts": len(attempts) + len(in_flight),
+            "publish_outcomes": dict(outcomes, in_flight=len(in_flight)),
+            "confirmed": len(confirmed),
+            "never_confirmed": len(published - confirmed),
+            "stored_but_unconfirmed": sum(1 for m in by_mid if m not in confirmed),
+            "consumed_ids": len(by_mid),
+            "deliveries": len(deliveries),
+            "lost": len(lost),
+            "lost_ids": lost[:20],
+            "lost_by_last_node": dict(collections.Counter(ack_node.get(m) for m in lost)),
+            "lost_sample": [{"mid": m, "attempt": acked[m].attempt, "node": acked[m].node,
+                             "sent": round(acked[m].sent, 3), "acked": round(acked[m].done, 3)}
+                            for m in lost[:5]],
+            "duplicates": sum(dups.values()),
+            "duplicates_from_retries": dups["retry"],
+            "duplicates_from_redelivery": dups["redelivery"],
+            "unexpected": len(unexpected),
+            "unexpected_sample": [d._asdict() for d in unexpected[:5]],
+            "redelivered_flagged": len(redelivered),
+            "redelivered_without_flag": sum(
+                1 for mid, ds in by_mid.items() for d in sorted(ds, key=lambda d: d.at)[1:]
+                if not d.redelivered and d.attempt in {e.attempt for e in ds if e.at < d.at}),
+            "delivery_count_max": max(delivery_counts) if delivery_counts else None,
+            "deliveries_per_node": dict(collections.Counter(d.node for d in deliveries)),
+            "confirms_per_node": dict(collections.Counter(a.node for a in attempts if a.outcome == "ack")),
+            "faults": fault_rows,
+            "faults_by_kind": per_kind,
+            "failover_s": _stats([r["failover_s"] for r in fault_rows]),
+            "events": events[-50:],
+        }
+        return report
+
+
+def summary(report):
+    """A few lines for humans."""
+    lines = [
+        f"confirmed {report['confirmed']} of {report['published_ids']} ids "
+        f"(attempts {report['publish_attempts']}: {report['publish_outcomes']})",
+        f"consumed {report['consumed_ids']} ids in {report['deliveries']} deliveries; "
+        f"lost {report['lost']} {report['lost_by_last_node'] or ''}; unexpected {report['unexpected']}",
+        f"duplicates {report['duplicates']} (retries {report['duplicates_from_retries']}, "
+        f"redeliveries {report['duplicates_from_redelivery']}; redelivered flag missing on "
+        f"{report['redelivered_without_flag']}); stored but unconfirmed {report['stored_but_unconfirmed']}",
+    ]
+    for x in report["lost_sample"]:
+        lines.append(f"  lost {x['mid']} (attempt {x['attempt']}): sent through node {x['node']} at "
+                     f"{x['sent']}s, confirmed at {x['acked']}s")
+    for r in report["faults"]:
+        lines.append(f"  fault {r['kind']} {r['nodes']} at {r['at']}s {r['note']}: "
+                     f"first ack of a later publish after {r['failover_s']}s, duplicates {r['duplicates']}")
+    for kind, s in report["faults_by_kind"].items():
+        lines.append(f"  {kind}: {s['count']}x, failover {s['failover_s']}, duplicates {s['duplicates']}")
+    return "\n".join(lines)
