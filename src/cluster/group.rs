@@ -38,6 +38,9 @@ use crate::queue::{Queue, Replica};
 use crate::store::{Completion, Store};
 
 pub(super) const RPC_TTL: Duration = Duration::from_secs(5);
+/// How long a forwarded publish waits for the leader's answer before it is
+/// sent again (to the leader known then).
+const FORWARD_TTL: Duration = Duration::from_secs(2);
 /// Messages in one `Enqueue` entry at most.
 const MAX_BATCH: usize = 512;
 /// Enqueue batches in flight per group.
@@ -253,7 +256,9 @@ impl Group {
                 (_, Some(l)) => {
                     let rpc = Rpc::QPropose(cmd.clone());
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let ttl = RPC_TTL.min(left.max(Duration::from_millis(1)));
+                    // Short: a leader cut off silently answers nothing, and
+                    // the retry goes to whoever leads by then.
+                    let ttl = FORWARD_TTL.min(left.max(Duration::from_millis(1)));
                     match call(&self.link, l, self.id, &rpc, ttl).await {
                         Ok(Reply::Proposed(r, _)) => Some(r),
                         Ok(Reply::NotLeader(hint)) => {

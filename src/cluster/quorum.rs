@@ -47,11 +47,15 @@ pub trait Settled: Send + Sync + 'static {
 
 /// One held message: its index entry, how often it came back, and its
 /// place in the queue's order on this node.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Held {
     meta: IndexMeta,
     returned: u32,
     order: u64,
+    /// The message itself until its store write is done: a view that
+    /// starts leading, or a snapshot, reads it from here, not from a store
+    /// that does not have it yet.
+    pending: Option<Arc<Message>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -149,6 +153,7 @@ impl QueueMachine {
                     meta,
                     returned: 0,
                     order,
+                    pending: None,
                 },
             );
         }
@@ -172,11 +177,11 @@ impl QueueMachine {
     /// machine's lock, so no enqueue applied meanwhile is missed.
     pub fn lead(&self) {
         let st = self.state.lock();
-        let mut held: Vec<(u64, Held)> = st.held.iter().map(|(id, h)| (*id, *h)).collect();
+        let mut held: Vec<(u64, &Held)> = st.held.iter().map(|(id, h)| (*id, h)).collect();
         held.sort_by_key(|(_, h)| h.order);
         self.queue.lead(
             held.into_iter()
-                .map(|(id, h)| (id, h.meta, h.returned))
+                .map(|(id, h)| (id, h.meta, h.returned, h.pending.clone()))
                 .collect(),
         );
     }
@@ -217,15 +222,20 @@ impl QueueMachine {
         };
         let order = st.next_order;
         st.next_order += 1;
+        // Held back (on a follower too) until written: a view that leads
+        // meanwhile delivers it only once the store has it.
+        msg.mark_pending();
         st.held.insert(
             id,
             Held {
                 meta,
                 returned: 0,
                 order,
+                pending: Some(msg.clone()),
             },
         );
         let (m, q) = (msg.clone(), self.queue.clone());
+        let state = Arc::downgrade(&self.state);
         let name = self.queue.name.clone();
         self.store.persist(
             msg,
@@ -233,13 +243,18 @@ impl QueueMachine {
             None,
             Box::new(move |ok, _| {
                 if ok {
-                    m.mark_stored();
-                    q.kick();
+                    // Readable from the store from now on.
+                    if let Some(state) = state.upgrade() {
+                        if let Some(h) = state.lock().held.get_mut(&id) {
+                            h.pending = None;
+                        }
+                    }
                 } else {
+                    // Kept in memory: the group has it on a majority.
                     tracing::error!(queue = %name, id, "cannot store a replicated message");
-                    m.mark_stored();
-                    q.kick();
                 }
+                m.mark_stored();
+                q.kick();
             }),
         );
     }
@@ -276,7 +291,7 @@ impl QueueMachine {
     fn contents(&self) -> io::Result<(Applied, Contents)> {
         let (applied, mut held) = {
             let st = self.state.lock();
-            let held: Vec<(u64, Held)> = st.held.iter().map(|(id, h)| (*id, *h)).collect();
+            let held: Vec<(u64, Held)> = st.held.iter().map(|(id, h)| (*id, h.clone())).collect();
             (st.applied.clone(), held)
         };
         held.sort_by_key(|(_, h)| h.order);
@@ -288,7 +303,8 @@ impl QueueMachine {
                 .load(&ids)
                 .map_err(|e| io::Error::other(e.to_string()))?;
             for ((id, h), m) in chunk.iter().zip(loaded) {
-                if let Some(m) = m {
+                // A message whose write is still on its way is in memory.
+                if let Some(m) = h.pending.clone().or(m) {
                     messages.push((*id, h.returned, encode_message(&m)));
                 }
             }

@@ -107,21 +107,29 @@ impl Queue {
     /// (id, index meta, delivery count). Messages local consumers still
     /// hold stay theirs; everything else is ready again, flagged
     /// redelivered (the last leader may have delivered it).
-    pub fn lead(self: &Arc<Self>, held: Vec<(u64, IndexMeta, u32)>) {
+    /// A message still on its way to this node's store comes in memory.
+    pub fn lead(self: &Arc<Self>, held: Vec<(u64, IndexMeta, u32, Option<Arc<Message>>)>) {
         let mut st = self.state.lock();
         {
             let mut out = self.out.lock();
             out.retain(|_, o| matches!(o, Out::Local));
             st.ready.take();
             st.mem_bytes = 0;
-            for (id, meta, delivery_count) in held {
+            for (id, meta, delivery_count, pending) in held {
                 if out.contains_key(&id) {
                     continue;
                 }
                 let seq = st.next_seq;
                 st.next_seq += 1;
+                let slot = match pending {
+                    Some(m) => {
+                        st.mem_bytes += m.body.len() + m.raw_properties.len();
+                        Slot::Mem(m)
+                    }
+                    None => Slot::Stored(id),
+                };
                 st.ready.push_back(QueueEntry {
-                    slot: Slot::Stored(id),
+                    slot,
                     seq,
                     redelivered: true,
                     expires_at: meta.expires_at,

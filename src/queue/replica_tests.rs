@@ -43,7 +43,7 @@ fn replicated() -> (Arc<Queue>, Arc<Recorder>) {
     (q, r)
 }
 
-fn held(ids: &[u64]) -> Vec<(u64, IndexMeta, u32)> {
+fn held(ids: &[u64]) -> Vec<(u64, IndexMeta, u32, Option<Arc<Message>>)> {
     ids.iter()
         .map(|id| {
             let meta = IndexMeta {
@@ -51,7 +51,7 @@ fn held(ids: &[u64]) -> Vec<(u64, IndexMeta, u32)> {
                 priority: 0,
                 size: 1,
             };
-            (*id, meta, 0)
+            (*id, meta, 0, None)
         })
         .collect()
 }
@@ -155,4 +155,24 @@ fn following_again_drops_the_ready_list_and_keeps_local_deliveries() {
     assert!(!q.is_leading());
     q.purge();
     assert!(r.settled.lock().is_empty(), "nothing left to purge here");
+}
+
+#[test]
+fn a_message_not_yet_in_this_nodes_store_leads_from_memory_and_waits_for_its_write() {
+    let (q, _) = replicated();
+    let (c, ()) = consumer(&q);
+    let pending = message(5);
+    pending.mark_pending();
+    let mut held = held(&[5]);
+    held[0].3 = Some(pending.clone());
+    q.lead(held);
+    assert_eq!(
+        ready_ids(&q),
+        vec![5],
+        "not dropped as missing from the store"
+    );
+    assert!(c.taken.lock().is_empty(), "held back until written here");
+    pending.mark_stored();
+    q.kick();
+    assert_eq!(c.taken.lock()[0].msg_id(), 5);
 }
