@@ -39,22 +39,8 @@ USERNAME = os.environ.get("HOPPER_TEST_USER", "guest")
 PASSWORD = os.environ.get("HOPPER_TEST_PASSWORD", "guest")
 
 
-def hopper_binary():
-    explicit = os.environ.get("HOPPER_BIN")
-    if explicit:
-        return explicit
-    candidates = []
-    if os.environ.get("CARGO_TARGET_DIR"):
-        candidates.append(os.path.join(os.environ["CARGO_TARGET_DIR"], "debug", "hopper"))
-    candidates.append(os.path.expanduser("~/.cache/hopper-target/debug/hopper"))
-    # builds made with an explicit --target <triple>
-    for base in list(candidates):
-        target_dir = os.path.dirname(os.path.dirname(base))
-        candidates.extend(sorted(glob.glob(os.path.join(target_dir, "*", "debug", "hopper"))))
-    for path in candidates:
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return candidates[0]
+# One lookup of the binary for the suite and the cluster harness.
+from cluster_harness import hopper_binary  # noqa: E402
 
 
 def _die_with_parent():

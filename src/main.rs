@@ -169,7 +169,15 @@ fn main() -> anyhow::Result<()> {
         config.prometheus.listen = listen;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(config.log_level.as_deref().unwrap_or("info"))
+        let level = config.log_level.as_deref().unwrap_or("info");
+        // openraft logs every group's start-up state and each election at
+        // info: with a group per quorum queue that drowns the broker's own
+        // lines (which say who leads what). Its warnings still show.
+        if level.contains("openraft") {
+            tracing_subscriber::EnvFilter::new(level)
+        } else {
+            tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn"))
+        }
     });
     // Colour codes only for a person at a terminal: a log file, journald or a
     // test harness reading stderr gets plain text.

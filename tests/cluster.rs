@@ -47,6 +47,11 @@ fn cluster_section(id: u8, ports: &[u16], secret: Option<&std::path::Path>) -> S
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with("")
+    }
+
+    /// Three nodes whose `[cluster]` sections end with `extra` lines.
+    fn start_with(extra: &str) -> Cluster {
         let conf = tempfile::tempdir().unwrap();
         let secret = conf.path().join("secret");
         std::fs::write(&secret, "correct horse battery staple\n").unwrap();
@@ -56,7 +61,10 @@ impl Cluster {
                 let path = conf.path().join(format!("node{id}.toml"));
                 std::fs::write(
                     &path,
-                    format!("{CONF}{}", cluster_section(id, &ports, Some(&secret))),
+                    format!(
+                        "{CONF}{}{extra}",
+                        cluster_section(id, &ports, Some(&secret))
+                    ),
                 )
                 .unwrap();
                 Broker::start_with_args(&["--config", path.to_str().unwrap()])
@@ -432,4 +440,178 @@ fn bad_cluster_sections_stop_the_broker_with_a_reason() {
         err.contains(&format!("cannot listen on cluster.listen {addr}")),
         "{err}"
     );
+}
+
+/// A quorum queue's messages through any node: declared through node 1 and
+/// published at once through node 3 (a declare-ok means it exists on every
+/// live node: the publish is routed, not returned), confirmed, then counted,
+/// got and purged through node 2, a follower or the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queue_messages_publish_get_and_purge_through_any_node() {
+    let c = Cluster::start();
+    {
+        let (_c, ch) = within_for(SLOW, "node 1 up", channel(&c.nodes[0])).await;
+        within_for(
+            SLOW,
+            "the quorum queue declared",
+            ch.queue_declare("q.msgs".into(), durable(), quorum_args(&[])),
+        )
+        .await
+        .expect("declare through node 1");
+    }
+    let (_p, publisher) = channel(&c.nodes[2]).await;
+    common::confirm_select(&publisher).await;
+    for i in 0..50 {
+        let confirm = within_for(
+            SLOW,
+            "basic.publish",
+            publisher.basic_publish(
+                "".into(),
+                "q.msgs".into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                format!("m{i}").as_bytes(),
+                lapin::BasicProperties::default(),
+            ),
+        )
+        .await
+        .expect("publish through node 3");
+        // Confirmed only once a majority of the group has it: give the
+        // group's first election (2-4 s) the time it takes.
+        let confirmation = within_for(SLOW, "publisher confirm", confirm)
+            .await
+            .expect("confirm");
+        assert!(
+            matches!(confirmation, lapin::Confirmation::Ack(None)),
+            "message {i}: expected an ack without a return, got {confirmation:?}"
+        );
+    }
+    let (_g, getter) = channel(&c.nodes[1]).await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let q = getter
+        .queue_declare("q.msgs".into(), passive, FieldTable::default())
+        .await
+        .expect("passive declare through node 2");
+    assert_eq!(q.message_count(), 50, "every node counts the whole queue");
+    for i in 0..10 {
+        let m = common::get(&getter, "q.msgs", false)
+            .await
+            .unwrap_or_else(|| panic!("message {i} through node 2"));
+        assert_eq!(m.delivery.data, format!("m{i}").as_bytes(), "in order");
+        m.delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .expect("ack through node 2");
+    }
+    let purged = getter
+        .queue_purge("q.msgs".into(), Default::default())
+        .await
+        .expect("purge through node 2");
+    assert_eq!(purged, 40);
+    within_for(SLOW, "every node sees the queue empty", async {
+        loop {
+            let mut counts = Vec::new();
+            for node in &c.nodes {
+                let (_c, ch) = channel(node).await;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                let q = ch
+                    .queue_declare("q.msgs".into(), passive, FieldTable::default())
+                    .await
+                    .expect("passive declare");
+                counts.push(q.message_count());
+            }
+            if counts.iter().all(|n| *n == 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A publish to a quorum queue whose group has lost its majority is nacked
+/// once `confirm_timeout_ms` has passed, never confirmed or left hanging; the
+/// queue takes publishes again once a majority is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_without_a_majority_is_nacked_after_the_confirm_timeout() {
+    let mut c = Cluster::start_with("confirm_timeout_ms = 1500\n");
+    {
+        let (_c, ch) = within_for(SLOW, "node 1 up", channel(&c.nodes[0])).await;
+        within_for(
+            SLOW,
+            "the quorum queue declared",
+            ch.queue_declare("q.minority".into(), durable(), quorum_args(&[])),
+        )
+        .await
+        .expect("declare");
+        common::confirm_select(&ch).await;
+        let ok = within_for(SLOW, "a first confirm", async {
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    "q.minority".into(),
+                    Default::default(),
+                    b"with a majority",
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .expect("publish");
+            confirm.await.expect("confirm")
+        })
+        .await;
+        assert!(ok.is_ack(), "{ok:?}");
+    }
+    c.nodes[1].kill9();
+    c.nodes[2].kill9();
+    let (_c, ch) = channel(&c.nodes[0]).await;
+    common::confirm_select(&ch).await;
+    let sent = Instant::now();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            "q.minority".into(),
+            Default::default(),
+            b"alone",
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .expect("publish to the minority");
+    let outcome = within_for(SLOW, "the minority's answer", confirm)
+        .await
+        .expect("confirm");
+    assert!(outcome.is_nack(), "expected a nack, got {outcome:?}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1500),
+        "nacked before the confirm timeout: {:?}",
+        sent.elapsed()
+    );
+    c.nodes[1].start_again();
+    let ok = within_for(SLOW, "a confirm once a majority is back", async {
+        loop {
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    "q.minority".into(),
+                    Default::default(),
+                    b"majority again",
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .expect("publish");
+            let outcome = confirm.await.expect("confirm");
+            if outcome.is_ack() {
+                break outcome;
+            }
+        }
+    })
+    .await;
+    assert!(ok.is_ack());
 }

@@ -227,7 +227,14 @@ impl Conn {
         self.expect(CHANNEL).await
     }
 
-    pub async fn queue_declare(&mut self, name: &str, durable: bool) -> Result<u32> {
+    pub async fn queue_declare(&mut self, name: &str, durable: bool, quorum: bool) -> Result<u32> {
+        let mut arguments = FieldTable::default();
+        if quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                amq_protocol::types::AMQPValue::LongString("quorum".into()),
+            );
+        }
         let reply = self
             .rpc(AMQPClass::Queue(queue::AMQPMethod::Declare(
                 queue::Declare {
@@ -237,7 +244,7 @@ impl Conn {
                     exclusive: false,
                     auto_delete: false,
                     nowait: false,
-                    arguments: FieldTable::default(),
+                    arguments,
                 },
             )))
             .await

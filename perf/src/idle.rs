@@ -88,6 +88,7 @@ pub async fn idle(args: &Args, uri: &AmqpUri) -> Result<Report> {
         queues: Vec::new(),
         kind: ExchangeType::Direct,
         exchange: String::new(),
+        quorum: false,
     };
     Ok(Report {
         uri: uri.redacted(),

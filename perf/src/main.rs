@@ -54,7 +54,9 @@ pub enum ExchangeType {
     about = "Load generator for AMQP 0-9-1 brokers (hopper, RabbitMQ): rates and latency percentiles"
 )]
 pub struct Args {
-    /// Broker URI: amqp://user:pass@host:port/vhost (vhost percent-encoded).
+    /// Broker URI: amqp://user:pass@host:port/vhost (vhost percent-encoded);
+    /// several, comma-separated (a cluster's nodes), spread the producers
+    /// and consumers over them in turn.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub uri: String,
     /// Producers, each on its own connection.
@@ -69,6 +71,9 @@ pub struct Args {
     /// Persistent messages (delivery-mode 2) and durable queues.
     #[arg(long)]
     pub persistent: bool,
+    /// Declare the queues as quorum queues (`x-queue-type: quorum`; durable).
+    #[arg(long)]
+    pub quorum: bool,
     /// Publisher confirms with at most N unconfirmed messages per producer (0: off).
     #[arg(long, default_value_t = 0)]
     pub confirm: usize,

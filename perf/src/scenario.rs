@@ -25,7 +25,14 @@ const STALL: Duration = Duration::from_secs(30);
 const JOIN_WAIT: Duration = Duration::from_secs(20);
 
 pub async fn run(mut args: Args) -> Result<Report> {
-    let uri = AmqpUri::parse(&args.uri)?;
+    // Several brokers (a cluster's nodes): comma-separated; producer i and
+    // consumer j connect to the (i mod n)th and (j mod n)th.
+    let uris = args
+        .uri
+        .split(',')
+        .map(AmqpUri::parse)
+        .collect::<Result<Vec<_>>>()?;
+    let uri = &uris[0];
     let modes = [args.backlog > 0, args.drain > 0, args.connections > 0];
     if modes.iter().filter(|m| **m).count() > 1 {
         bail!("--backlog, --drain and --connections are separate modes: pick one");
@@ -41,7 +48,7 @@ pub async fn run(mut args: Args) -> Result<Report> {
         args.ack_every = args.prefetch as u64;
     }
     if args.connections > 0 {
-        return crate::idle::idle(&args, &uri).await;
+        return crate::idle::idle(&args, uri).await;
     }
     if (args.backlog > 0 && !args.publish_only || args.drain > 0)
         && args.consumers < args.queues as usize
@@ -53,15 +60,15 @@ pub async fn run(mut args: Args) -> Result<Report> {
         );
     }
     let topo = Topology::new(&args);
-    let mut setup = Conn::open(&uri).await?;
+    let mut setup = Conn::open(uri).await?;
     let purge = !args.no_purge && args.drain == 0;
     topo.declare(&mut setup, args.persistent, purge).await?;
     let result = if args.backlog > 0 {
-        backlog(&args, &uri, &topo, &mut setup).await
+        backlog(&args, &uris, &topo, &mut setup).await
     } else if args.drain > 0 {
-        drain_only(&args, &uri, &topo).await
+        drain_only(&args, &uris, &topo).await
     } else {
-        timed(&args, &uri, &topo).await
+        timed(&args, &uris, &topo).await
     };
     let keep = args.keep_queues || args.publish_only;
     if !keep {
@@ -118,7 +125,7 @@ fn consumer_spec(args: &Args, topo: &Topology, j: usize) -> ConsumerSpec {
 
 async fn connect_producers(
     args: &Args,
-    uri: &AmqpUri,
+    uris: &[AmqpUri],
     topo: &Topology,
     total: Option<u64>,
 ) -> Result<Vec<Producer>> {
@@ -131,7 +138,7 @@ async fn connect_producers(
         });
         let spec = producer_spec(args, topo, i, limit);
         out.push(
-            Producer::connect(uri, spec)
+            Producer::connect(&uris[i % uris.len()], spec)
                 .await
                 .with_context(|| format!("producer {i}"))?,
         );
@@ -141,14 +148,14 @@ async fn connect_producers(
 
 async fn start_consumers(
     args: &Args,
-    uri: &AmqpUri,
+    uris: &[AmqpUri],
     topo: &Topology,
     ctx: &Arc<Ctx>,
 ) -> Result<Vec<JoinHandle<Result<ConsumerResult>>>> {
     let mut prepared = Vec::with_capacity(args.consumers);
     for j in 0..args.consumers {
         prepared.push(
-            crate::load::Consumer::connect(uri, consumer_spec(args, topo, j))
+            crate::load::Consumer::connect(&uris[j % uris.len()], consumer_spec(args, topo, j))
                 .await
                 .with_context(|| format!("consumer {j}"))?,
         );
@@ -210,14 +217,14 @@ fn progress(args: &Args, t: f64, last: &mut Snapshot, now: Snapshot) {
 }
 
 /// Run mode: consumers first, then producers, for `--duration` seconds.
-async fn timed(args: &Args, uri: &AmqpUri, topo: &Topology) -> Result<Report> {
+async fn timed(args: &Args, uris: &[AmqpUri], topo: &Topology) -> Result<Report> {
     let ctx = Ctx::new();
     let rss = args
         .rss_pid
         .map(|p| RssSampler::start(p, "run"))
         .transpose()?;
-    let consumers = start_consumers(args, uri, topo, &ctx).await?;
-    let prepared = connect_producers(args, uri, topo, None).await?;
+    let consumers = start_consumers(args, uris, topo, &ctx).await?;
+    let prepared = connect_producers(args, uris, topo, None).await?;
     let t0 = Instant::now();
     let c0 = ctx.counters.snapshot();
     let mut producers = Vec::with_capacity(prepared.len());
@@ -279,7 +286,7 @@ async fn timed(args: &Args, uri: &AmqpUri, topo: &Topology) -> Result<Report> {
         d(c0.consumed, c1.consumed),
     );
     Ok(Report {
-        uri: uri.redacted(),
+        uri: uris[0].redacted(),
         mode: "run".into(),
         config: config(args, topo),
         elapsed_secs: round3(secs),
@@ -306,7 +313,12 @@ pub fn round3(x: f64) -> f64 {
 }
 
 /// Backlog mode: publish `--backlog` messages with no consumer, then drain.
-async fn backlog(args: &Args, uri: &AmqpUri, topo: &Topology, setup: &mut Conn) -> Result<Report> {
+async fn backlog(
+    args: &Args,
+    uris: &[AmqpUri],
+    topo: &Topology,
+    setup: &mut Conn,
+) -> Result<Report> {
     if args.producers == 0 {
         bail!("--backlog needs at least one producer");
     }
@@ -317,7 +329,7 @@ async fn backlog(args: &Args, uri: &AmqpUri, topo: &Topology, setup: &mut Conn) 
         .rss_pid
         .map(|p| RssSampler::start(p, "publish"))
         .transpose()?;
-    let prepared = connect_producers(args, uri, topo, Some(n)).await?;
+    let prepared = connect_producers(args, uris, topo, Some(n)).await?;
     let t0 = Instant::now();
     let mut producers = Vec::with_capacity(prepared.len());
     for p in prepared {
@@ -373,7 +385,7 @@ async fn backlog(args: &Args, uri: &AmqpUri, topo: &Topology, setup: &mut Conn) 
         if let Some(r) = &rss {
             r.phase("drain");
         }
-        drain(args, uri, topo, &ctx, expected).await?
+        drain(args, uris, topo, &ctx, expected).await?
     };
     let mode = if args.publish_only {
         "publish-only"
@@ -381,7 +393,7 @@ async fn backlog(args: &Args, uri: &AmqpUri, topo: &Topology, setup: &mut Conn) 
         "backlog"
     };
     Ok(Report {
-        uri: uri.redacted(),
+        uri: uris[0].redacted(),
         mode: mode.into(),
         config: config(args, topo),
         elapsed_secs: round3(publish_secs + drain_secs),
@@ -412,15 +424,15 @@ async fn backlog(args: &Args, uri: &AmqpUri, topo: &Topology, setup: &mut Conn) 
 }
 
 /// Drain mode: consume `--drain` messages already queued.
-async fn drain_only(args: &Args, uri: &AmqpUri, topo: &Topology) -> Result<Report> {
+async fn drain_only(args: &Args, uris: &[AmqpUri], topo: &Topology) -> Result<Report> {
     let ctx = Ctx::new();
     let rss = args
         .rss_pid
         .map(|p| RssSampler::start(p, "drain"))
         .transpose()?;
-    let (drained, secs, e2e) = drain(args, uri, topo, &ctx, args.drain).await?;
+    let (drained, secs, e2e) = drain(args, uris, topo, &ctx, args.drain).await?;
     Ok(Report {
-        uri: uri.redacted(),
+        uri: uris[0].redacted(),
         mode: "drain".into(),
         config: config(args, topo),
         elapsed_secs: round3(secs),
@@ -446,7 +458,7 @@ async fn drain_only(args: &Args, uri: &AmqpUri, topo: &Topology) -> Result<Repor
 /// (delivered, seconds, end-to-end latency).
 async fn drain(
     args: &Args,
-    uri: &AmqpUri,
+    uris: &[AmqpUri],
     topo: &Topology,
     ctx: &Arc<Ctx>,
     target: u64,
@@ -457,7 +469,7 @@ async fn drain(
     let base = ctx.counters.consumed.load(Ordering::Relaxed);
     ctx.drain_target.store(base + target, Ordering::Relaxed);
     let t0 = Instant::now();
-    let consumers = start_consumers(args, uri, topo, ctx).await?;
+    let consumers = start_consumers(args, uris, topo, ctx).await?;
     let mut last = ctx.counters.snapshot();
     let mut seen = (last.consumed, Instant::now());
     let mut stalled = false;

@@ -12,6 +12,8 @@ pub struct Topology {
     pub queues: Vec<String>,
     pub kind: ExchangeType,
     pub exchange: String,
+    /// Quorum queues (`--quorum`).
+    pub quorum: bool,
 }
 
 impl Topology {
@@ -30,6 +32,7 @@ impl Topology {
                 ExchangeType::Direct => String::new(),
                 ExchangeType::Fanout => args.exchange.clone(),
             },
+            quorum: args.quorum,
         }
     }
 
@@ -58,7 +61,8 @@ impl Topology {
                 .await?;
         }
         for q in &self.queues {
-            conn.queue_declare(q, durable).await?;
+            conn.queue_declare(q, durable || self.quorum, self.quorum)
+                .await?;
             if self.kind == ExchangeType::Fanout {
                 conn.queue_bind(q, &self.exchange, "").await?;
             }
@@ -83,7 +87,9 @@ impl Topology {
     pub async fn ready(&self, conn: &mut Conn, durable: bool) -> Result<u64> {
         let mut n = 0;
         for q in &self.queues {
-            n += conn.queue_declare(q, durable).await? as u64;
+            n += conn
+                .queue_declare(q, durable || self.quorum, self.quorum)
+                .await? as u64;
         }
         Ok(n)
     }

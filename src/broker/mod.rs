@@ -305,6 +305,12 @@ impl Broker {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Continue message ids from `base`: a cluster node gives ids unique in
+    /// the cluster (its store also holds other nodes' ids, above or below).
+    pub fn reseed_message_ids(&self, base: u64) {
+        self.next_msg_id.store(base, Ordering::Relaxed);
+    }
+
     pub fn next_message_id(&self) -> u64 {
         self.next_msg_id.fetch_add(1, Ordering::Relaxed)
     }

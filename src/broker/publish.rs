@@ -260,7 +260,7 @@ fn route(
     let placed = place(broker, vhost, msg, queues, flow);
     let refused = placed.refused;
     let published = Published {
-        routed: !placed.accepted.is_empty(),
+        routed: !placed.accepted.is_empty() || !placed.replicated.is_empty(),
     };
     if placed.settled() {
         // A queue that refused the message (full, reject-publish) nacks it.
@@ -269,8 +269,8 @@ fn route(
         return Ok(published);
     }
     // A copy that went nowhere but waits on originals takes their place if they fail.
-    let replay =
-        (placed.accepted.is_empty() && !refused).then(|| Publication::of(&placed.msg, mandatory));
+    let replay = (placed.accepted.is_empty() && placed.replicated.is_empty() && !refused)
+        .then(|| Publication::of(&placed.msg, mandatory));
     let dedup = match &hold.key {
         Some(r) if x.durable && !refused => Some(DedupDef {
             vhost: vhost.name.clone(),
@@ -316,12 +316,15 @@ pub(super) struct Placed {
     pub refused: bool,
     /// Originals still being written that queue-level duplicates of it wait for.
     originals: Vec<Arc<Message>>,
+    /// Quorum queues a cluster replicates: the message goes to their groups
+    /// (`Replica::enqueue`) instead of into this node's queue.
+    replicated: Vec<Arc<Queue>>,
 }
 
 impl Placed {
-    /// Nothing to wait for: no store write and no original.
+    /// Nothing to wait for: no store write, no original, no replication.
     pub fn settled(&self) -> bool {
-        self.stored.is_empty() && self.originals.is_empty()
+        self.stored.is_empty() && self.originals.is_empty() && self.replicated.is_empty()
     }
 }
 
@@ -338,7 +341,10 @@ pub(super) fn place(
     flow: &mut Vec<Arc<Queue>>,
 ) -> Placed {
     // Held back from consumers until synced when any queue keeps it.
-    if queues.iter().any(|q| q.stores_message(&msg)) {
+    if queues
+        .iter()
+        .any(|q| q.replica().is_none() && q.stores_message(&msg))
+    {
         msg.mark_pending();
     }
     let mut placed = Placed {
@@ -347,8 +353,13 @@ pub(super) fn place(
         stored: Vec::new(),
         refused: false,
         originals: Vec::new(),
+        replicated: Vec::new(),
     };
     for q in queues {
+        if q.replica().is_some() {
+            placed.replicated.push(q);
+            continue;
+        }
         match q.enqueue(placed.msg.clone()) {
             Enqueued::Accepted(meta) => {
                 if q.stores_message(&placed.msg) {
@@ -397,9 +408,21 @@ pub(super) fn when_written(
         accepted,
         stored,
         originals,
+        replicated,
         ..
     } = placed;
-    let join = Join::new(originals.len() + usize::from(!stored.is_empty()), finish);
+    let join = Join::new(
+        originals.len() + usize::from(!stored.is_empty()) + replicated.len(),
+        finish,
+    );
+    for q in &replicated {
+        let join = join.clone();
+        let Some(replica) = q.replica() else {
+            join.part(false, batch);
+            continue;
+        };
+        replica.enqueue(msg.clone(), Box::new(move |ok, batch| join.part(ok, batch)));
+    }
     for original in originals {
         let join = join.clone();
         when_settled(

@@ -3,7 +3,7 @@
 //! same object, with the same checks and error texts, as a local one. Runs on
 //! the state machine's task, in log order; never proposes anything.
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use super::meta::Apply;
 use super::types::{MetaCommand, MetaError, MetaResult};
@@ -17,18 +17,53 @@ const NO_CONNECTION: u64 = 0;
 
 pub struct BrokerApply {
     pub broker: Weak<Broker>,
+    /// This node, once started: a quorum queue's declare starts its group.
+    pub node: OnceLock<Weak<super::Node>>,
 }
 
 impl BrokerApply {
     pub fn new(broker: &Arc<Broker>) -> BrokerApply {
         BrokerApply {
             broker: Arc::downgrade(broker),
+            node: OnceLock::new(),
         }
     }
+
+    fn node(&self) -> Option<Arc<super::Node>> {
+        self.node.get()?.upgrade()
+    }
+}
+
+/// Start (or find) the group of a quorum queue the meta group declared.
+pub fn ensure_group(broker: &Broker, node: &super::Node, cmd: &MetaCommand) {
+    let MetaCommand::DeclareQueue {
+        vhost,
+        name,
+        origin,
+        group,
+        arguments,
+        ..
+    } = cmd
+    else {
+        return;
+    };
+    let Some(q) = broker
+        .vhost(vhost)
+        .and_then(|v| v.queues.get(name).map(|q| q.clone()))
+    else {
+        return;
+    };
+    let size = arguments
+        .inner()
+        .get("x-quorum-initial-group-size")
+        .and_then(crate::queue::as_u64)
+        .map(|n| n as usize);
+    node.ensure_group(&q, *group, *origin, size);
 }
 
 pub fn to_result(r: AmqpResult<()>) -> MetaResult {
     MetaResult {
+        refused: Vec::new(),
         error: r.err().map(|e| match e {
             AmqpError::Channel { code, text, .. } => MetaError {
                 connection: false,
@@ -195,6 +230,12 @@ impl Apply for BrokerApply {
         let r = run(&broker, cmd);
         if let Err(e) = &r {
             tracing::debug!(command = %cmd, error = %e, "replicated command refused");
+        } else if let Some(node) = self.node() {
+            match cmd {
+                MetaCommand::DeclareQueue { .. } => ensure_group(&broker, &node, cmd),
+                MetaCommand::DeleteQueue { vhost, name, .. } => node.drop_group(vhost, name),
+                _ => {}
+            }
         }
         to_result(r)
     }

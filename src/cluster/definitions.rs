@@ -60,6 +60,8 @@ pub fn declare_queue(broker: &Broker, vhost: &VHost, spec: &QueueSpec) -> Option
         MetaCommand::DeclareQueue {
             vhost: vhost.name.clone(),
             name: spec.name.clone(),
+            origin: node.id,
+            group: 0,
             durable: spec.durable,
             exclusive: spec.exclusive,
             auto_delete: spec.auto_delete,

@@ -37,7 +37,10 @@ pub type Payload = Vec<u8>;
 #[derive(Debug, Serialize, Deserialize)]
 enum Frame {
     /// Dialer → acceptor: who I am and a nonce for the acceptor to sign.
-    Hello { node: u64, nonce: [u8; 32] },
+    Hello {
+        node: u64,
+        nonce: [u8; 32],
+    },
     /// Acceptor → dialer: who I am, my proof, and a nonce for the dialer.
     Challenge {
         node: u64,
@@ -45,18 +48,46 @@ enum Frame {
         nonce: [u8; 32],
     },
     /// Dialer → acceptor: the dialer's proof.
-    Auth { mac: Vec<u8> },
+    Auth {
+        mac: Vec<u8>,
+    },
     /// Acceptor → dialer: accepted.
     Welcome,
     Request {
         id: u64,
         group: GroupId,
+        #[serde(with = "serde_bytes")]
         body: Payload,
     },
     Response {
         id: u64,
-        result: Result<Payload, String>,
+        result: Answer,
     },
+}
+
+/// A reply's payload, written as one byte string (not byte by byte).
+#[derive(Debug, Serialize, Deserialize)]
+enum Answer {
+    Ok(#[serde(with = "serde_bytes")] Payload),
+    Err(String),
+}
+
+impl From<Result<Payload, String>> for Answer {
+    fn from(r: Result<Payload, String>) -> Answer {
+        match r {
+            Ok(p) => Answer::Ok(p),
+            Err(e) => Answer::Err(e),
+        }
+    }
+}
+
+impl From<Answer> for Result<Payload, String> {
+    fn from(a: Answer) -> Self {
+        match a {
+            Answer::Ok(p) => Ok(p),
+            Answer::Err(e) => Err(e),
+        }
+    }
 }
 
 /// Answers the requests peers send.
@@ -382,12 +413,15 @@ impl Link {
                         let tx = tx.clone();
                         tokio::spawn(async move {
                             let result = h.handle(id, group, body).await;
-                            let _ = tx.send(Frame::Response { id: rid, result });
+                            let _ = tx.send(Frame::Response {
+                                id: rid,
+                                result: result.into(),
+                            });
                         });
                     }
                     Ok(Frame::Response { id: rid, result }) => {
                         if let Some(w) = peer.pending.lock().remove(&rid) {
-                            let _ = w.send(result);
+                            let _ = w.send(result.into());
                         }
                     }
                     Ok(_) => break,

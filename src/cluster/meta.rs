@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::log::{decode, encode, key, write_and_wait};
 use super::types::{
-    GroupId, LogId, MetaCommand, MetaResult, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
+    Command, GroupId, LogId, MetaCommand, MetaResult, Snapshot, SnapshotMeta, StoredMembership,
+    TypeConfig,
 };
 use crate::store::{RaftWrite, Store};
 
@@ -69,6 +70,7 @@ impl Defs {
                 self.items.insert(def_key(&["x", vhost, name]), cmd.clone());
             }
             MetaCommand::DeclareQueue { vhost, name, .. } => {
+                // A redeclare keeps the queue's group (`group_of` gave it).
                 self.items.insert(def_key(&["q", vhost, name]), cmd.clone());
             }
             MetaCommand::Bind {
@@ -118,6 +120,14 @@ impl Defs {
                     if v == vhost && destination == name)
                 });
             }
+        }
+    }
+
+    /// The Raft group of a quorum queue the definitions hold.
+    pub fn group_of(&self, vhost: &str, name: &str) -> Option<GroupId> {
+        match self.items.get(&def_key(&["q", vhost, name])) {
+            Some(MetaCommand::DeclareQueue { group, .. }) => Some(*group),
+            _ => None,
         }
     }
 
@@ -284,15 +294,27 @@ impl RaftStateMachine<TypeConfig> for MetaMachine {
             let (entry, responder) = item?;
             let result = match &entry.payload {
                 EntryPayload::Blank => MetaResult::default(),
-                EntryPayload::Normal(cmd) => {
+                EntryPayload::Normal(Command::Meta(cmd)) => {
+                    let mut cmd = cmd.clone();
+                    if let MetaCommand::DeclareQueue {
+                        vhost, name, group, ..
+                    } = &mut cmd
+                    {
+                        // A new quorum queue's group is named by its
+                        // declare's log index; a redeclare keeps the group.
+                        let known = self.state.lock().defs.group_of(vhost, name);
+                        *group = known.unwrap_or(entry.log_id.index);
+                    }
                     // The broker's declare functions block on their synced
                     // write; keep that off the state lock.
-                    let result = self.apply.apply(cmd);
+                    let result = self.apply.apply(&cmd);
                     if result.error.is_none() {
-                        self.state.lock().defs.record(cmd);
+                        self.state.lock().defs.record(&cmd);
                     }
                     result
                 }
+                // Queue commands go to their queue's group, never here.
+                EntryPayload::Normal(Command::Queue(_)) => MetaResult::default(),
                 EntryPayload::Membership(m) => {
                     self.state.lock().membership =
                         StoredMembership::new(Some(entry.log_id), m.clone());

@@ -12,11 +12,14 @@
 
 pub mod apply;
 pub mod definitions;
+pub mod feed;
+pub mod group;
 pub mod link;
 pub mod log;
 pub mod meta;
 pub mod network;
 pub mod node;
+pub mod quorum;
 pub mod types;
 
 #[cfg(all(test, feature = "rocks"))]
@@ -40,11 +43,29 @@ pub async fn start(
     let Some(cfg) = broker.config.cluster.clone() else {
         return Ok(None);
     };
+    // Message ids are unique in the cluster: this node's id in the top byte
+    // (replicated messages from every node share each node's store).
+    broker.reseed_message_ids(u64::from(cfg.node_id) << 56 | unique_counter_start());
     let apply = Arc::new(apply::BrokerApply::new(broker));
-    let node = Node::start(&cfg, broker.store.clone(), apply, shutdown).await?;
+    let node = Node::start(&cfg, broker.store.clone(), apply.clone(), shutdown).await?;
+    let _ = apply.node.set(Arc::downgrade(&node));
+    for cmd in node.defs().items.values() {
+        apply::ensure_group(broker, &node, cmd);
+    }
     tracing::info!(node = %node.name, cluster = %node.cluster_name, "cluster node started");
     let _ = broker.cluster.set(node.clone());
     Ok(Some(node))
+}
+
+/// Where this run's message ids start below the node's byte: microseconds
+/// since the epoch, so a restarted node continues above every id it gave
+/// before (unless it gave more than a million a second on average).
+fn unique_counter_start() -> u64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    micros & ((1 << 56) - 1)
 }
 
 /// This broker's cluster node, if it is in a cluster.

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::link::Link;
 use super::log::{decode, encode};
-use super::types::{GroupId, MetaCommand, MetaResult, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use super::types::{
+    Body, GroupId, MetaCommand, MetaResult, QueueCommand, Snapshot, SnapshotMeta, TypeConfig, Vote,
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Rpc {
@@ -29,11 +31,34 @@ pub enum Rpc {
     Snapshot {
         vote: Vote,
         meta: SnapshotMeta,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     /// A proposal from a follower: the leader writes and applies it.
     Propose(MetaCommand),
+    /// A queue command from a node that does not lead the queue's group.
+    QPropose(QueueCommand),
+    /// A follower with consumers asks the leader for messages, holding
+    /// these deliveries (from an earlier leader) unacknowledged.
+    Subscribe {
+        window: u32,
+        holding: Vec<u64>,
+    },
+    /// A follower's consumers are gone: these undelivered ones come back.
+    /// (id, redelivered, delivery count) as the follower had them.
+    Unsubscribe {
+        returned: Vec<(u64, bool, u32)>,
+    },
+    /// The leader's deliveries for a follower's consumers: (id, message as
+    /// the store encodes it, redelivered, delivery count).
+    Deliver(Vec<(u64, Body, bool, u32)>),
+    /// basic.get on a follower: the leader's head, sent to that node.
+    Get,
+    /// queue.purge on a follower: the leader purges.
+    Purge,
+    /// Wait until this node has applied the meta log up to this index.
+    Applied(u64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +71,12 @@ pub enum Reply {
     Proposed(MetaResult, u64),
     /// Not the leader (any more): try the one named, if any.
     NotLeader(Option<u64>),
+    /// Done (a subscription, a delivery).
+    Done,
+    /// The leader purged this many.
+    Purged(u32),
+    /// Messages for a follower's basic.get (none: the queue is empty).
+    Messages(Vec<(u64, Body, bool, u32)>),
 }
 
 fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {

@@ -11,11 +11,15 @@ use std::time::Duration;
 use openraft::rt::WatchReceiver;
 use openraft::{BasicNode, ServerState};
 
+use dashmap::DashMap;
+use openraft::storage::RaftStateMachine;
+
+use super::group::Group;
 use super::link::{Handler, Link, Payload};
 use super::log::{decode, encode, LogStore};
 use super::meta::{Apply, MetaMachine};
 use super::network::{call, Factory, Reply, Rpc};
-use super::types::{GroupId, MetaCommand, MetaResult, Raft, Snapshot, META_GROUP};
+use super::types::{Command, GroupId, MetaCommand, MetaResult, Raft, TypeConfig, META_GROUP};
 use crate::config;
 use crate::store::Store;
 
@@ -23,9 +27,15 @@ use crate::store::Store;
 /// elected and the entry applied) before the channel gets an error.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 const RPC_TTL: Duration = Duration::from_secs(5);
+/// How long a definition change waits for the other live nodes to apply it
+/// too (so a publish through any node right after declare-ok is routed).
+const APPLIED_WAIT: Duration = Duration::from_secs(2);
 /// Raft timings for hundreds of groups on 2 cores (CLUSTER.md): 500 ms
 /// heartbeats, elections after 2-4 s without one.
-const ELECTION_TIMEOUT_MAX: u64 = 4000;
+pub(super) const ELECTION_TIMEOUT_MAX: u64 = 4000;
+
+/// The quorum queues' groups this node knows, by group id.
+pub type Groups = DashMap<GroupId, Arc<Group>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -49,62 +59,101 @@ pub struct Node {
     pub link: Arc<Link>,
     pub meta: Raft,
     members: BTreeMap<u64, BasicNode>,
+    pub groups: Arc<Groups>,
+    machine: MetaMachine,
+    store: Arc<dyn Store>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    confirm_timeout: Duration,
 }
 
 struct Rpcs {
     meta: Raft,
     me: u64,
+    groups: Arc<Groups>,
+}
+
+/// Answer one of openraft's own RPCs for a group's Raft.
+async fn raft_rpc<SM: RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    rpc: Rpc,
+) -> Result<Reply, String> {
+    Ok(match rpc {
+        Rpc::Append(r) => Reply::Append(raft.append_entries(r).await.map_err(|e| e.to_string())?),
+        Rpc::Vote(r) => Reply::Vote(raft.vote(r).await.map_err(|e| e.to_string())?),
+        Rpc::PreVote(r) => Reply::Vote(raft.pre_vote(r).await.map_err(|e| e.to_string())?),
+        Rpc::Snapshot { vote, meta, data } => {
+            let snap = openraft::type_config::alias::SnapshotOf::<TypeConfig, SM::SnapshotData> {
+                meta,
+                snapshot: data,
+            };
+            Reply::Snapshot(
+                raft.install_full_snapshot(vote, snap)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        Rpc::TransferLeader(r) => Reply::TransferLeader(
+            raft.handle_transfer_leader(r)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => return Err("not a Raft RPC".into()),
+    })
 }
 
 impl Handler for Rpcs {
     fn handle(
         &self,
-        _from: u64,
+        from: u64,
         group: GroupId,
         body: Payload,
     ) -> futures_util::future::BoxFuture<'static, Result<Payload, String>> {
         let raft = self.meta.clone();
         let me = self.me;
+        let groups = self.groups.clone();
         Box::pin(async move {
-            if group != META_GROUP {
-                return Err(format!("no group {group} on this node"));
-            }
             let rpc: Rpc = decode(&body).map_err(|e| e.to_string())?;
-            let reply = match rpc {
-                Rpc::Append(r) => {
-                    Reply::Append(raft.append_entries(r).await.map_err(|e| e.to_string())?)
+            let reply = if group != META_GROUP {
+                let g = groups
+                    .get(&group)
+                    .map(|g| g.clone())
+                    .ok_or_else(|| format!("no group {group} on this node"))?;
+                match rpc {
+                    Rpc::QPropose(_)
+                    | Rpc::Subscribe { .. }
+                    | Rpc::Unsubscribe { .. }
+                    | Rpc::Deliver(_)
+                    | Rpc::Get
+                    | Rpc::Purge => g.handle(from, rpc).await?,
+                    rpc => {
+                        let raft = g.raft().ok_or("group starting")?.clone();
+                        raft_rpc(&raft, rpc).await?
+                    }
                 }
-                Rpc::Vote(r) => Reply::Vote(raft.vote(r).await.map_err(|e| e.to_string())?),
-                Rpc::PreVote(r) => Reply::Vote(raft.pre_vote(r).await.map_err(|e| e.to_string())?),
-                Rpc::Snapshot { vote, meta, data } => {
-                    let snap = Snapshot {
-                        meta,
-                        snapshot: data,
-                    };
-                    Reply::Snapshot(
-                        raft.install_full_snapshot(vote, snap)
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    )
-                }
-                Rpc::TransferLeader(r) => Reply::TransferLeader(
-                    raft.handle_transfer_leader(r)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                ),
-                Rpc::Propose(cmd) => {
-                    let leader = raft.current_leader().await;
-                    if leader != Some(me) {
-                        Reply::NotLeader(leader)
-                    } else {
-                        match raft.client_write(cmd).await {
-                            Ok(r) => Reply::Proposed(r.data, r.log_id.index),
-                            Err(e) => {
-                                tracing::debug!(error = %e, "forwarded proposal failed");
-                                Reply::NotLeader(raft.current_leader().await)
+            } else {
+                match rpc {
+                    Rpc::Propose(cmd) => {
+                        let leader = raft.current_leader().await;
+                        if leader != Some(me) {
+                            Reply::NotLeader(leader)
+                        } else {
+                            match raft.client_write(Command::Meta(cmd)).await {
+                                Ok(r) => Reply::Proposed(r.data, r.log_id.index),
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "forwarded proposal failed");
+                                    Reply::NotLeader(raft.current_leader().await)
+                                }
                             }
                         }
                     }
+                    Rpc::Applied(index) => {
+                        raft.wait(Some(APPLIED_WAIT))
+                            .applied_index_at_least(Some(index), "definition change")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Reply::Done
+                    }
+                    rpc => raft_rpc(&raft, rpc).await?,
                 }
             };
             encode(&reply).map_err(|e| e.to_string())
@@ -141,8 +190,10 @@ impl Node {
             .collect();
         let link = Link::new(me, secret, &peers);
         let log = LogStore::open(store.clone(), META_GROUP).map_err(StartError::Storage)?;
-        let sm = MetaMachine::open(store, META_GROUP, apply).map_err(StartError::Storage)?;
+        let sm =
+            MetaMachine::open(store.clone(), META_GROUP, apply).map_err(StartError::Storage)?;
         sm.reapply();
+        let machine = sm.clone();
         let raft_config = openraft::Config {
             cluster_name: cfg.cluster_name(),
             heartbeat_interval: 500,
@@ -166,15 +217,26 @@ impl Node {
         let meta = Raft::new(me, raft_config, factory, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let groups: Arc<Groups> = Arc::new(DashMap::new());
         link.set_handler(Arc::new(Rpcs {
             meta: meta.clone(),
             me,
+            groups: groups.clone(),
         }));
         link.on_down(Arc::new({
             let meta = meta.clone();
-            move |peer| leader_lost(meta.clone(), peer)
+            let groups = groups.clone();
+            move |peer| {
+                leader_lost(meta.clone(), peer);
+                for g in groups.iter() {
+                    if let Some(raft) = g.raft() {
+                        leader_lost(raft.clone(), peer);
+                    }
+                    g.node_down(peer);
+                }
+            }
         }));
-        link.start(listener, shutdown);
+        link.start(listener, shutdown.clone());
         let node = Arc::new(Node {
             id: me,
             name: cfg.node_name(),
@@ -182,6 +244,11 @@ impl Node {
             link,
             meta,
             members,
+            groups,
+            machine,
+            store,
+            shutdown,
+            confirm_timeout: Duration::from_millis(cfg.confirm_timeout_ms),
         });
         let lowest = node.members.keys().next().copied() == Some(me);
         let initialized = node
@@ -206,13 +273,15 @@ impl Node {
         loop {
             let leader = self.meta.current_leader().await;
             let applied = match leader {
-                Some(l) if l == self.id => match self.meta.client_write(cmd.clone()).await {
-                    Ok(r) => Some((r.data, r.log_id.index)),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "proposal failed; retrying");
-                        None
+                Some(l) if l == self.id => {
+                    match self.meta.client_write(Command::Meta(cmd.clone())).await {
+                        Ok(r) => Some((r.data, r.log_id.index)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "proposal failed; retrying");
+                            None
+                        }
                     }
-                },
+                }
                 Some(l) => match call(
                     &self.link,
                     l,
@@ -234,6 +303,17 @@ impl Node {
                     .applied_index_at_least(Some(index), "definition change")
                     .await
                     .map_err(|e| format!("not applied on this node: {e}"))?;
+                // As in RabbitMQ, a declare-ok means the object exists on
+                // every node: wait (briefly) for the live ones to apply it.
+                let peers = self.link.connected();
+                let waits = peers.into_iter().map(|p| {
+                    let link = self.link.clone();
+                    async move {
+                        let rpc = Rpc::Applied(index);
+                        call(&link, p, META_GROUP, &rpc, APPLIED_WAIT).await
+                    }
+                });
+                futures_util::future::join_all(waits).await;
                 return Ok(result);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -241,6 +321,86 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The replicated definitions as this node has applied them.
+    pub fn defs(&self) -> super::meta::Defs {
+        self.machine.defs()
+    }
+
+    /// Make sure this node runs the group of quorum queue `name` (from its
+    /// replicated declare): the queue becomes the group's view, and the
+    /// group's Raft starts when this node is a member. Idempotent.
+    pub fn ensure_group(
+        &self,
+        queue: &Arc<crate::queue::Queue>,
+        group: GroupId,
+        origin: u64,
+        size: Option<usize>,
+    ) {
+        if group == META_GROUP || self.groups.contains_key(&group) {
+            return;
+        }
+        let all: Vec<u64> = self.members.keys().copied().collect();
+        let size = size.unwrap_or(all.len()).clamp(1, all.len().max(1));
+        // The declaring node first, then the next ids round the ring.
+        let start = all.iter().position(|id| *id == origin).unwrap_or(0);
+        let members: Vec<u64> = (0..size).map(|i| all[(start + i) % all.len()]).collect();
+        let g = Group::new(
+            group,
+            queue.vhost.clone(),
+            queue.name.clone(),
+            members.clone(),
+            self.id,
+            self.link.clone(),
+            queue,
+            self.confirm_timeout,
+        );
+        if !queue.set_replica(g.clone()) {
+            return;
+        }
+        self.groups.insert(group, g.clone());
+        if !members.contains(&self.id) {
+            return;
+        }
+        let (store, shutdown) = (self.store.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = g.start(store, origin, shutdown).await {
+                tracing::error!(queue = %g.name, group = g.id, error = %e, "cannot start the queue's group");
+            }
+        });
+    }
+
+    /// The queue of a group was deleted: stop its Raft and forget its records.
+    pub fn drop_group(&self, vhost: &str, name: &str) {
+        let id = self
+            .groups
+            .iter()
+            .find(|g| g.vhost == vhost && g.name == name)
+            .map(|g| g.id);
+        let Some((_, g)) = id.and_then(|id| self.groups.remove(&id)) else {
+            return;
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            g.stop().await;
+            let write = crate::store::RaftWrite {
+                delete_ranges: vec![(
+                    g.id.to_be_bytes().to_vec(),
+                    (g.id + 1).to_be_bytes().to_vec(),
+                )],
+                ..Default::default()
+            };
+            store.raft_write(write, Box::new(|_, _| {}));
+        });
+    }
+
+    /// The group of a queue, if it is a replicated quorum queue.
+    pub fn group_of(&self, vhost: &str, name: &str) -> Option<Arc<Group>> {
+        self.groups
+            .iter()
+            .find(|g| g.vhost == vhost && g.name == name)
+            .map(|g| g.clone())
     }
 
     /// Hand leadership of the meta group to another node (if this one leads
@@ -260,6 +420,25 @@ impl Node {
                 }
             }
         }
+        for g in self.groups.iter().map(|g| g.clone()).collect::<Vec<_>>() {
+            let Some(raft) = g.raft() else { continue };
+            if g.leader() == Some(self.id) {
+                if let Some(to) = self
+                    .link
+                    .connected()
+                    .into_iter()
+                    .find(|n| g.members.contains(n))
+                {
+                    if raft.trigger().transfer_leader(to).await.is_ok() {
+                        let _ = raft
+                            .wait(Some(Duration::from_secs(2)))
+                            .metrics(|m| m.current_leader != Some(self.id), "leader moved")
+                            .await;
+                    }
+                }
+            }
+            g.stop().await;
+        }
         let _ = self.meta.shutdown().await;
     }
 }
@@ -271,7 +450,7 @@ impl Node {
 /// pre-vote election just after the lease ends instead, with jitter so the
 /// followers do not split the vote. A leader that is still alive keeps its
 /// followers' leases fresh and the pre-vote fails without disturbing it.
-fn leader_lost(meta: Raft, peer: u64) {
+fn leader_lost<SM: RaftStateMachine<TypeConfig>>(meta: openraft::Raft<TypeConfig, SM>, peer: u64) {
     if meta.metrics().borrow_watched().current_leader != Some(peer) {
         return;
     }

@@ -166,7 +166,9 @@ async fn meta_state_survives_a_reopen() {
         let mut sm = MetaMachine::open(store.clone(), META_GROUP, Arc::new(NoApply)).unwrap();
         let entry = Entry {
             log_id: openraft::testing::log_id::<TypeConfig>(1, 1, 1),
-            payload: openraft::EntryPayload::Normal(cmd.clone()),
+            payload: openraft::EntryPayload::Normal(crate::cluster::types::Command::Meta(
+                cmd.clone(),
+            )),
         };
         sm.apply(futures_util::stream::iter(vec![Ok((entry, None))]))
             .await

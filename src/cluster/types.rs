@@ -1,5 +1,6 @@
-//! The Raft type configuration and the meta group's commands: the only place
-//! the cluster's openraft types are declared. Owns no state and does no I/O.
+//! The Raft type configuration, the meta group's commands and a quorum
+//! queue group's commands: the only place the cluster's openraft types are
+//! declared. Owns no state and does no I/O.
 
 use amq_protocol::types::FieldTable;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,13 @@ pub enum MetaCommand {
     DeclareQueue {
         vhost: String,
         name: String,
+        /// The node the client declared it on (its group's first member).
+        #[serde(default)]
+        origin: u64,
+        /// The queue's Raft group: 0 when proposed, the declare's own meta
+        /// log index once applied (the same on every node).
+        #[serde(default)]
+        group: GroupId,
         /// As the client sent them: the quorum rules refuse some at apply.
         durable: bool,
         exclusive: bool,
@@ -86,11 +94,54 @@ impl std::fmt::Display for MetaCommand {
     }
 }
 
+/// Bytes written as one byte string (serde's default for `Vec<u8>` writes
+/// them one by one).
+pub type Body = serde_bytes::ByteBuf;
+
+/// A change to one quorum queue (a queue group's log entries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum QueueCommand {
+    /// Messages published to the queue, in order: (cluster-unique id, the
+    /// message as the store encodes it). An id the group already holds is
+    /// ignored, so a publish retried after a failover does not duplicate.
+    Enqueue(Vec<(u64, Body)>),
+    /// Messages that left the queue for good (acked, rejected, dropped) and
+    /// messages that came back unacknowledged (their delivery count grows).
+    Settle { acked: Vec<u64>, returned: Vec<u64> },
+}
+
+/// Every Raft group's entry: the meta group carries `Meta`, a queue group `Queue`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    Meta(MetaCommand),
+    Queue(QueueCommand),
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Meta(c) => c.fmt(f),
+            Command::Queue(QueueCommand::Enqueue(m)) => write!(f, "enqueue {} messages", m.len()),
+            Command::Queue(QueueCommand::Settle { acked, returned }) => {
+                write!(
+                    f,
+                    "settle {} acked, {} returned",
+                    acked.len(),
+                    returned.len()
+                )
+            }
+        }
+    }
+}
+
 /// The result of applying a command, in log order: `None` for ok, or the
-/// AMQP error the declaring channel answers with (the same on every node).
+/// AMQP error the declaring channel answers with (the same on every node);
+/// for an enqueue, the ids the queue refused (full, reject-publish): nacked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct MetaResult {
     pub error: Option<MetaError>,
+    #[serde(default)]
+    pub refused: Vec<u64>,
 }
 
 /// An `AmqpError` as it travels: whether it closes the connection, its code
@@ -103,9 +154,9 @@ pub struct MetaError {
 }
 
 openraft::declare_raft_types!(
-    /// Every Raft group of the cluster (the meta group now, quorum queues later).
+    /// Every Raft group of the cluster: the meta group and one per quorum queue.
     pub TypeConfig:
-        D = MetaCommand,
+        D = Command,
         R = MetaResult,
         NodeId = u64,
         Node = openraft::BasicNode,
@@ -117,6 +168,7 @@ pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig, super::meta::MetaMachine>;
+pub type QueueRaft = openraft::Raft<TypeConfig, super::quorum::QueueMachine>;
 
 /// A group's id in every Raft record and link message: 0 is the meta group.
 pub type GroupId = u64;

@@ -23,6 +23,14 @@ pub struct Cluster {
     /// The node's name (`/api/overview` → `node`); `hopper@<node_id>` when unset.
     #[serde(default)]
     pub name: Option<String>,
+    /// How long a publish to a quorum queue may wait for a majority of its
+    /// group (a leader elected, the entry committed) before it is nacked, ms.
+    #[serde(default = "default_confirm_timeout")]
+    pub confirm_timeout_ms: u64,
+}
+
+fn default_confirm_timeout() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -74,6 +82,9 @@ impl Cluster {
                 "cluster.peers must list this node (node_id = {})",
                 self.node_id
             ));
+        }
+        if self.confirm_timeout_ms == 0 {
+            return invalid("cluster.confirm_timeout_ms must be above 0".into());
         }
         if let Some(name) = &self.name {
             if name.is_empty() || name.len() > 255 {

@@ -133,7 +133,25 @@ pub fn queue_json_with(q: &Queue, w: Option<&super::rates::Window>) -> Value {
     if s.consumers == 0 {
         v["idle_since"] = json!(idle_time());
     }
-    if q.quorum {
+    if let Some(r) = q.replica() {
+        // A replicated quorum queue: the group's placement, and what it
+        // holds on every node (this node's view holds only its part).
+        let i = r.info();
+        v["leader"] = json!(i.leader);
+        if let Some(l) = &i.leader {
+            v["node"] = json!(l);
+        }
+        v["members"] = json!(i.members);
+        v["online"] = json!(i.online);
+        v["messages"] = json!(i.messages);
+        v["messages_ready"] = json!(i.messages.saturating_sub(s.unacked));
+        v["replication"] = json!({
+            "confirmed": i.confirmed,
+            "confirms_sampled": i.sampled,
+            "confirms_sampled_on_majority": i.sampled_majority,
+            "last_sample": i.last_sample.map(|(index, nodes)| json!({"log_index": index, "synced_on": nodes})),
+        });
+    } else if q.quorum {
         // One node: it leads, and is the only member.
         let node = super::overview::node_name();
         v["leader"] = json!(node);

@@ -8,9 +8,11 @@
 //! sockets; it pages stored bodies out and back in (`paging`), never reading
 //! the store under its lock.
 
+mod consumers;
 mod entry;
 mod limits;
 mod paging;
+mod replica;
 mod runtime;
 pub mod subscriber;
 mod views;
@@ -19,6 +21,7 @@ pub use entry::{now_ms, QueueEntry, Reason, Slot};
 use entry::{Ready, NEVER_ENQUEUED};
 pub use limits::{as_u64, Limits, Overflow, PolicyLimits};
 use paging::LOAD_BATCH;
+pub use replica::{Replica, ReplicaInfo};
 use runtime::over_limit;
 pub use subscriber::Subscriber;
 pub use views::{Peek, Peeked};
@@ -88,6 +91,9 @@ struct QueueState {
     limits: Arc<Limits>,
     /// `message_stats` counts, under the lock the queue takes anyway.
     counts: crate::stats::QueueCounts,
+    /// Whether this queue delivers its messages: always, unless it is the
+    /// view of a replicated queue on a node that does not lead it (`replica`).
+    leading: bool,
 }
 
 #[derive(Debug)]
@@ -123,6 +129,11 @@ pub struct Queue {
     /// basic.get deliveries held unacknowledged (`QueueEntry::got`), for
     /// `messages_unacknowledged`.
     got_unacked: std::sync::atomic::AtomicU64,
+    /// Set when the queue is a quorum queue replicated by a cluster group.
+    replica: std::sync::OnceLock<Arc<dyn Replica>>,
+    /// A replicated queue's deliveries not settled yet (`replica`); taken
+    /// inside the state lock, never the other way round.
+    out: Mutex<HashMap<u64, replica::Out>>,
     state: Mutex<QueueState>,
 }
 
@@ -207,6 +218,8 @@ impl Queue {
             flow: AtomicBool::new(false),
             flow_cleared: tokio::sync::Notify::new(),
             got_unacked: std::sync::atomic::AtomicU64::new(0),
+            replica: std::sync::OnceLock::new(),
+            out: Mutex::new(HashMap::new()),
             state: Mutex::new(QueueState {
                 ready: Ready::default(),
                 dead: Vec::new(),
@@ -219,6 +232,7 @@ impl Queue {
                 loading: false,
                 limits: Arc::new(limits_init),
                 counts: Default::default(),
+                leading: true,
             }),
         }
     }
@@ -252,6 +266,10 @@ impl Queue {
     }
 
     pub fn message_count(&self) -> u32 {
+        if let Some(r) = self.replica.get() {
+            // Every node answers for the whole replicated queue.
+            return r.messages().min(u64::from(u32::MAX)) as u32;
+        }
         self.state.lock().ready.len() as u32
     }
 
@@ -483,7 +501,12 @@ impl Queue {
         if st.deleted {
             return;
         }
+        let mut returned = Vec::new();
         for mut e in entries {
+            if self.replica.get().is_some() {
+                self.out.lock().remove(&e.msg_id());
+                returned.push(e.msg_id());
+            }
             e.redelivered = true;
             self.release_got(&mut e);
             if self.quorum {
@@ -504,6 +527,9 @@ impl Queue {
             st.ready.insert(at, e);
         }
         self.pump(&mut st);
+        if let (Some(r), false) = (self.replica.get(), returned.is_empty()) {
+            r.returned(&returned);
+        }
     }
 
     /// Deliver again after consumers gained credit or a store write completed.
@@ -536,6 +562,12 @@ impl Queue {
         }
         if let (Some(d), Some(k)) = (&self.dedup, &entry.dedup_key) {
             d.keys.lock().remove(k);
+        }
+        if let Some(r) = self.replica.get() {
+            // The group's apply removes it from every node's store.
+            self.out.lock().remove(&entry.msg_id());
+            r.settle(entry.msg_id());
+            return;
         }
         if self.stores(entry) && !self.gone.load(Ordering::Acquire) {
             self.store.remove(&self.store_key, entry.msg_id());
@@ -595,6 +627,7 @@ impl Queue {
                         let e = ready.pop_front()?;
                         if let Slot::Mem(m) = &e.slot {
                             let m = m.clone();
+                            self.taken(m.id);
                             return Some((e, m));
                         }
                         // pump offers only an in-memory head; never reached
@@ -648,111 +681,9 @@ impl Queue {
             self.flow_cleared.notify_waiters();
         }
     }
-
-    /// basic.get: take the head message (by value), with how many stay
-    /// ready after it. The caller delivers it, and settles it (no-ack) or
-    /// holds it unacked.
-    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueueEntry, Arc<Message>, u32)> {
-        self.touch();
-        let mut st = self.head_in_memory(self.state.lock());
-        let msg = match st.ready.front() {
-            Some(QueueEntry {
-                slot: Slot::Mem(m), ..
-            }) if m.is_deliverable() => m.clone(),
-            _ => {
-                st.counts.get_empty += 1;
-                return None;
-            }
-        };
-        let entry = st.ready.pop_front()?;
-        if no_ack {
-            st.counts.get_no_ack += 1;
-        } else {
-            st.counts.get += 1;
-        }
-        st.counts.redeliver += u64::from(entry.redelivered);
-        st.mem_bytes = st.mem_bytes.saturating_sub(entry.mem_bytes());
-        let remaining = st.ready.len() as u32;
-        if st.ready.len() <= FLOW_LOW {
-            self.clear_flow();
-        }
-        Some((entry, msg, remaining))
-    }
-
-    /// Register a consumer; fails when an exclusive consumer holds the queue,
-    /// or when `consumer` is exclusive and there are others.
-    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<dyn Subscriber>) -> bool {
-        self.touch();
-        let mut st = self.state.lock();
-        if st.consumers.iter().any(|c| c.exclusive())
-            || (consumer.exclusive() && !st.consumers.is_empty())
-        {
-            return false;
-        }
-        // Highest priority first; among equals, oldest first (the single
-        // active consumer is the oldest of the highest priority).
-        let at = st
-            .consumers
-            .partition_point(|c| c.priority() >= consumer.priority());
-        st.consumers.insert(at, consumer);
-        st.had_consumer = true;
-        // No delivery yet: consume-ok must reach the client first (the caller kicks).
-        true
-    }
-
-    /// Remove a consumer; returns true when an auto-delete queue lost its last
-    /// consumer and should now be deleted.
-    pub fn remove_consumer(&self, consumer: &Arc<dyn Subscriber>) -> bool {
-        self.touch();
-        let mut st = self.state.lock();
-        let before = st.consumers.len();
-        st.consumers.retain(|c| !subscriber::same(c, consumer));
-        if st.consumers.len() != before && st.rr >= st.consumers.len() {
-            st.rr = 0;
-        }
-        if st.consumers.is_empty() {
-            self.clear_flow();
-        }
-        self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
-    }
-
-    pub fn has_exclusive_consumer(&self) -> bool {
-        self.state.lock().consumers.iter().any(|c| c.exclusive())
-    }
-
-    /// Drop all ready messages; returns how many.
-    pub fn purge(&self) -> u32 {
-        let mut st = self.state.lock();
-        let n = st.ready.len() as u32;
-        let key = &self.store_key;
-        for e in st.ready.take() {
-            if self.stores(&e) {
-                self.store.remove(key, e.msg_id());
-            }
-            if let (Some(d), Some(k)) = (&self.dedup, &e.dedup_key) {
-                d.keys.lock().remove(k);
-            }
-        }
-        st.mem_bytes = 0;
-        self.clear_flow();
-        n
-    }
-
-    /// Mark deleted, drop messages, hand back the consumers to cancel.
-    pub fn delete(&self) -> Deleted {
-        let mut st = self.state.lock();
-        st.deleted = true;
-        self.gone.store(true, Ordering::Release);
-        let messages = st.ready.len() as u32;
-        st.ready.take();
-        st.mem_bytes = 0;
-        self.clear_flow();
-        Deleted {
-            messages,
-            consumers: std::mem::take(&mut st.consumers),
-        }
-    }
 }
 
+#[cfg(test)]
+mod replica_tests;
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,11 @@ impl Queue {
     /// queue is back under its memory limit. Walks back from the tail and stops
     /// at the first entry already paged out, so each entry is visited about once.
     pub(super) fn page_out(&self, st: &mut QueueState) {
+        if !st.leading {
+            // A follower's buffer came from the leader: its own store may
+            // not have those bodies yet.
+            return;
+        }
         let keep_at_head = LOAD_BATCH.min(st.ready.len());
         let mut i = st.ready.len();
         while i > keep_at_head && st.mem_bytes > self.memory_limit / 2 {

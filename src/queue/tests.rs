@@ -6,7 +6,7 @@ use bytes::Bytes;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
-fn queue() -> Arc<Queue> {
+pub(super) fn queue() -> Arc<Queue> {
     Arc::new(Queue::new(
         "q".into(),
         "/".into(),
@@ -18,7 +18,7 @@ fn queue() -> Arc<Queue> {
     ))
 }
 
-fn message(id: u64) -> Arc<Message> {
+pub(super) fn message(id: u64) -> Arc<Message> {
     Arc::new(Message::new(
         id,
         String::new(),
@@ -32,9 +32,9 @@ fn message(id: u64) -> Arc<Message> {
 /// A subscriber that takes one delivery per unit of credit (a consumer
 /// with prefetch 1 that acks only when the test says so).
 #[derive(Debug)]
-struct Fake {
-    credit: AtomicU32,
-    taken: Mutex<Vec<QueueEntry>>,
+pub(super) struct Fake {
+    pub(super) credit: AtomicU32,
+    pub(super) taken: Mutex<Vec<QueueEntry>>,
 }
 
 impl Subscriber for Fake {
@@ -72,7 +72,7 @@ impl Subscriber for Fake {
     }
 }
 
-fn consumer(q: &Arc<Queue>) -> (Arc<Fake>, ()) {
+pub(super) fn consumer(q: &Arc<Queue>) -> (Arc<Fake>, ()) {
     let c = Arc::new(Fake {
         credit: AtomicU32::new(1),
         taken: Mutex::new(Vec::new()),

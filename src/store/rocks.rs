@@ -162,13 +162,18 @@ impl RocksStore {
         // at RocksDB's default).
         let mut msg_opts = small(16 * 1024 * 1024);
         msg_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        // Raft logs carry quorum queues' message bodies until the next
+        // snapshot purges them: mostly deleted before they are compacted,
+        // so never worth compressing.
+        let mut raft_opts = small(16 * 1024 * 1024);
+        raft_opts.set_compression_type(rocksdb::DBCompressionType::None);
         let cfs = vec![
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, small(1024 * 1024)),
             ColumnFamilyDescriptor::new(CF_DEFINITIONS, small(4 * 1024 * 1024)),
             ColumnFamilyDescriptor::new(CF_MESSAGES, msg_opts),
             ColumnFamilyDescriptor::new(CF_INDEX, small(8 * 1024 * 1024)),
             ColumnFamilyDescriptor::new(CF_DEDUP, small(4 * 1024 * 1024)),
-            ColumnFamilyDescriptor::new(CF_RAFT, small(4 * 1024 * 1024)),
+            ColumnFamilyDescriptor::new(CF_RAFT, raft_opts),
         ];
         let mut names = ALL_CFS.to_vec();
         names.push(rocksdb::DEFAULT_COLUMN_FAMILY_NAME);
