@@ -23,9 +23,9 @@ import statistics
 import threading
 import time
 
-Attempt = collections.namedtuple("Attempt", "mid attempt node sent done outcome")
+Attempt = collections.namedtuple("Attempt", "mid attempt node sent done outcome queue")
 Delivery = collections.namedtuple("Delivery", "mid attempt node redelivered delivery_count at body_ok")
-Fault = collections.namedtuple("Fault", "kind nodes at note")
+Fault = collections.namedtuple("Fault", "kind nodes at note queue")
 
 
 def body_for(mid, attempt, size):
@@ -65,26 +65,27 @@ class History:
         return time.monotonic() - self.t0
 
     # -------------------------------------------------------------- recording
-    def publish_sent(self, mid, attempt, node):
+    def publish_sent(self, mid, attempt, node, queue=None):
         with self.lock:
             self.sent.add((mid, attempt))
-            self.in_flight[(mid, attempt)] = (node, self.now())
+            self.in_flight[(mid, attempt)] = (node, self.now(), queue)
 
     def publish_done(self, mid, attempt, outcome):
         """outcome: "ack", "nack", "closed" (connection/channel lost), "timeout"."""
         with self.lock:
-            node, sent = self.in_flight.pop((mid, attempt), (None, None))
-            self.attempts.append(Attempt(mid, attempt, node, sent, self.now(), outcome))
+            node, sent, queue = self.in_flight.pop((mid, attempt), (None, None, None))
+            self.attempts.append(Attempt(mid, attempt, node, sent, self.now(), outcome, queue))
 
     def consumed(self, mid, attempt, node, redelivered, delivery_count, body_ok=True):
         with self.lock:
             self.deliveries.append(
                 Delivery(mid, attempt, node, bool(redelivered), delivery_count, self.now(), body_ok))
 
-    def fault(self, kind, nodes, note=""):
+    def fault(self, kind, nodes, note="", queue=None):
+        """A fault starts now; `queue`: its failover is measured on that queue's publishes."""
         with self.lock:
             self.faults.append(Fault(kind, tuple(nodes) if isinstance(nodes, (list, tuple)) else (nodes,),
-                                     self.now(), note))
+                                     self.now(), note, queue))
 
     def note(self, text):
         with self.lock:
@@ -109,15 +110,15 @@ class History:
         with self.lock:
             return self.deliveries[-1].at if self.deliveries else None
 
-    def first_ack_after(self, t):
-        """When the first publish sent at or after t was acked (None: none yet)."""
+    def first_ack_after(self, t, queue=None):
+        """When the first publish (to `queue`, if given) sent at or after t was acked."""
         first = None
         with self.lock:
             # attempts are appended as they complete: only the tail can qualify
             for a in reversed(self.attempts):
                 if a.done < t:
                     break
-                if a.outcome == "ack" and a.sent is not None and a.sent >= t:
+                if a.outcome == "ack" and a.sent is not None and a.sent >= t and queue in (None, a.queue):
                     first = a.done if first is None else min(first, a.done)
         return first
 
@@ -154,7 +155,8 @@ class History:
         fault_rows, fault_times = [], [f.at for f in faults]
         for i, f in enumerate(faults):
             until = fault_times[i + 1] if i + 1 < len(faults) else float("inf")
-            acks = [a.done for a in attempts if a.outcome == "ack" and a.sent is not None and a.sent >= f.at]
+            acks = [a.done for a in attempts if a.outcome == "ack" and a.sent is not None and a.sent >= f.at
+                    and f.queue in (None, a.queue)]
             first = min(acks) if acks else None
             fault_rows.append({
                 "kind": f.kind, "nodes": list(f.nodes), "at": round(f.at, 2), "note": f.note,

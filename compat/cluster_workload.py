@@ -160,7 +160,7 @@ class Workload:
                 continue
             tasks = []
             for mid, attempt in batch:
-                h.publish_sent(mid, attempt, node)
+                h.publish_sent(mid, attempt, node, self.queue)
                 props = spec.Basic.Properties(message_id=mid, delivery_mode=2, headers={"attempt": attempt})
                 tasks.append(asyncio.ensure_future(
                     ch.basic_publish(body_for(mid, attempt, self.size), routing_key=self.queue, properties=props)))

@@ -87,10 +87,10 @@ class Campaign:
     def leader(self):
         return self.cluster.guess_leader(self.rng.choice(self.queues), timeout=10)[0]
 
-    def wait_failover(self, at, what):
+    def wait_failover(self, at, what, queue):
         deadline = time.monotonic() + self.args.failover_timeout
         while time.monotonic() < deadline:
-            first = self.history.first_ack_after(at)
+            first = self.history.first_ack_after(at, queue)
             if first is not None:
                 return first - at
             time.sleep(0.1)
@@ -119,12 +119,12 @@ class Campaign:
                 victim = rng.choice([x.id for x in c.nodes if x.id != leader])
             else:
                 victim = rng.choice([x.id for x in c.nodes])
-            self.history.fault(kind, victim, note=f"{queue} leader {leader}")
+            self.history.fault(kind, victim, note=f"{queue} leader {leader}", queue=queue)
             if kind == "sigterm":
                 self.sigterm_status.append(c.node(victim).terminate())
             else:
                 c.node(victim).kill()
-            failover = self.wait_failover(at, f"round {n} {kind} {victim}")
+            failover = self.wait_failover(at, f"round {n} {kind} {victim}", queue)
             new = self.wait_new_leader(queue, victim, at) if victim == leader else leader
             time.sleep(max(0.0, hold - (self.history.now() - at)))
             c.node(victim).start()
@@ -134,9 +134,9 @@ class Campaign:
         if kind in ("cut", "stall"):
             pair = tuple(rng.sample([x.id for x in c.nodes], 2))
             mode = "drop" if kind == "cut" else "stall"
-            self.history.fault(kind, pair, note=f"{queue} leader {leader}")
+            self.history.fault(kind, pair, note=f"{queue} leader {leader}", queue=queue)
             c.cut(*pair, mode=mode)
-            failover = self.wait_failover(at, f"round {n} {kind} {pair}")
+            failover = self.wait_failover(at, f"round {n} {kind} {pair}", queue)
             time.sleep(max(0.0, hold - (self.history.now() - at)))
             c.heal(*pair)
             self.log(f"round {n}: {kind} link {pair[0]}-{pair[1]} ({queue} leader {leader}) for "
@@ -146,10 +146,10 @@ class Campaign:
         victim = leader if rng.random() < 0.5 else rng.choice([x.id for x in c.nodes])
         mode = rng.choice(["drop", "stall"])
         pairs = [(victim, x.id) for x in c.nodes if x.id != victim]
-        self.history.fault(kind, victim, note=f"{mode}; {queue} leader {leader}")
+        self.history.fault(kind, victim, note=f"{mode}; {queue} leader {leader}", queue=queue)
         for p in pairs:
             c.cut(*p, mode=mode)
-        failover = self.wait_failover(at, f"round {n} isolate {victim}")
+        failover = self.wait_failover(at, f"round {n} isolate {victim}", queue)
         new = self.wait_new_leader(queue, victim, at) if victim == leader else leader
         time.sleep(max(0.0, hold - (self.history.now() - at)))
         for p in pairs:
