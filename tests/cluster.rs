@@ -52,11 +52,16 @@ impl Cluster {
 
     /// Three nodes whose `[cluster]` sections end with `extra` lines.
     fn start_with(extra: &str) -> Cluster {
+        Cluster::start_n(3, extra)
+    }
+
+    /// `n` nodes whose `[cluster]` sections end with `extra` lines.
+    fn start_n(n: u8, extra: &str) -> Cluster {
         let conf = tempfile::tempdir().unwrap();
         let secret = conf.path().join("secret");
         std::fs::write(&secret, "correct horse battery staple\n").unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let nodes = (1..=3u8)
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let nodes = (1..=n)
             .map(|id| {
                 let path = conf.path().join(format!("node{id}.toml"));
                 std::fs::write(
@@ -614,4 +619,125 @@ async fn a_publish_without_a_majority_is_nacked_after_the_confirm_timeout() {
     })
     .await;
     assert!(ok.is_ack());
+}
+
+/// On four nodes a quorum queue declared without a size gets three members
+/// (RabbitMQ's default), and the fourth node, which holds no replica, still
+/// publishes with confirms, consumes, gets and acks through the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_outside_the_group_publishes_and_consumes_through_the_leader() {
+    use futures::StreamExt;
+    let mut c = Cluster::start_n(4, "");
+    {
+        let (_c, ch) = within_for(SLOW, "node 1 up", channel(&c.nodes[0])).await;
+        within_for(
+            SLOW,
+            "the quorum queue declared",
+            ch.queue_declare("q.outside".into(), durable(), quorum_args(&[])),
+        )
+        .await
+        .expect("declare through node 1");
+    }
+    let (_p, publisher) = within_for(SLOW, "node 4 up", channel(&c.nodes[3])).await;
+    common::confirm_select(&publisher).await;
+    for i in 0..30 {
+        let confirm = publisher
+            .basic_publish(
+                "".into(),
+                "q.outside".into(),
+                Default::default(),
+                format!("m{i}").as_bytes(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish through node 4");
+        let outcome = within_for(SLOW, "publisher confirm", confirm)
+            .await
+            .expect("confirm");
+        assert!(outcome.is_ack(), "message {i}: {outcome:?}");
+    }
+    let addr = c.nodes[3].mgmt_addr();
+    let info = common::mgmt::http(
+        addr,
+        "GET",
+        "/api/queues/%2f/q.outside",
+        Some(("guest", "guest")),
+        None,
+    )
+    .json();
+    let members: Vec<String> = info["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("members in {info}"))
+        .iter()
+        .filter_map(|m| m.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(members.len(), 3, "three members by default: {info}");
+    assert!(
+        !members.iter().any(|m| m.ends_with("@4")),
+        "node 4 is not a member: {members:?}"
+    );
+    assert_eq!(info["messages"], 30, "{info}");
+
+    let (_g, getter) = channel(&c.nodes[3]).await;
+    let first = common::get(&getter, "q.outside", false)
+        .await
+        .expect("basic.get through node 4");
+    assert_eq!(first.delivery.data, b"m0");
+    // Like RabbitMQ, every node counts what no consumer holds.
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for (i, node) in [(3, "node 4"), (1, "node 2"), (0, "node 1")] {
+        let (_x, ch) = channel(&c.nodes[i]).await;
+        let q = ch
+            .queue_declare("q.outside".into(), passive, FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("passive declare through {node}: {e}"));
+        assert_eq!(q.message_count(), 29, "one of 30 unacked, through {node}");
+    }
+    first
+        .delivery
+        .ack(Default::default())
+        .await
+        .expect("ack the got message");
+    getter.basic_qos(10, Default::default()).await.expect("qos");
+    let mut consumer = getter
+        .basic_consume(
+            "q.outside".into(),
+            "outside".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume through node 4");
+    for i in 1..30 {
+        let d = within_for(SLOW, "a delivery through node 4", consumer.next())
+            .await
+            .expect("a delivery")
+            .expect("not an error");
+        assert_eq!(d.data, format!("m{i}").as_bytes(), "in order");
+        d.ack(Default::default()).await.expect("ack");
+    }
+    let (_q, counter) = channel(&c.nodes[1]).await;
+    within_for(SLOW, "the acks settled on the group", async {
+        loop {
+            let q = counter
+                .queue_declare(
+                    "q.outside".into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("passive declare through node 2");
+            if q.message_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
 }

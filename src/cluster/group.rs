@@ -27,6 +27,8 @@ use openraft::{BasicNode, ServerState};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 
+mod ask;
+
 use super::feed::{self, Feeds};
 use super::link::Link;
 use super::log::LogStore;
@@ -75,6 +77,9 @@ pub struct Group {
     /// The leader this node's buffer came from (0: none): a subscription's,
     /// or a follower's basic.get. Requeued deliveries go back to it.
     pub(super) fed_by: AtomicU64,
+    /// A node that does not lead: the queue's (ready, held) counts as the
+    /// leader last told them, and when (`ask`).
+    pub(super) counted: Mutex<Option<(std::time::Instant, u64, u64)>>,
 }
 
 /// For a sample of confirmed enqueues: which nodes had the entry on disk
@@ -127,6 +132,7 @@ impl Group {
             hint: AtomicU64::new(0),
             feed_lost: std::sync::atomic::AtomicBool::new(false),
             fed_by: AtomicU64::new(0),
+            counted: Mutex::new(None),
         });
         tokio::spawn(proposer(Arc::downgrade(&g), rx));
         tokio::spawn(settler(Arc::downgrade(&g)));
@@ -363,6 +369,17 @@ impl Group {
                 }
                 Ok(Reply::Purged(q.purge()))
             }
+            Rpc::Count => {
+                let q = self.queue().ok_or("queue gone")?;
+                if !q.is_leading() {
+                    return Ok(Reply::NotLeader(self.leader()));
+                }
+                let held = self.machine.get().map_or(0, |m| m.held());
+                Ok(Reply::Counted {
+                    ready: q.ready_len(),
+                    held,
+                })
+            }
             Rpc::Deliver(items) => {
                 if let Some(q) = self.queue() {
                     feed::delivered(&q, items);
@@ -439,6 +456,7 @@ impl Replica for Group {
         let name = |id: &u64| format!("hopper@{id}");
         let connected = self.link.connected();
         let last = self.proof.last.lock().clone();
+        let (ready, held) = self.counts_now(true);
         crate::queue::ReplicaInfo {
             leader: self.leader().map(|l| name(&l)),
             members: self.members.iter().map(name).collect(),
@@ -448,7 +466,8 @@ impl Replica for Group {
                 .filter(|m| **m == self.me || connected.contains(m))
                 .map(name)
                 .collect(),
-            messages: self.machine.get().map_or(0, |m| m.held()),
+            messages: held,
+            ready,
             confirmed: self.proof.confirmed.load(Ordering::Relaxed),
             sampled: self.proof.sampled.load(Ordering::Relaxed),
             sampled_majority: self.proof.majority.load(Ordering::Relaxed),
@@ -456,48 +475,16 @@ impl Replica for Group {
         }
     }
 
-    fn messages(&self) -> u64 {
-        self.machine.get().map_or(0, |m| m.held())
+    fn counts(&self) -> (u64, u64) {
+        self.counts_now(false)
     }
 
     fn purge(&self) -> u32 {
-        match self.ask_leader(Rpc::Purge) {
-            Some((_, Reply::Purged(n))) => n,
-            _ => 0,
-        }
+        self.purge_on_leader()
     }
 
     fn fetch(&self) {
-        let Some(q) = self.queue() else { return };
-        match self.ask_leader(Rpc::Get) {
-            Some((leader, Reply::Messages(items))) => {
-                self.fed_by.store(leader, Ordering::Release);
-                feed::delivered(&q, items)
-            }
-            Some((leader, Reply::NotLeader(hint))) => self.heard(leader, hint),
-            Some((leader, _)) => self.heard(leader, None),
-            None => {}
-        }
-    }
-}
-
-impl Group {
-    /// One request to the leader from a channel's thread: blocks, with the
-    /// worker handed off (as the store's synced definition writes do).
-    /// `None` when no other node leads; an error reply counts as `Done`.
-    fn ask_leader(&self, rpc: Rpc) -> Option<(u64, Reply)> {
-        let leader = self.leader().filter(|l| *l != self.me)?;
-        let run = || {
-            tokio::runtime::Handle::current()
-                .block_on(call(&self.link, leader, self.id, &rpc, RPC_TTL))
-        };
-        let reply = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(run)
-            }
-            _ => return None,
-        };
-        Some((leader, reply.unwrap_or(Reply::Done)))
+        self.fetch_from_leader()
     }
 }
 

@@ -57,6 +57,8 @@ pub enum Rpc {
     Get,
     /// queue.purge on a follower: the leader purges.
     Purge,
+    /// A node that does not lead asks for the queue's counts.
+    Count,
     /// Wait until this node has applied the meta log up to this index.
     Applied(u64),
 }
@@ -75,6 +77,12 @@ pub enum Reply {
     Done,
     /// The leader purged this many.
     Purged(u32),
+    /// The leader's counts: ready (no consumer holds them) and held (ready
+    /// and unacknowledged, on every node).
+    Counted {
+        ready: u64,
+        held: u64,
+    },
     /// Messages for a follower's basic.get (none: the queue is empty).
     Messages(Vec<(u64, Body, bool, u32)>),
 }

@@ -30,6 +30,9 @@ const RPC_TTL: Duration = Duration::from_secs(5);
 /// How long a definition change waits for the other live nodes to apply it
 /// too (so a publish through any node right after declare-ok is routed).
 const APPLIED_WAIT: Duration = Duration::from_secs(2);
+/// Members of a quorum queue declared without `x-quorum-initial-group-size`,
+/// as in RabbitMQ (fewer on a smaller cluster).
+const DEFAULT_GROUP_SIZE: usize = 3;
 /// Raft timings for hundreds of groups on 2 cores (CLUSTER.md): 500 ms
 /// heartbeats, elections after 2-4 s without one.
 pub(super) const ELECTION_TIMEOUT_MAX: u64 = 4000;
@@ -124,7 +127,8 @@ impl Handler for Rpcs {
                     | Rpc::Unsubscribe { .. }
                     | Rpc::Deliver(_)
                     | Rpc::Get
-                    | Rpc::Purge => g.handle(from, rpc).await?,
+                    | Rpc::Purge
+                    | Rpc::Count => g.handle(from, rpc).await?,
                     rpc => {
                         let raft = g.raft().ok_or("group starting")?.clone();
                         raft_rpc(&raft, rpc).await?
@@ -342,7 +346,9 @@ impl Node {
             return;
         }
         let all: Vec<u64> = self.members.keys().copied().collect();
-        let size = size.unwrap_or(all.len()).clamp(1, all.len().max(1));
+        let size = size
+            .unwrap_or(DEFAULT_GROUP_SIZE)
+            .clamp(1, all.len().max(1));
         // The declaring node first, then the next ids round the ring.
         let start = all.iter().position(|id| *id == origin).unwrap_or(0);
         let members: Vec<u64> = (0..size).map(|i| all[(start + i) % all.len()]).collect();

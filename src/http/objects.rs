@@ -144,7 +144,8 @@ pub fn queue_json_with(q: &Queue, w: Option<&super::rates::Window>) -> Value {
         v["members"] = json!(i.members);
         v["online"] = json!(i.online);
         v["messages"] = json!(i.messages);
-        v["messages_ready"] = json!(i.messages.saturating_sub(s.unacked));
+        v["messages_ready"] = json!(i.ready);
+        v["messages_unacknowledged"] = json!(i.messages.saturating_sub(i.ready));
         v["replication"] = json!({
             "confirmed": i.confirmed,
             "confirms_sampled": i.sampled,

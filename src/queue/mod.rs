@@ -267,8 +267,9 @@ impl Queue {
 
     pub fn message_count(&self) -> u32 {
         if let Some(r) = self.replica.get() {
-            // Every node answers for the whole replicated queue.
-            return r.messages().min(u64::from(u32::MAX)) as u32;
+            // Every node answers for the whole replicated queue: what no
+            // consumer of any node holds, as RabbitMQ counts a quorum queue.
+            return r.counts().0.min(u64::from(u32::MAX)) as u32;
         }
         self.state.lock().ready.len() as u32
     }

@@ -36,8 +36,10 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     fn consumers_changed(&self);
     /// Where the queue runs and what it holds, for the management API.
     fn info(&self) -> ReplicaInfo;
-    /// Messages the group holds (ready and unacknowledged, all nodes).
-    fn messages(&self) -> u64;
+    /// The queue's counts on any node: (ready, held), where ready is what
+    /// no consumer holds and held adds the unacknowledged deliveries of
+    /// every node. May ask the leader (blocks, the worker handed off).
+    fn counts(&self) -> (u64, u64);
     /// queue.purge on a following view: the leader purges; how many went.
     /// Blocks (the worker is handed off).
     fn purge(&self) -> u32;
@@ -56,6 +58,8 @@ pub struct ReplicaInfo {
     pub online: Vec<String>,
     /// Messages the group holds (ready and unacknowledged, all nodes).
     pub messages: u64,
+    /// Of those, the ones no consumer holds.
+    pub ready: u64,
     /// Confirmed publishes, sampled confirms (one per 1,000), and samples
     /// that showed a majority of members with the entry synced.
     pub confirmed: u64,
@@ -372,6 +376,12 @@ impl Queue {
     }
 
     /// Remote deliveries per node (for the subscriptions' credit).
+    /// Messages in this view's ready list (on the leader: what no consumer
+    /// of any node holds).
+    pub fn ready_len(&self) -> u64 {
+        self.state.lock().ready.len() as u64
+    }
+
     pub fn remote_counts(&self) -> HashMap<u64, usize> {
         let mut counts = HashMap::new();
         for o in self.out.lock().values() {

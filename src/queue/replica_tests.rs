@@ -27,8 +27,8 @@ impl Replica for Recorder {
         ReplicaInfo::default()
     }
     fn fetch(&self) {}
-    fn messages(&self) -> u64 {
-        0
+    fn counts(&self) -> (u64, u64) {
+        (0, 0)
     }
     fn purge(&self) -> u32 {
         0
