@@ -43,8 +43,10 @@ pub(super) const RPC_TTL: Duration = Duration::from_secs(5);
 /// How long a forwarded publish waits for the leader's answer before it is
 /// sent again (to the leader known then).
 const FORWARD_TTL: Duration = Duration::from_secs(2);
-/// Messages in one `Enqueue` entry at most.
+/// Messages in one `Enqueue` entry at most, and their bytes (a larger
+/// message goes alone).
 const MAX_BATCH: usize = 512;
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Enqueue batches in flight per group.
 const IN_FLIGHT: usize = 64;
 
@@ -491,18 +493,36 @@ impl Replica for Group {
 /// Batch publishes into `Enqueue` entries, up to `IN_FLIGHT` at a time.
 async fn proposer(group: Weak<Group>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    let weight = |p: &Pending| p.0.body.len() + p.0.raw_properties.len();
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        let mut bytes = weight(&first);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) if bytes + weight(&p) > MAX_BATCH_BYTES => {
+                    carry = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += weight(&p);
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
         let Some(g) = group.upgrade() else {
+            batch.extend(carry);
             crate::batch::run(|b| batch.into_iter().for_each(|(_, d)| d(false, b)));
             return;
         };

@@ -24,8 +24,13 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use super::log::{decode, encode};
 use super::types::GroupId;
 
-/// Largest frame: a meta snapshot or a batch of appends fits well within.
-const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Largest frame once the peer is authenticated: an append carrying the
+/// largest message a client may publish, with room to spare (appends are
+/// otherwise cut at `network::APPEND_BUDGET`, snapshots sent in chunks).
+const MAX_FRAME: usize = crate::config::MAX_MESSAGE_SIZE_CAP as usize + 64 * 1024 * 1024;
+/// Largest frame before: the handshake's few bytes (an unauthenticated
+/// peer never makes this node reserve more).
+const HANDSHAKE_FRAME: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -181,9 +186,15 @@ async fn recv(conn: &mut Conn) -> io::Result<Frame> {
 fn framed(s: TcpStream) -> Conn {
     let _ = s.set_nodelay(true);
     let codec = LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME)
+        .max_frame_length(HANDSHAKE_FRAME)
         .new_codec();
     Framed::new(s, codec)
+}
+
+/// The handshake is over: frames may now be as large as a message.
+fn authenticated(mut conn: Conn) -> Conn {
+    conn.codec_mut().set_max_frame_length(MAX_FRAME);
+    conn
 }
 
 impl Link {
@@ -274,7 +285,7 @@ impl Link {
                     .map_err(|_| {
                         io::Error::new(io::ErrorKind::TimedOut, "handshake timed out")
                     })??;
-                Ok::<_, io::Error>(conn)
+                Ok::<_, io::Error>(authenticated(conn))
             };
             let result = tokio::select! {
                 r = attempt => r,
@@ -374,7 +385,7 @@ impl Link {
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))??;
         tracing::info!(peer = id, "cluster link up");
         let (_tx, never) = tokio::sync::watch::channel(false);
-        self.run(id, conn, never).await;
+        self.run(id, authenticated(conn), never).await;
         tracing::info!(peer = id, "cluster link down");
         Ok(())
     }

@@ -18,7 +18,7 @@ use super::group::Group;
 use super::link::{Handler, Link, Payload};
 use super::log::{decode, encode, LogStore};
 use super::meta::{Apply, MetaMachine};
-use super::network::{call, Factory, Reply, Rpc};
+use super::network::{call, Factory, Reply, Rpc, SnapshotChunks};
 use super::types::{Command, GroupId, MetaCommand, MetaResult, Raft, TypeConfig, META_GROUP};
 use crate::config;
 use crate::store::Store;
@@ -73,18 +73,29 @@ struct Rpcs {
     meta: Raft,
     me: u64,
     groups: Arc<Groups>,
+    chunks: Arc<SnapshotChunks>,
 }
 
 /// Answer one of openraft's own RPCs for a group's Raft.
 async fn raft_rpc<SM: RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>>(
     raft: &openraft::Raft<TypeConfig, SM>,
     rpc: Rpc,
+    (chunks, group, from): (&SnapshotChunks, GroupId, u64),
 ) -> Result<Reply, String> {
     Ok(match rpc {
         Rpc::Append(r) => Reply::Append(raft.append_entries(r).await.map_err(|e| e.to_string())?),
         Rpc::Vote(r) => Reply::Vote(raft.vote(r).await.map_err(|e| e.to_string())?),
         Rpc::PreVote(r) => Reply::Vote(raft.pre_vote(r).await.map_err(|e| e.to_string())?),
-        Rpc::Snapshot { vote, meta, data } => {
+        Rpc::Snapshot {
+            vote,
+            meta,
+            offset,
+            total,
+            data,
+        } => {
+            let Some(data) = chunks.add(group, from, offset, total, data)? else {
+                return Ok(Reply::Done);
+            };
             let snap = openraft::type_config::alias::SnapshotOf::<TypeConfig, SM::SnapshotData> {
                 meta,
                 snapshot: data,
@@ -114,6 +125,7 @@ impl Handler for Rpcs {
         let raft = self.meta.clone();
         let me = self.me;
         let groups = self.groups.clone();
+        let chunks = self.chunks.clone();
         Box::pin(async move {
             let rpc: Rpc = decode(&body).map_err(|e| e.to_string())?;
             let reply = if group != META_GROUP {
@@ -131,7 +143,7 @@ impl Handler for Rpcs {
                     | Rpc::Count => g.handle(from, rpc).await?,
                     rpc => {
                         let raft = g.raft().ok_or("group starting")?.clone();
-                        raft_rpc(&raft, rpc).await?
+                        raft_rpc(&raft, rpc, (&chunks, group, from)).await?
                     }
                 }
             } else {
@@ -157,7 +169,7 @@ impl Handler for Rpcs {
                             .map_err(|e| e.to_string())?;
                         Reply::Done
                     }
-                    rpc => raft_rpc(&raft, rpc).await?,
+                    rpc => raft_rpc(&raft, rpc, (&chunks, group, from)).await?,
                 }
             };
             encode(&reply).map_err(|e| e.to_string())
@@ -226,6 +238,7 @@ impl Node {
             meta: meta.clone(),
             me,
             groups: groups.clone(),
+            chunks: Arc::default(),
         }));
         link.on_down(Arc::new({
             let meta = meta.clone();

@@ -430,7 +430,15 @@ impl RaftStateMachine<TypeConfig> for QueueMachine {
             st.built = Some(meta.clone());
             self.save(&st, true)?
         };
-        write_and_wait(&self.store, write).await
+        write_and_wait(&self.store, write).await?;
+        tracing::info!(
+            group = self.group,
+            messages = wanted.len(),
+            bytes = snapshot.len(),
+            at = ?meta.last_log_id.map(|l| l.index),
+            "quorum queue caught up from a snapshot"
+        );
+        Ok(())
     }
 
     /// The held messages as they are now, under the last snapshot's

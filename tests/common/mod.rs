@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod access;
+pub mod cluster;
 pub mod consume;
 pub mod durable;
 pub mod hostile;
