@@ -109,8 +109,8 @@ def test_checker_reports_lost_duplicated_and_unexpected_messages():
 def test_checker_classifies_redeliveries_without_the_flag_and_reloads_a_dump(tmp_path):
     """No broker: an unflagged second delivery of one stored copy is counted and
     classified (earlier copy acked, nodes, the fault before it; a publish confirmed
-    after its first copy was delivered is one the broker stored twice); a dump
-    loads back."""
+    after its first copy was delivered, with a second, is one the broker stored
+    twice); a dump loads back."""
     h = History()
     h.publish_sent("a", 1, 1)
     h.publish_done("a", 1, "ack")
@@ -120,7 +120,7 @@ def test_checker_classifies_redeliveries_without_the_flag_and_reloads_a_dump(tmp
     h.consumed("a", 1, 3, False, 0, consumer="c1#1@3")  # again, unflagged
     h.fault_end("cut", (1, 2))
     h.consumed("a", 1, 1, True, 1, consumer="c2#1@1")  # again, flagged: fine
-    # b: consumed before its confirm, then again: the broker stored it twice.
+    # b: confirmed after its first copy was consumed, with a second: the broker stored it twice.
     h.publish_sent("b", 1, 3)
     h.consumed("b", 1, 1, False, 0, consumer="c2#1@1")
     h.delivery_acked("b", 1, 1, "c2#1@1")
@@ -132,7 +132,7 @@ def test_checker_classifies_redeliveries_without_the_flag_and_reloads_a_dump(tmp
     assert (a["class"], a["nodes"], a["earlier_flagged"]) == (
         "earlier acked, later a fresh copy (count 0)", "2->3", False)
     assert a["last_fault"]["kind"] == "cut" and a["last_fault"]["on"]
-    assert (b["mid"], b["class"]) == ("b", "one publish stored twice (confirmed after its earlier copy was delivered)")
+    assert (b["mid"], b["class"]) == ("b", "one publish stored twice (confirmed with the later copy)")
     assert sorted(row["n"] for row in r["unflagged_by_class"]) == [1, 1]
     path = tmp_path / "history.jsonl"
     h.dump(path)
