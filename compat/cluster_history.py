@@ -24,6 +24,7 @@ Thread-safe (one lock); never talks to a broker.
 """
 
 import collections
+import gzip
 import json
 import statistics
 import sys
@@ -153,7 +154,7 @@ class History:
     def dump(self, path):
         """Everything recorded, as JSON lines ("t": start, publish, in_flight,
         deliver, ack, fault, note; times in seconds since the start, whose wall
-        clock time the "start" line gives)."""
+        clock time the "start" line gives); gzipped when `path` ends in .gz."""
         with self.lock:
             rows = [{"t": "start", "wall_t0": self.wall_t0}]
             rows += [dict(a._asdict(), t="publish") for a in self.attempts]
@@ -163,14 +164,14 @@ class History:
             rows += [dict(a._asdict(), t="ack") for a in self.acks]
             rows += [dict(f._asdict(), t="fault") for f in self.faults]
             rows += [{"t": "note", "at": at, "text": text} for at, text in self.events]
-        with open(path, "w") as fh:
+        with (gzip.open(path, "wt") if str(path).endswith(".gz") else open(path, "w")) as fh:
             for r in rows:
                 fh.write(json.dumps(r, default=str) + "\n")
 
     @classmethod
     def load(cls, path):
         h = cls()
-        with open(path) as fh:
+        with (gzip.open(path, "rt") if str(path).endswith(".gz") else open(path)) as fh:
             for line in fh:
                 r = json.loads(line)
                 t = r.pop("t")

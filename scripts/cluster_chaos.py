@@ -191,7 +191,8 @@ def main():
     ap.add_argument("--work-dir", help="nodes' data dirs and logs (default: a temp dir, removed on success)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir even on success")
     ap.add_argument("--history", help="write the whole history here as JSON lines (every publish attempt, "
-                    "delivery, ack, fault); `compat/cluster_history.py FILE` reports on it again")
+                    "delivery, ack, fault; gzipped if FILE ends in .gz); `compat/cluster_history.py FILE` "
+                    "reports on it again")
     ap.add_argument("--rust-log", help="the nodes' RUST_LOG (default: info)")
     ap.add_argument("--queues", type=int, default=1, help="quorum queues (each with its own clients)")
     ap.add_argument("--publishers", type=int, default=1, help="per node and queue")
