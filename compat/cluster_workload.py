@@ -11,7 +11,8 @@ library under aio-pika) against one queue, recording everything in a
   and the next attempt number on ANOTHER node; it goes back to its home node
   once that has worked for `return_home_after` seconds;
 - a consumer on its node acks each delivery after recording it (an ack lost
-  with a node is a redelivery: at-least-once); when its connection breaks it
+  with a node is a redelivery: at-least-once), and records the ack as sent
+  (its consumer named `<prefix>c<n>#<connection>@<node>`); when its connection breaks it
   reconnects to the next node (ids in turn), and goes back home (cancel, ack
   what is in flight, reconnect) once it has been away `return_home_after` s,
   so every node keeps a consumer.
@@ -187,22 +188,24 @@ class Workload:
         await self._close(conn)
 
     async def _consumer(self, cid, home):
-        h, node = self.history, home
+        h, node, serial = self.history, home, 0
         while not self._stop_con:
             conn, going_home = None, False
+            serial += 1
             try:
                 conn = await self._connect(node)
                 ch = await asyncio.wait_for(conn.channel(), 5)
                 await asyncio.wait_for(ch.basic_qos(prefetch_count=self.prefetch), 5)
-                at = node
+                at, who = node, f"{self.prefix}c{cid}#{serial}@{node}"
 
-                async def on_message(msg, at=at):
+                async def on_message(msg, at=at, who=who):
                     props = msg.header.properties
                     headers = props.headers or {}
                     mid, attempt = props.message_id, headers.get("attempt")
                     h.consumed(mid, attempt, at, msg.delivery.redelivered, headers.get("x-delivery-count"),
-                               body_matches(msg.body, mid, attempt))
+                               body_matches(msg.body, mid, attempt), consumer=who)
                     await msg.channel.basic_ack(msg.delivery.delivery_tag)
+                    h.delivery_acked(mid, attempt, at, who)
 
                 ok = await asyncio.wait_for(ch.basic_consume(self.queue, on_message), 10)
                 since = time.monotonic()

@@ -106,6 +106,41 @@ def test_checker_reports_lost_duplicated_and_unexpected_messages():
     assert r["faults"][0]["failover_s"] is not None and r["faults"][0]["duplicates"] == 2
 
 
+def test_checker_classifies_redeliveries_without_the_flag_and_reloads_a_dump(tmp_path):
+    """No broker: an unflagged second delivery of one stored copy is counted and
+    classified (earlier copy acked, nodes, the fault before it; a publish confirmed
+    after its first copy was delivered, with a second, is one the broker stored
+    twice); a dump loads back."""
+    h = History()
+    h.publish_sent("a", 1, 1)
+    h.publish_done("a", 1, "ack")
+    h.consumed("a", 1, 2, False, 0, consumer="c0#1@2")
+    h.delivery_acked("a", 1, 2, "c0#1@2")
+    h.fault("cut", (1, 2))
+    h.consumed("a", 1, 3, False, 0, consumer="c1#1@3")  # again, unflagged
+    h.fault_end("cut", (1, 2))
+    h.consumed("a", 1, 1, True, 1, consumer="c2#1@1")  # again, flagged: fine
+    # b: confirmed after its first copy was consumed, with a second: the broker stored it twice.
+    h.publish_sent("b", 1, 3)
+    h.consumed("b", 1, 1, False, 0, consumer="c2#1@1")
+    h.delivery_acked("b", 1, 1, "c2#1@1")
+    h.publish_done("b", 1, "ack")
+    h.consumed("b", 1, 1, False, 0, consumer="c2#1@1")
+    r = h.report()
+    assert r["redelivered_without_flag"] == 2
+    a, b = r["unflagged_sample"]
+    assert (a["class"], a["nodes"], a["earlier_flagged"]) == (
+        "earlier acked, later a fresh copy (count 0)", "2->3", False)
+    assert a["last_fault"]["kind"] == "cut" and a["last_fault"]["on"]
+    assert (b["mid"], b["class"]) == ("b", "one publish stored twice (confirmed with the later copy)")
+    assert sorted(row["n"] for row in r["unflagged_by_class"]) == [1, 1]
+    path = tmp_path / "history.jsonl"
+    h.dump(path)
+    again = History.load(path).report()
+    assert {k: again[k] for k in ("redelivered_without_flag", "unflagged_sample", "confirmed", "duplicates")} == {
+        k: r[k] for k in ("redelivered_without_flag", "unflagged_sample", "confirmed", "duplicates")}
+
+
 # ---------------------------------------------------------------------- followers
 @pytest.mark.timeout(120)
 def test_a_consumer_on_a_follower_gets_what_another_node_takes(cluster):

@@ -20,8 +20,9 @@ sent after it (the failover time) and, for leader faults, for the survivors to
 agree on a new leader. At the end everything is healed, every node restarted,
 publishers finish their retries, consumers drain, and the checker (compat/
 cluster_history.py) reports: confirmed, lost (confirmed, never consumed),
-duplicates (retries, redeliveries), unexpected, failover times per fault kind.
-Exits 1 if anything was lost or unexpected.
+duplicates (retries, redeliveries), unexpected, failover times per fault kind,
+and every redelivery without the redelivered flag classified (--history FILE
+keeps the whole history for a closer look). Exits 1 if anything was lost or unexpected.
 """
 
 import argparse
@@ -60,7 +61,8 @@ def stats(xs):
 class Campaign:
     def __init__(self, args, rng):
         self.args, self.rng = args, rng
-        self.cluster = Cluster(size=3, binary=args.binary, proxied=True, workdir=args.work_dir, keep=True)
+        self.cluster = Cluster(size=3, binary=args.binary, proxied=True, workdir=args.work_dir, keep=True,
+                               rust_log=args.rust_log)
         self.history = History()
         self.queues = [f"chaos.qq{i}" for i in range(args.queues)]
         self.workloads = []
@@ -128,6 +130,7 @@ class Campaign:
             new = self.wait_new_leader(queue, victim, at) if victim == leader else leader
             time.sleep(max(0.0, hold - (self.history.now() - at)))
             c.node(victim).start()
+            self.history.fault_end(kind, victim)
             self.log(f"round {n}: {kind} node {victim} ({queue} leader {leader} -> {new}), "
                      f"failover {failover and round(failover, 2)}s, down {self.history.now() - at:.1f}s")
             return
@@ -139,6 +142,7 @@ class Campaign:
             failover = self.wait_failover(at, f"round {n} {kind} {pair}", queue)
             time.sleep(max(0.0, hold - (self.history.now() - at)))
             c.heal(*pair)
+            self.history.fault_end(kind, pair)
             self.log(f"round {n}: {kind} link {pair[0]}-{pair[1]} ({queue} leader {leader}) for "
                      f"{self.history.now() - at:.1f}s, failover {failover and round(failover, 2)}s")
             return
@@ -154,6 +158,7 @@ class Campaign:
         time.sleep(max(0.0, hold - (self.history.now() - at)))
         for p in pairs:
             c.heal(*p)
+        self.history.fault_end(kind, victim)
         self.log(f"round {n}: isolate ({mode}) node {victim} ({queue} leader {leader} -> {new}) for "
                  f"{self.history.now() - at:.1f}s, failover {failover and round(failover, 2)}s")
 
@@ -185,6 +190,10 @@ def main():
     ap.add_argument("--json", help="write the report here too")
     ap.add_argument("--work-dir", help="nodes' data dirs and logs (default: a temp dir, removed on success)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir even on success")
+    ap.add_argument("--history", help="write the whole history here as JSON lines (every publish attempt, "
+                    "delivery, ack, fault; gzipped if FILE ends in .gz); `compat/cluster_history.py FILE` "
+                    "reports on it again")
+    ap.add_argument("--rust-log", help="the nodes' RUST_LOG (default: info)")
     ap.add_argument("--queues", type=int, default=1, help="quorum queues (each with its own clients)")
     ap.add_argument("--publishers", type=int, default=1, help="per node and queue")
     ap.add_argument("--consumers", type=int, default=1, help="per node and queue")
@@ -221,6 +230,8 @@ def main():
         drained, counts = camp.finish()
     except BaseException:
         print(camp.cluster.logs_tail(20), file=sys.stderr)
+        if args.history:
+            camp.history.dump(args.history)
         camp.cluster.cleanup()
         raise
     report = camp.history.report()
@@ -238,7 +249,9 @@ def main():
         "proxies": proxies,
     })
     print(summary(report))
-    print(json.dumps({k: v for k, v in report.items() if k not in ("events", "faults")}, indent=2, default=str))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("events", "faults", "unflagged_sample")}, indent=2, default=str))
+    if args.history:
+        camp.history.dump(args.history)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=2, default=str)

@@ -8,13 +8,16 @@
 # (its harness and checker are compat/cluster_*.py); at the end it heals
 # everything, restarts every node, drains, and prints the checker's report:
 # confirmed, lost, duplicates (retries, redeliveries), unexpected, failover
-# times p50/max per fault kind. Exits 1 if anything confirmed was lost or
-# anything unexpected was consumed.
+# times p50/max per fault kind, redeliveries without the redelivered flag
+# classified (compat/cluster_history.py `unflagged_redeliveries`). Exits 1 if
+# anything confirmed was lost or anything unexpected was consumed.
 #
 #   cargo build --bin hopper
 #   scripts/cluster_chaos.sh                          # 30 minutes
 #   MINUTES=5 scripts/cluster_chaos.sh --seed 42 --json chaos.json
 #   scripts/cluster_chaos.sh --faults kill-leader=1,isolate=1 --rate 200
+#   scripts/cluster_chaos.sh --history h.jsonl --rust-log info,hopper::cluster=debug
+#   ~/.cache/hopper-venv/bin/python compat/cluster_history.py h.jsonl   # report again
 #
 # Environment:
 #   HOPPER_BIN   the broker (default: $CARGO_TARGET_DIR or target/, debug/hopper)
