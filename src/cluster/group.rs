@@ -47,8 +47,12 @@ const FORWARD_TTL: Duration = Duration::from_secs(2);
 /// message goes alone).
 const MAX_BATCH: usize = 512;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Enqueue batches in flight per group.
-const IN_FLIGHT: usize = 64;
+/// Enqueue batches in flight per group and node: one, so a channel's
+/// messages are applied in the order they were published (batches proposed
+/// side by side reach the log in any order, through the link's concurrent
+/// handling on the leader or a retry after a failover). What arrives
+/// meanwhile forms the next batch.
+const IN_FLIGHT: usize = 1;
 
 type Pending = (Arc<Message>, Completion);
 
@@ -266,7 +270,12 @@ impl Group {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     // Short: a leader cut off silently answers nothing, and
                     // the retry goes to whoever leads by then.
-                    let ttl = FORWARD_TTL.min(left.max(Duration::from_millis(1)));
+                    let bytes = match &cmd {
+                        QueueCommand::Enqueue(msgs) => msgs.iter().map(|(_, b)| b.len()).sum(),
+                        QueueCommand::Settle { .. } => 0,
+                    };
+                    let ttl = super::network::ttl_for(FORWARD_TTL, bytes)
+                        .min(left.max(Duration::from_millis(1)));
                     match call(&self.link, l, self.id, &rpc, ttl).await {
                         Ok(Reply::Proposed(r, _)) => Some(r),
                         Ok(Reply::NotLeader(hint)) => {

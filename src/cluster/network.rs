@@ -66,7 +66,7 @@ pub fn fit(rpc: &mut AppendEntriesRequest<TypeConfig>) -> (bool, usize) {
 
 /// openraft's deadline for an RPC, stretched for a large one (a copy at
 /// 32 MB/s, for a slow disk or a debug build on the far end).
-fn ttl_for(base: Duration, bytes: usize) -> Duration {
+pub fn ttl_for(base: Duration, bytes: usize) -> Duration {
     base + Duration::from_millis(bytes as u64 / 32_768)
 }
 

@@ -144,7 +144,7 @@ impl QueueMachine {
                 state.built = Some(decode(&v)?);
             }
         }
-        for (id, meta) in queue.ready_index() {
+        for (id, meta) in queue.take_restored() {
             let order = state.next_order;
             state.next_order += 1;
             state.held.insert(
@@ -157,6 +157,7 @@ impl QueueMachine {
                 },
             );
         }
+        tracing::debug!(group, held = state.held.len(), applied = ?state.applied.last_applied, "quorum queue machine opened");
         queue.follow();
         Ok(QueueMachine {
             group,

@@ -23,7 +23,8 @@ impl Queue {
                 r.fetch();
             }
         }
-        let mut st = self.head_in_memory(self.state.lock());
+        let st = self.head_in_memory(self.state.lock());
+        let mut st = self.head_written(st);
         let msg = match st.ready.front() {
             Some(QueueEntry {
                 slot: Slot::Mem(m), ..

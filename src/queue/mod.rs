@@ -94,6 +94,9 @@ struct QueueState {
     /// Whether this queue delivers its messages: always, unless it is the
     /// view of a replicated queue on a node that does not lead it (`replica`).
     leading: bool,
+    /// A replicated queue's messages as restored at boot, set aside when it
+    /// became a view, for its group's machine (`replica`).
+    restored: Vec<(u64, IndexMeta)>,
 }
 
 #[derive(Debug)]
@@ -233,6 +236,7 @@ impl Queue {
                 limits: Arc::new(limits_init),
                 counts: Default::default(),
                 leading: true,
+                restored: Vec::new(),
             }),
         }
     }

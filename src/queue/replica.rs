@@ -18,9 +18,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{Queue, QueueEntry, Slot};
+use super::{Queue, QueueEntry, QueueState, Slot};
 use crate::message::Message;
-use crate::store::{Completion, IndexMeta};
+use crate::store::{blocking, Completion, IndexMeta};
+
+/// How long basic.get waits, at most, for a replicated head's local write.
+const HEAD_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the cluster does for a replicated queue (implemented by its group).
 pub trait Replica: Send + Sync + std::fmt::Debug {
@@ -84,8 +87,14 @@ impl Queue {
     pub fn set_replica(&self, replica: Arc<dyn Replica>) -> bool {
         let set = self.replica.set(replica).is_ok();
         if set {
-            // Until the group says it leads here, the view only follows.
-            self.state.lock().leading = false;
+            // Until the group says it leads here, the view only follows; what
+            // was restored at boot is the group machine's, not a buffer (a
+            // following view drops its buffer when it has no consumers).
+            let mut st = self.state.lock();
+            st.leading = false;
+            st.mem_bytes = 0;
+            let restored = st.ready.take();
+            st.restored = restored.iter().map(|e| (e.msg_id(), e.meta())).collect();
         }
         set
     }
@@ -241,7 +250,8 @@ impl Queue {
     /// basic.get from another node: the head, as sent to `node` (read back
     /// from the store first when it is paged out; blocks for that).
     pub fn take_for(self: &Arc<Self>, node: u64) -> Option<(QueueEntry, Arc<Message>)> {
-        let mut st = self.head_in_memory(self.state.lock());
+        let st = self.head_in_memory(self.state.lock());
+        let mut st = self.head_written(st);
         if !st.leading {
             return None;
         }
@@ -368,20 +378,45 @@ impl Queue {
         self.pump(st);
     }
 
-    /// The ready entries' ids and index entries, in order (what a restored
-    /// queue holds, for its group's machine at boot).
-    pub fn ready_index(&self) -> Vec<(u64, IndexMeta)> {
-        let st = self.state.lock();
-        st.ready.iter().map(|e| (e.msg_id(), e.meta())).collect()
+    /// A replicated queue's head is applied but its write to this node's
+    /// store (which follows the commit) is not done: basic.get waits for it
+    /// a little, so a get right after a confirm finds the message.
+    pub(super) fn head_written<'a>(
+        &'a self,
+        mut st: parking_lot::MutexGuard<'a, QueueState>,
+    ) -> parking_lot::MutexGuard<'a, QueueState> {
+        if self.replica.get().is_none() {
+            return st;
+        }
+        let until = std::time::Instant::now() + HEAD_WRITE_WAIT;
+        while std::time::Instant::now() < until {
+            let pending = matches!(
+                st.ready.front().map(|e| &e.slot),
+                Some(Slot::Mem(m)) if !m.is_deliverable() && !m.is_failed()
+            );
+            if !pending {
+                break;
+            }
+            drop(st);
+            blocking(|| std::thread::sleep(std::time::Duration::from_millis(1)));
+            st = self.state.lock();
+        }
+        st
     }
 
-    /// Remote deliveries per node (for the subscriptions' credit).
+    /// The ids and index entries this queue held when it became a view, in
+    /// order (what was restored at boot), for its group's machine; once.
+    pub fn take_restored(&self) -> Vec<(u64, IndexMeta)> {
+        std::mem::take(&mut self.state.lock().restored)
+    }
+
     /// Messages in this view's ready list (on the leader: what no consumer
     /// of any node holds).
     pub fn ready_len(&self) -> u64 {
         self.state.lock().ready.len() as u64
     }
 
+    /// Remote deliveries per node (for the subscriptions' credit).
     pub fn remote_counts(&self) -> HashMap<u64, usize> {
         let mut counts = HashMap::new();
         for o in self.out.lock().values() {

@@ -176,3 +176,25 @@ fn a_message_not_yet_in_this_nodes_store_leads_from_memory_and_waits_for_its_wri
     q.kick();
     assert_eq!(c.taken.lock()[0].msg_id(), 5);
 }
+
+#[test]
+fn what_was_restored_at_boot_is_set_aside_for_the_group_not_dropped_as_a_buffer() {
+    let q = queue();
+    let meta = IndexMeta {
+        expires_at: 0,
+        priority: 0,
+        size: 1,
+    };
+    q.recover(vec![(5, meta), (6, meta), (7, meta)]);
+    let r = Arc::new(Recorder::default());
+    assert!(q.set_replica(r));
+    // The follower's subscription task gives its buffer back when it has
+    // no consumers: it may run before the group's machine opens.
+    assert!(
+        q.take_buffer().is_empty(),
+        "the restored messages are no buffer"
+    );
+    let restored: Vec<u64> = q.take_restored().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(restored, vec![5, 6, 7]);
+    assert!(q.take_restored().is_empty(), "handed over once");
+}
