@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::cluster::{channel, durable, quorum_args, Cluster, CONF, SLOW};
-use common::{connect_uri, within_for, Broker};
+use common::cluster::{channel, durable, Cluster, CONF, SLOW};
+use common::{connect_uri, quorum_args, within_for, Broker};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;

@@ -7,24 +7,12 @@
 mod common;
 
 use common::mgmt::{http, wait_json, GUEST};
-use common::{connect, reply_code, unique, Broker};
+use common::{connect, quorum_args, reply_code, unique, Broker};
 use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    t.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    for (k, v) in extra {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
 
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))

@@ -4,7 +4,6 @@
 
 use super::{connect_uri, Broker};
 use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use std::time::Duration;
 
@@ -90,18 +89,6 @@ pub async fn channel(node: &Broker) -> (Connection, Channel) {
     let conn = connect_uri(&node.uri()).await.expect("connect");
     let ch = conn.create_channel().await.expect("channel");
     (conn, ch)
-}
-
-pub fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    t.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    for (k, v) in extra {
-        t.insert((*k).into(), v.clone());
-    }
-    t
 }
 
 pub fn durable() -> QueueDeclareOptions {

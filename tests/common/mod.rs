@@ -709,3 +709,16 @@ pub async fn assert_broker_healthy(broker: &Broker) {
     .expect("queue.delete");
     let _ = within("connection.close", conn.close(200, "bye".into())).await;
 }
+
+/// Arguments declaring a quorum queue, with `extra` ones.
+pub fn quorum_args(extra: &[(&str, lapin::types::AMQPValue)]) -> lapin::types::FieldTable {
+    let mut t = lapin::types::FieldTable::default();
+    t.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    for (k, v) in extra {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
