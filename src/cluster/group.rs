@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 
 mod ask;
+mod batch;
 
 use super::feed::{self, Feeds};
 use super::link::Link;
@@ -43,18 +44,7 @@ pub(super) const RPC_TTL: Duration = Duration::from_secs(5);
 /// How long a forwarded publish waits for the leader's answer before it is
 /// sent again (to the leader known then).
 const FORWARD_TTL: Duration = Duration::from_secs(2);
-/// Messages in one `Enqueue` entry at most, and their bytes (a larger
-/// message goes alone).
-const MAX_BATCH: usize = 512;
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Enqueue batches in flight per group and node: one, so a channel's
-/// messages are applied in the order they were published (batches proposed
-/// side by side reach the log in any order, through the link's concurrent
-/// handling on the leader or a retry after a failover). What arrives
-/// meanwhile forms the next batch.
-const IN_FLIGHT: usize = 1;
-
-type Pending = (Arc<Message>, Completion);
+pub(super) type Pending = (Arc<Message>, Completion);
 
 pub struct Group {
     pub id: GroupId,
@@ -140,8 +130,8 @@ impl Group {
             fed_by: AtomicU64::new(0),
             counted: Mutex::new(None),
         });
-        tokio::spawn(proposer(Arc::downgrade(&g), rx));
-        tokio::spawn(settler(Arc::downgrade(&g)));
+        tokio::spawn(batch::proposer(Arc::downgrade(&g), rx));
+        tokio::spawn(batch::settler(Arc::downgrade(&g)));
         tokio::spawn(feed::subscription(Arc::downgrade(&g)));
         g
     }
@@ -496,84 +486,6 @@ impl Replica for Group {
 
     fn fetch(&self) {
         self.fetch_from_leader()
-    }
-}
-
-/// Batch publishes into `Enqueue` entries, up to `IN_FLIGHT` at a time.
-async fn proposer(group: Weak<Group>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let weight = |p: &Pending| p.0.body.len() + p.0.raw_properties.len();
-    let mut carry: Option<Pending> = None;
-    loop {
-        let first = match carry.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
-            },
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut bytes = weight(&first);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) if bytes + weight(&p) > MAX_BATCH_BYTES => {
-                    carry = Some(p);
-                    break;
-                }
-                Ok(p) => {
-                    bytes += weight(&p);
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        let Some(g) = group.upgrade() else {
-            batch.extend(carry);
-            crate::batch::run(|b| batch.into_iter().for_each(|(_, d)| d(false, b)));
-            return;
-        };
-        tokio::spawn(async move {
-            let msgs = batch
-                .iter()
-                .map(|(m, _)| (m.id, encode_message(m)))
-                .collect();
-            let result = g.propose(QueueCommand::Enqueue(msgs)).await;
-            if let Err(e) = &result {
-                tracing::warn!(queue = %g.name, error = %e, "publishes nacked");
-            }
-            crate::batch::run(|b| {
-                for (m, done) in batch {
-                    let ok = match &result {
-                        Ok(r) => !r.refused.contains(&m.id),
-                        Err(_) => false,
-                    };
-                    done(ok, b);
-                }
-            });
-            drop(permit);
-        });
-    }
-}
-
-/// Propose settled and returned ids in batches.
-async fn settler(group: Weak<Group>) {
-    loop {
-        let Some(g) = group.upgrade() else { return };
-        let waker = g.settle_wake.clone();
-        let wake = waker.notified();
-        let (acked, returned) = std::mem::take(&mut *g.settles.lock());
-        if acked.is_empty() && returned.is_empty() {
-            drop(g);
-            wake.await;
-            continue;
-        }
-        if let Err(e) = g.propose(QueueCommand::Settle { acked, returned }).await {
-            // The deliveries stay held: redelivered later, never lost.
-            tracing::warn!(queue = %g.name, error = %e, "settles not replicated");
-        }
     }
 }
 
