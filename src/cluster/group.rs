@@ -261,7 +261,9 @@ impl Group {
                     // Short: a leader cut off silently answers nothing, and
                     // the retry goes to whoever leads by then.
                     let bytes = match &cmd {
-                        QueueCommand::Enqueue(msgs) => msgs.iter().map(|(_, b)| b.len()).sum(),
+                        QueueCommand::Enqueue { msgs, .. } => {
+                            msgs.iter().map(|(_, b)| b.len()).sum()
+                        }
                         QueueCommand::Settle { .. } => 0,
                     };
                     let ttl = super::network::ttl_for(FORWARD_TTL, bytes)
@@ -295,7 +297,7 @@ impl Group {
 
     /// Every 1,000th confirmed enqueue: which nodes had its entry synced.
     fn sample(&self, raft: &QueueRaft, index: u64, cmd: &QueueCommand) {
-        let QueueCommand::Enqueue(msgs) = cmd else {
+        let QueueCommand::Enqueue { msgs, .. } = cmd else {
             return;
         };
         let before = self

@@ -34,7 +34,7 @@ const SNAPSHOT_CHUNK: usize = 16 * 1024 * 1024;
 /// Roughly what an entry weighs on the wire.
 fn entry_bytes(e: &Entry) -> usize {
     match &e.payload {
-        EntryPayload::Normal(Command::Queue(QueueCommand::Enqueue(msgs))) => {
+        EntryPayload::Normal(Command::Queue(QueueCommand::Enqueue { msgs, .. })) => {
             msgs.iter().map(|(_, b)| b.len() + 16).sum::<usize>() + 64
         }
         _ => 256,
@@ -327,10 +327,11 @@ mod tests {
     fn enqueue(index: u64, bytes: usize) -> Entry {
         Entry {
             log_id: log_id::<TypeConfig>(1, 1, index),
-            payload: EntryPayload::Normal(Command::Queue(QueueCommand::Enqueue(vec![(
-                index,
-                Body::from(vec![0u8; bytes]),
-            )]))),
+            payload: EntryPayload::Normal(Command::Queue(QueueCommand::Enqueue {
+                from: 1,
+                seq: index,
+                msgs: vec![(index, Body::from(vec![0u8; bytes]))],
+            })),
         }
     }
 

@@ -15,7 +15,7 @@
 //! owns the group's applied records in the `raft` column family; it never
 //! proposes (the `group` does) and never touches the log's records.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 
@@ -62,6 +62,9 @@ struct Held {
 struct Applied {
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// Per proposing node: its last enqueue batch applied, and the ids the
+    /// queue refused from it (a retry of that batch gets the same answer).
+    senders: BTreeMap<u64, (u64, Vec<u64>)>,
 }
 
 #[derive(Default)]
@@ -73,10 +76,12 @@ struct State {
     built: Option<SnapshotMeta>,
 }
 
-/// A snapshot's data: every held message, in order.
+/// A snapshot's data: every held message, in order, and each proposing
+/// node's last batch.
 #[derive(Serialize, Deserialize)]
 struct Contents {
     messages: Vec<(u64, u32, Body)>,
+    senders: BTreeMap<u64, (u64, Vec<u64>)>,
 }
 
 #[derive(Clone)]
@@ -310,7 +315,8 @@ impl QueueMachine {
                 }
             }
         }
-        Ok((applied, Contents { messages }))
+        let senders = applied.senders.clone();
+        Ok((applied, Contents { messages, senders }))
     }
 }
 
@@ -360,11 +366,26 @@ impl RaftStateMachine<TypeConfig> for QueueMachine {
             {
                 let mut st = self.state.lock();
                 match &entry.payload {
-                    EntryPayload::Normal(Command::Queue(QueueCommand::Enqueue(msgs))) => {
-                        for (id, bytes) in msgs {
-                            self.enqueue(&mut st, *id, bytes, &mut result.refused);
+                    EntryPayload::Normal(Command::Queue(QueueCommand::Enqueue {
+                        from,
+                        seq,
+                        msgs,
+                    })) => match st.applied.senders.get(from) {
+                        // A retry of a batch already applied: the same answer.
+                        Some((last, refused)) if *seq <= *last => {
+                            if *seq == *last {
+                                result.refused = refused.clone();
+                            }
                         }
-                    }
+                        _ => {
+                            for (id, bytes) in msgs {
+                                self.enqueue(&mut st, *id, bytes, &mut result.refused);
+                            }
+                            st.applied
+                                .senders
+                                .insert(*from, (*seq, result.refused.clone()));
+                        }
+                    },
                     EntryPayload::Normal(Command::Queue(QueueCommand::Settle {
                         acked,
                         returned,
@@ -403,31 +424,33 @@ impl RaftStateMachine<TypeConfig> for QueueMachine {
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
         let contents: Contents = decode(&snapshot)?;
-        let mut wanted = HashMap::with_capacity(contents.messages.len());
-        for (id, returned, bytes) in contents.messages {
-            wanted.insert(id, (returned, bytes));
-        }
+        let wanted: HashSet<u64> = contents.messages.iter().map(|(id, _, _)| *id).collect();
         let write = {
             let mut st = self.state.lock();
             let gone: Vec<u64> = st
                 .held
                 .keys()
-                .filter(|id| !wanted.contains_key(id))
+                .filter(|id| !wanted.contains(id))
                 .copied()
                 .collect();
             for id in gone {
                 st.held.remove(&id);
                 self.store.remove(&self.key, id);
             }
+            // In the snapshot's order: the queue's order on this node.
             let mut none = Vec::new();
-            for (id, (returned, bytes)) in &wanted {
+            for (id, returned, bytes) in &contents.messages {
                 self.enqueue(&mut st, *id, bytes, &mut none);
+                let order = st.next_order;
+                st.next_order += 1;
                 if let Some(h) = st.held.get_mut(id) {
                     h.returned = *returned;
+                    h.order = order;
                 }
             }
             st.applied.last_applied = meta.last_log_id;
             st.applied.membership = meta.last_membership.clone();
+            st.applied.senders = contents.senders.clone();
             st.built = Some(meta.clone());
             self.save(&st, true)?
         };
@@ -463,3 +486,7 @@ impl RaftStateMachine<TypeConfig> for QueueMachine {
         }))
     }
 }
+
+#[cfg(test)]
+#[path = "quorum_tests.rs"]
+mod tests;

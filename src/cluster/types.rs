@@ -102,9 +102,17 @@ pub type Body = serde_bytes::ByteBuf;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum QueueCommand {
     /// Messages published to the queue, in order: (cluster-unique id, the
-    /// message as the store encodes it). An id the group already holds is
-    /// ignored, so a publish retried after a failover does not duplicate.
-    Enqueue(Vec<(u64, Body)>),
+    /// message as the store encodes it), batch `seq` of node `from`. Each
+    /// node's batches have rising numbers, one in flight at a time: a batch
+    /// numbered at or below the last one applied from that node is a retry
+    /// (its first proposal committed but the answer was lost) and is not
+    /// applied again, even after its messages were consumed (as RabbitMQ's
+    /// quorum queues track each publisher's sequence numbers).
+    Enqueue {
+        from: u64,
+        seq: u64,
+        msgs: Vec<(u64, Body)>,
+    },
     /// Messages that left the queue for good (acked, rejected, dropped) and
     /// messages that came back unacknowledged (their delivery count grows).
     Settle { acked: Vec<u64>, returned: Vec<u64> },
@@ -121,7 +129,9 @@ impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Meta(c) => c.fmt(f),
-            Command::Queue(QueueCommand::Enqueue(m)) => write!(f, "enqueue {} messages", m.len()),
+            Command::Queue(QueueCommand::Enqueue { msgs, .. }) => {
+                write!(f, "enqueue {} messages", msgs.len())
+            }
             Command::Queue(QueueCommand::Settle { acked, returned }) => {
                 write!(
                     f,

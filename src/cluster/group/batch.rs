@@ -18,8 +18,9 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Enqueue batches in flight per group and node: one, so a channel's
 /// messages are applied in the order they were published (batches proposed
 /// side by side reach the log in any order, through the link's concurrent
-/// handling on the leader or a retry after a failover). What arrives
-/// meanwhile forms the next batch.
+/// handling on the leader or a retry after a failover), and a batch's
+/// number tells a retry from a new batch. What arrives meanwhile forms the
+/// next batch.
 const IN_FLIGHT: usize = 1;
 
 /// Batch publishes into `Enqueue` entries, up to `IN_FLIGHT` at a time.
@@ -27,6 +28,11 @@ pub(super) async fn proposer(group: Weak<Group>, mut rx: mpsc::UnboundedReceiver
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let weight = |p: &Pending| p.0.body.len() + p.0.raw_properties.len();
     let mut carry: Option<Pending> = None;
+    // Batch numbers rise across restarts too: they start at the time in
+    // microseconds (one batch at a time never outruns the clock).
+    let mut seq = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
     loop {
         let first = match carry.take() {
             Some(p) => p,
@@ -58,12 +64,18 @@ pub(super) async fn proposer(group: Weak<Group>, mut rx: mpsc::UnboundedReceiver
             crate::batch::run(|b| batch.into_iter().for_each(|(_, d)| d(false, b)));
             return;
         };
+        seq += 1;
         tokio::spawn(async move {
             let msgs = batch
                 .iter()
                 .map(|(m, _)| (m.id, encode_message(m)))
                 .collect();
-            let result = g.propose(QueueCommand::Enqueue(msgs)).await;
+            let cmd = QueueCommand::Enqueue {
+                from: g.me,
+                seq,
+                msgs,
+            };
+            let result = g.propose(cmd).await;
             if let Err(e) = &result {
                 tracing::warn!(queue = %g.name, error = %e, "publishes nacked");
             }
