@@ -91,7 +91,13 @@ impl Subscriber for RemoteFeed {
 }
 
 /// Send a feed's deliveries to its node in order, in batches.
-async fn sender(link: Arc<Link>, to: u64, group: GroupId, mut rx: mpsc::UnboundedReceiver<Sent>) {
+async fn sender(
+    link: Arc<Link>,
+    to: u64,
+    group: GroupId,
+    queue: Weak<Queue>,
+    mut rx: mpsc::UnboundedReceiver<Sent>,
+) {
     while let Some(first) = rx.recv().await {
         let mut items = vec![first];
         while items.len() < 256 {
@@ -99,6 +105,19 @@ async fn sender(link: Arc<Link>, to: u64, group: GroupId, mut rx: mpsc::Unbounde
                 Ok(s) => items.push(s),
                 Err(_) => break,
             }
+        }
+        if rx.is_closed() {
+            // The feed ended (its node went down, unsubscribed or subscribed
+            // anew) while these waited, perhaps behind a call to a dead
+            // node: never send them late (a restarted node would deliver
+            // them again, unflagged); what is still out at that node is
+            // ready again.
+            if let Some(q) = queue.upgrade() {
+                let back: Vec<(u64, bool, u32)> =
+                    items.iter().map(|(m, r, c)| (m.id, *r, *c)).collect();
+                q.return_remote(to, &back);
+            }
+            continue;
         }
         let items = items
             .into_iter()
@@ -126,7 +145,7 @@ pub fn subscribe(g: &Arc<Group>, q: &Arc<Queue>, node: u64, window: usize, holdi
         out: AtomicUsize::new(out),
         tx,
     });
-    tokio::spawn(sender(g.link_handle(), node, g.id, rx));
+    tokio::spawn(sender(g.link_handle(), node, g.id, Arc::downgrade(q), rx));
     g.feeds.0.lock().insert(node, feed.clone());
     q.add_consumer(feed);
     q.kick();
