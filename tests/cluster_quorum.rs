@@ -137,19 +137,7 @@ async fn a_publish_without_a_majority_is_nacked_after_the_confirm_timeout() {
     let (_c, ch) = channel(&c.nodes[0]).await;
     common::confirm_select(&ch).await;
     let sent = Instant::now();
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            "q.minority".into(),
-            Default::default(),
-            b"alone",
-            lapin::BasicProperties::default(),
-        )
-        .await
-        .expect("publish to the minority");
-    let outcome = within_for(SLOW, "the minority's answer", confirm)
-        .await
-        .expect("confirm");
+    let outcome = confirmed(&ch, "q.minority", b"alone", SLOW).await;
     assert!(outcome.is_nack(), "expected a nack, got {outcome:?}");
     assert!(
         sent.elapsed() >= Duration::from_millis(1500),
@@ -168,21 +156,30 @@ async fn a_publish_without_a_majority_is_nacked_after_the_confirm_timeout() {
 /// Publish `body` to `queue` until a publish is confirmed (nacks while the
 /// group has no leader or no majority).
 async fn publish_until_acked(ch: &lapin::Channel, queue: &str, body: &[u8]) {
-    loop {
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                Default::default(),
-                body,
-                lapin::BasicProperties::default(),
-            )
-            .await
-            .expect("publish");
-        if confirm.await.expect("confirm").is_ack() {
-            return;
-        }
-    }
+    while !confirmed(ch, queue, body, SLOW).await.is_ack() {}
+}
+
+/// Publish `body` to `queue` through the default exchange and wait up to
+/// `wait` for its confirm (an ack or a nack).
+async fn confirmed(
+    ch: &lapin::Channel,
+    queue: &str,
+    body: &[u8],
+    wait: Duration,
+) -> lapin::Confirmation {
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            Default::default(),
+            body,
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    within_for(wait, "the confirm", confirm)
+        .await
+        .expect("confirm")
 }
 
 /// On four nodes a quorum queue declared without a size gets three members
@@ -323,19 +320,7 @@ async fn a_quorum_queue_replicates_a_message_larger_than_a_link_frame() {
     common::confirm_select(&ch).await;
     let large = vec![7u8; 70 * 1024 * 1024];
     for (what, body) in [("70 MiB", &large[..]), ("small", &b"after"[..])] {
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                "q.large".into(),
-                Default::default(),
-                body,
-                lapin::BasicProperties::default(),
-            )
-            .await
-            .expect("publish");
-        let outcome = within_for(Duration::from_secs(90), "the confirm", confirm)
-            .await
-            .expect("confirm");
+        let outcome = confirmed(&ch, "q.large", body, Duration::from_secs(90)).await;
         assert!(outcome.is_ack(), "{what}: {outcome:?}");
     }
     let (_g, getter) = channel(&c.nodes[1]).await;
@@ -376,19 +361,7 @@ async fn a_member_far_behind_catches_up_from_a_snapshot_in_chunks() {
         async move {
             let mut body = vec![b'.'; 34 * 1024];
             body[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            let confirm = ch
-                .basic_publish(
-                    "".into(),
-                    "q.behind".into(),
-                    Default::default(),
-                    &body,
-                    lapin::BasicProperties::default(),
-                )
-                .await
-                .expect("publish");
-            within_for(SLOW, "the confirm", confirm)
-                .await
-                .expect("confirm")
+            confirmed(&ch, "q.behind", &body, SLOW).await
         }
     };
     assert!(publish(0).await.is_ack(), "with every member up");
@@ -558,18 +531,6 @@ async fn a_whole_cluster_killed_at_once_keeps_every_unacked_confirmed_message() 
         "the unacked and the ready, once each"
     );
     common::confirm_select(&ch).await;
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            "q.all".into(),
-            Default::default(),
-            b"after",
-            lapin::BasicProperties::default(),
-        )
-        .await
-        .expect("publish after the restart");
-    let outcome = within_for(SLOW, "a confirm after the restart", confirm)
-        .await
-        .expect("confirm");
+    let outcome = confirmed(&ch, "q.all", b"after", SLOW).await;
     assert!(outcome.is_ack(), "{outcome:?}");
 }

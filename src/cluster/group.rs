@@ -260,13 +260,7 @@ impl Group {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     // Short: a leader cut off silently answers nothing, and
                     // the retry goes to whoever leads by then.
-                    let bytes = match &cmd {
-                        QueueCommand::Enqueue { msgs, .. } => {
-                            msgs.iter().map(|(_, b)| b.len()).sum()
-                        }
-                        QueueCommand::Settle { .. } => 0,
-                    };
-                    let ttl = super::network::ttl_for(FORWARD_TTL, bytes)
+                    let ttl = super::network::ttl_for(FORWARD_TTL, cmd.body_bytes())
                         .min(left.max(Duration::from_millis(1)));
                     match call(&self.link, l, self.id, &rpc, ttl).await {
                         Ok(Reply::Proposed(r, _)) => Some(r),

@@ -34,8 +34,8 @@ const SNAPSHOT_CHUNK: usize = 16 * 1024 * 1024;
 /// Roughly what an entry weighs on the wire.
 fn entry_bytes(e: &Entry) -> usize {
     match &e.payload {
-        EntryPayload::Normal(Command::Queue(QueueCommand::Enqueue { msgs, .. })) => {
-            msgs.iter().map(|(_, b)| b.len() + 16).sum::<usize>() + 64
+        EntryPayload::Normal(Command::Queue(cmd @ QueueCommand::Enqueue { msgs, .. })) => {
+            cmd.body_bytes() + 16 * msgs.len() + 64
         }
         _ => 256,
     }

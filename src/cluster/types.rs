@@ -118,6 +118,16 @@ pub enum QueueCommand {
     Settle { acked: Vec<u64>, returned: Vec<u64> },
 }
 
+impl QueueCommand {
+    /// The message bytes an enqueue carries (0 for a settle).
+    pub fn body_bytes(&self) -> usize {
+        match self {
+            QueueCommand::Enqueue { msgs, .. } => msgs.iter().map(|(_, b)| b.len()).sum(),
+            QueueCommand::Settle { .. } => 0,
+        }
+    }
+}
+
 /// Every Raft group's entry: the meta group carries `Meta`, a queue group `Queue`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
